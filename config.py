@@ -1,0 +1,95 @@
+"""Every setting of wellness-perks, read from the environment in one place.
+
+Nothing else in the project reads ``os.environ``: the app factory, the CLI, the Celery worker and the
+tests all take their settings from :class:`Config` (or a mapping that overrides it).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise RuntimeError(f"environment variable {name} must be a whole number, got {raw!r}") from exc
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return default
+    return raw.lower() in {"1", "true", "yes", "on"}
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept both ``postgresql://`` and ``postgresql+psycopg://``; we always drive psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _secret_key(instance_path: Path) -> str:
+    """SECRET_KEY from the environment; for a first run on a bare machine, one kept in instance/."""
+    key = _env("SECRET_KEY")
+    if key:
+        return key
+    key_file = instance_path / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    return key
+
+
+class Config:
+    """Settings as attributes, so ``app.config.from_object(Config())`` picks them up."""
+
+    def __init__(self) -> None:
+        self.INSTANCE_PATH = str(Path(_env("INSTANCE_PATH", str(PROJECT_ROOT / "instance"))).resolve())
+        instance = Path(self.INSTANCE_PATH)
+        self.PORT = _env_int("PORT", 5000)
+        self.SECRET_KEY = _secret_key(instance)
+        self.DATABASE_URL = normalise_database_url(
+            _env("DATABASE_URL", f"sqlite:///{instance / 'wellness_perks.db'}")
+        )
+        # Empty broker URL: Celery runs tasks in-process (eager), the embedded default.
+        self.CELERY_BROKER_URL = _env("CELERY_BROKER_URL", "")
+        self.BASE_URL = _env("BASE_URL", f"http://127.0.0.1:{self.PORT}").rstrip("/")
+        # Mail: SMTP when SMTP_HOST is set, otherwise RFC 5322 files in OUTBOX_DIR.
+        self.SMTP_HOST = _env("SMTP_HOST", "")
+        self.SMTP_PORT = _env_int("SMTP_PORT", 25)
+        self.SMTP_USER = _env("SMTP_USER", "")
+        self.SMTP_PASSWORD = _env("SMTP_PASSWORD", "")
+        self.SMTP_STARTTLS = _env_bool("SMTP_STARTTLS", False)
+        self.SMTP_SSL = _env_bool("SMTP_SSL", False)
+        self.SMTP_TIMEOUT = _env_int("SMTP_TIMEOUT", 20)
+        self.MAIL_FROM = _env("MAIL_FROM", "Wellness Perks <perks@localhost>")
+        self.MAIL_MAX_ATTEMPTS = _env_int("MAIL_MAX_ATTEMPTS", 5)
+        self.MAIL_RETRY_BASE_SECONDS = _env_int("MAIL_RETRY_BASE_SECONDS", 30)
+        self.OUTBOX_DIR = _env("OUTBOX_DIR", str(instance / "outbox"))
+        self.HELP_EMAIL = _env("HELP_EMAIL", "help@localhost")
+        self.LOGIN_TOKEN_MAX_AGE = _env_int("LOGIN_TOKEN_MAX_AGE", 15 * 60)
+        self.LOG_LEVEL = _env("LOG_LEVEL", "INFO")
+        self.SESSION_COOKIE_SECURE = self.BASE_URL.startswith("https://")
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session

@@ -1,0 +1,52 @@
+"""Alembic environment: targets SQLModel.metadata; the URL comes from the caller or config.py."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context
+from sqlmodel import SQLModel
+
+import wellness_perks.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from config import Config
+from wellness_perks.db import make_engine
+from wellness_perks.models import UTCDateTime
+
+config = context.config
+target_metadata = SQLModel.metadata
+
+
+def _url() -> str:
+    return config.attributes.get("database_url") or Config().DATABASE_URL
+
+
+def render_item(type_, obj, autogen_context):
+    """Migrations spell plain SQLAlchemy types, never the app's own classes."""
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    if type_ == "type" and obj.__class__.__module__.startswith("sqlmodel"):
+        return "sa.String()"
+    return False
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
+                      render_item=render_item, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine: sa.Engine = make_engine(_url())
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata,
+                          render_item=render_item,
+                          render_as_batch=connection.dialect.name == "sqlite")
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,274 @@
+"""The ``wellness-perks`` command line: each command a thin call into the services.
+
+Installed as a console script; it is a Flask CLI group, so ``flask --app wellness_perks ...``
+runs the same commands.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from datetime import UTC, date, datetime, timedelta
+from io import BytesIO
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from .db import get_session
+from .services import auth, imports, programs
+from .services.errors import DomainError
+from .services.imports import FileRejected, ImportReport
+
+CLI_ACTOR = "cli"
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def _parse_when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option} {value!r} is not an ISO 8601 date or time (e.g. 2026-12-01T09:00+05:00)")
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _program(slug: str):
+    try:
+        return programs.get_program(get_session(), slug)
+    except DomainError as exc:
+        _fail(str(exc))
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command() -> None:
+    """Create or upgrade the database schema (alembic upgrade head)."""
+    from .migrate import upgrade
+
+    upgrade(current_app.config["DATABASE_URL"])
+    click.echo("database is at the newest schema")
+
+
+@click.command("create-manager")
+@click.argument("email")
+@click.password_option("--password", help="Prompted for (twice) when not given.")
+@with_appcontext
+def create_manager_command(email: str, password: str) -> None:
+    """Create a program manager account."""
+    try:
+        manager = auth.create_manager(get_session(), email=email, password=password,
+                                      actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"manager {manager.email} created")
+
+
+@click.command("create-program")
+@click.option("--slug", required=True, help="Short name used in URLs, e.g. headspace-6m.")
+@click.option("--name", required=True, help="What creators see, e.g. 'Headspace · 6 months'.")
+@click.option("--quota", required=True, type=click.IntRange(min=0),
+              help="How many codes may be handed out in all.")
+@click.option("--months", default=6, show_default=True, type=click.IntRange(min=1),
+              help="Length of the subscription the perk gives.")
+@click.option("--opens", help="When claims open (ISO 8601; no zone means UTC).")
+@click.option("--closes", help="When claims close (ISO 8601; no zone means UTC).")
+@click.option("--redeem-url", help="Link to redeem a code; {code} is replaced by the code.")
+@click.option("--code-format", help="Regular expression every code must match in full.")
+@with_appcontext
+def create_program_command(slug, name, quota, months, opens, closes, redeem_url, code_format):
+    """Create a program (a perk with its quota and claim window)."""
+    try:
+        program = programs.create_program(
+            get_session(), slug=slug, name=name, quota=quota, perk_months=months,
+            opens_at=_parse_when(opens, "--opens"), closes_at=_parse_when(closes, "--closes"),
+            redeem_url=redeem_url, code_pattern=code_format, actor=CLI_ACTOR,
+        )
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"program {program.slug} created (quota {program.quota})")
+
+
+def _run_import(path: Path, as_json: bool, label: str, do_import) -> None:
+    size = path.stat().st_size
+    show_bar = not as_json and sys.stderr.isatty()
+    with path.open("rb") as stream, click.progressbar(
+        length=size, label=label, file=sys.stderr, show_pos=False, hidden=not show_bar
+    ) as bar:
+        seen = 0
+
+        def progress(bytes_read: int) -> None:
+            nonlocal seen
+            bar.update(bytes_read - seen)
+            seen = bytes_read
+
+        try:
+            report: ImportReport = do_import(stream, progress)
+        except FileRejected as exc:
+            report = ImportReport(invalid=1, errors=[exc.issue])
+        except DomainError as exc:
+            _fail(str(exc))
+    _print_report(report, path, as_json)
+    if not report.committed:
+        sys.exit(1)
+
+
+def _print_report(report: ImportReport, path: Path, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    for issue in report.errors:
+        click.echo(f"{path.name}: line {issue.line}, {issue.field}: {issue.reason}", err=True)
+    for issue in report.duplicates:
+        click.echo(f"{path.name}: line {issue.line}, {issue.field}: duplicate, skipped "
+                   f"({issue.reason})", err=True)
+    click.echo(f"imported {report.imported}, duplicate {report.duplicate}, "
+               f"invalid {report.invalid}")
+    if not report.committed:
+        click.echo("nothing was imported: fix the rows above, or pass --skip-invalid to import "
+                   "the valid rows only", err=True)
+
+
+@click.command("import-creators")
+@click.argument("slug")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--skip-invalid", is_flag=True, help="Import the valid rows even if some are not.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@with_appcontext
+def import_creators_command(slug: str, csv_file: Path, skip_invalid: bool, as_json: bool):
+    """Import a program's eligibility list (CSV: handle,email,country[,name])."""
+    program = _program(slug)
+    _run_import(csv_file, as_json, "importing creators", lambda stream, progress:
+                imports.import_creators(get_session(), program=program, stream=stream,
+                                        filename=str(csv_file), skip_invalid=skip_invalid,
+                                        progress=progress, actor=CLI_ACTOR))
+
+
+@click.command("import-codes")
+@click.argument("slug")
+@click.argument("codes_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--expires", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Last day the codes can be redeemed (YYYY-MM-DD).")
+@click.option("--batch-name", help="Name of the batch (default: file name and time).")
+@click.option("--skip-invalid", is_flag=True, help="Import the valid codes even if some are not.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@with_appcontext
+def import_codes_command(slug, codes_file: Path, expires, batch_name, skip_invalid, as_json):
+    """Import a batch of codes (CSV with a 'code' column, or one code per line)."""
+    program = _program(slug)
+    expires_on: date | None = expires.date() if expires else None
+    _run_import(codes_file, as_json, "importing codes", lambda stream, progress:
+                imports.import_codes(get_session(), program=program, stream=stream,
+                                     filename=str(codes_file), batch_name=batch_name,
+                                     expires_on=expires_on, skip_invalid=skip_invalid,
+                                     progress=progress, actor=CLI_ACTOR))
+
+
+@click.command("quota")
+@click.argument("slug")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON (a stable interface).")
+@with_appcontext
+def quota_command(slug: str, as_json: bool) -> None:
+    """Quota, allocations, codes in stock and claims by state."""
+    summary = programs.quota_summary(get_session(), _program(slug))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{summary['name']} ({summary['program']})")
+    for key in ("quota", "allocated", "remaining", "in_stock"):
+        click.echo(f"  {key.replace('_', ' '):<10} {summary[key]:>9}")
+    click.echo("  claims")
+    for state, count in summary["claims"].items():
+        click.echo(f"    {state:<11} {count:>8}")
+
+
+DEMO_SLUG = "demo-6m"
+DEMO_MANAGER = "manager@example.com"
+DEMO_COUNTRIES = ("PK", "IN", "BR", "NG", "US", "GB", "ID", "EG")
+DEMO_CREATORS = 30
+DEMO_CODES = 25
+
+
+@click.command("seed-demo")
+@with_appcontext
+def seed_demo_command() -> None:
+    """Create a demo program with creators and codes (once); print how to sign in."""
+    session = get_session()
+    base_url = current_app.config["BASE_URL"]
+    try:
+        programs.get_program(session, DEMO_SLUG)
+    except DomainError:
+        now = datetime.now(UTC)
+        program = programs.create_program(
+            session, slug=DEMO_SLUG, name="Mindful Minutes · 6 months", quota=DEMO_CODES,
+            perk_months=6, opens_at=now - timedelta(hours=1), closes_at=now + timedelta(days=60),
+            redeem_url="https://mindful.example/redeem?code={code}", actor="seed-demo",
+        )
+        creators_csv = "handle,email,country,name\n" + "".join(
+            f"@creator{i:02d},creator{i:02d}@example.com,"
+            f"{DEMO_COUNTRIES[i % len(DEMO_COUNTRIES)]},Creator {i:02d}\n"
+            for i in range(1, DEMO_CREATORS + 1)
+        )
+        imports.import_creators(session, program=program, stream=BytesIO(creators_csv.encode()),
+                                filename="demo-creators.csv", actor="seed-demo")
+        codes = "".join(f"DEMO-{secrets.token_hex(3).upper()}-{secrets.token_hex(3).upper()}\n"
+                        for _ in range(DEMO_CODES))
+        imports.import_codes(session, program=program, stream=BytesIO(codes.encode()),
+                             filename="demo-codes.txt", batch_name="demo batch",
+                             expires_on=(now + timedelta(days=365)).date(), actor="seed-demo")
+        password = secrets.token_urlsafe(12)
+        auth.create_manager(session, email=DEMO_MANAGER, password=password, actor="seed-demo")
+        click.echo(f"demo program {DEMO_SLUG} created: quota {DEMO_CODES}, {DEMO_CODES} codes, "
+                   f"{DEMO_CREATORS} creators")
+        click.echo(f"demo manager {DEMO_MANAGER}, password {password} (shown once)")
+    else:
+        click.echo(f"demo program {DEMO_SLUG} already exists")
+    outbox = current_app.config["OUTBOX_DIR"] if not current_app.config["SMTP_HOST"] else None
+    click.echo("")
+    click.echo("Sign in as a creator:")
+    click.echo(f"  1. open {base_url}/login")
+    click.echo(f"  2. enter creator01@example.com (any of creator01 .. creator{DEMO_CREATORS:02d})")
+    if outbox:
+        click.echo(f"  3. open the newest mail in {outbox} (ls -t {outbox} | head -1) and "
+                   "follow its sign-in link")
+    else:
+        click.echo("  3. follow the sign-in link in the mail your SMTP server received")
+    click.echo(f"  4. open the program and press Claim; the code mail lands in the same place")
+
+
+COMMANDS = (
+    init_db_command,
+    create_manager_command,
+    create_program_command,
+    import_creators_command,
+    import_codes_command,
+    quota_command,
+    seed_demo_command,
+)
+
+
+def init_app(app: Flask) -> None:
+    for command in COMMANDS:
+        app.cli.add_command(command)
+
+
+def _create_app():
+    from . import create_app
+
+    return create_app()
+
+
+main = FlaskGroup(
+    name="wellness-perks",
+    help="Run and manage wellness-perks.",
+    create_app=_create_app,
+    add_version_option=False,
+    load_dotenv=False,
+    set_debug_flag=False,
+)

@@ -1,0 +1,226 @@
+"""The tables of wellness-perks (SQLModel on SQLAlchemy 2).
+
+The schema itself is owned by Alembic (``migrations/``); these classes describe it for the ORM.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python, on PostgreSQL and on SQLite."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is expected")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(*, nullable: bool = True, **kwargs) -> sa.Column:
+    return sa.Column(UTCDateTime(), nullable=nullable, **kwargs)
+
+
+class ClaimState(enum.StrEnum):
+    pending = "pending"
+    allocated = "allocated"
+    waitlisted = "waitlisted"
+    refused = "refused"
+
+
+class CodeStatus(enum.StrEnum):
+    available = "available"
+    assigned = "assigned"
+    void = "void"
+
+
+class MailStatus(enum.StrEnum):
+    queued = "queued"      # waiting for its first (or next) attempt
+    sending = "sending"    # an attempt holds it
+    sent = "sent"
+    failed = "failed"      # gave up after MAIL_MAX_ATTEMPTS
+
+
+class MailKind(enum.StrEnum):
+    sign_in = "sign_in"
+    redemption = "redemption"
+
+
+DEFAULT_CODE_PATTERN = r"[A-Za-z0-9-]{4,64}"
+
+
+class Program(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    perk_months: int = Field(default=6, nullable=False)
+    quota: int = Field(nullable=False)
+    # Codes handed out so far. Allocation raises it with a conditional UPDATE
+    # (allocated_count < quota), which is what keeps the quota exact under concurrency.
+    allocated_count: int = Field(default=0, nullable=False)
+    opens_at: datetime | None = Field(default=None, sa_column=_ts())
+    closes_at: datetime | None = Field(default=None, sa_column=_ts())
+    redeem_url: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
+    code_pattern: str = Field(
+        default=DEFAULT_CODE_PATTERN, sa_column=sa.Column(sa.String(500), nullable=False)
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+    def redeem_link(self, code: str) -> str | None:
+        if not self.redeem_url:
+            return None
+        from urllib.parse import quote
+
+        return self.redeem_url.replace("{code}", quote(code, safe=""))
+
+    def window_state(self, now: datetime) -> str:
+        """'not_open', 'open' or 'closed' at ``now``."""
+        if self.opens_at is not None and now < self.opens_at:
+            return "not_open"
+        if self.closes_at is not None and now >= self.closes_at:
+            return "closed"
+        return "open"
+
+
+class Creator(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    # Normalised (email-validator) and lower-cased: the identity of a person.
+    email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False, unique=True))
+    handle: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    name: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    country: str = Field(sa_column=sa.Column(sa.String(2), nullable=False))
+    # Bumped each time a sign-in link is used: a link carries the value it was minted with,
+    # so every link is usable once.
+    login_nonce: int = Field(default=0, nullable=False)
+    last_login_at: datetime | None = Field(default=None, sa_column=_ts())
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Eligibility(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("program_id", "creator_id", name="uq_eligibility"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", nullable=False)
+    creator_id: int = Field(foreign_key="creator.id", nullable=False, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Manager(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False, unique=True))
+    password_hash: str = Field(sa_column=sa.Column(sa.String(300), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class CodeBatch(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", nullable=False, index=True)
+    name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    source_filename: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
+    expires_on: date | None = Field(default=None, sa_column=sa.Column(sa.Date))
+    code_count: int = Field(default=0, nullable=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Code(SQLModel, table=True):
+    __table_args__ = (
+        sa.UniqueConstraint("program_id", "value", name="uq_code_program_value"),
+        # Picking the next available code of a program is an index range scan.
+        sa.Index("ix_code_pick", "program_id", "status", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", nullable=False)
+    batch_id: int = Field(foreign_key="codebatch.id", nullable=False, index=True)
+    value: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    status: CodeStatus = Field(
+        default=CodeStatus.available,
+        sa_column=sa.Column(sa.String(16), nullable=False, default=CodeStatus.available.value),
+    )
+    assigned_at: datetime | None = Field(default=None, sa_column=_ts())
+
+    def masked(self) -> str:
+        """What a manager may see of a code."""
+        v = self.value
+        return ("•" * max(len(v) - 4, 4)) + v[-4:] if len(v) > 4 else "••••"
+
+
+class Claim(SQLModel, table=True):
+    __table_args__ = (
+        sa.UniqueConstraint("program_id", "creator_id", name="uq_claim_program_creator"),
+        # Counting a program's claims by state, and walking its waitlist in order.
+        sa.Index("ix_claim_program_state", "program_id", "state", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", nullable=False)
+    creator_id: int = Field(foreign_key="creator.id", nullable=False, index=True)
+    state: ClaimState = Field(
+        default=ClaimState.pending,
+        sa_column=sa.Column(sa.String(16), nullable=False, default=ClaimState.pending.value),
+    )
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    code_id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.ForeignKey("code.id"), unique=True, nullable=True)
+    )
+    requested_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    decided_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class OutboundEmail(SQLModel, table=True):
+    """One mail we owe somebody. Its body is rendered at send time and never stored."""
+
+    __table_args__ = (
+        # A claim's redemption mail exists once (sign-in mails have no claim: NULLs don't collide).
+        sa.UniqueConstraint("claim_id", "kind", name="uq_outbound_claim_kind"),
+        sa.Index("ix_outbound_status", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: MailKind = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    to_email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False))
+    creator_id: int | None = Field(default=None, foreign_key="creator.id", index=True)
+    claim_id: int | None = Field(default=None, foreign_key="claim.id")
+    status: MailStatus = Field(
+        default=MailStatus.queued,
+        sa_column=sa.Column(sa.String(16), nullable=False, default=MailStatus.queued.value),
+    )
+    attempts: int = Field(default=0, nullable=False)
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    message_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(300)))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    next_attempt_at: datetime | None = Field(default=None, sa_column=_ts())
+    sent_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class AuditEvent(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_audit_object", "object_type", "object_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+    actor: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    action: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    object_type: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    object_id: int | None = Field(default=None)
+    program_id: int | None = Field(default=None, foreign_key="program.id", index=True)
+    # JSON text; never holds a code or a sign-in token.
+    detail: str | None = Field(default=None, sa_column=sa.Column(sa.Text))

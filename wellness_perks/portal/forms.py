@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+
+
+class ClaimForm(FlaskForm):
+    """No fields: the button and its CSRF token."""

@@ -1,0 +1,70 @@
+"""The creator portal: their programs, and claiming a perk."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from flask_login import current_user, login_required
+
+from ..db import get_session
+from ..services import claims, programs
+from ..services.errors import ClaimWindowNotOpen, ProgramNotFound
+from .forms import ClaimForm
+
+bp = Blueprint("portal", __name__)
+
+
+@bp.route("/")
+@login_required
+def index():
+    rows = claims.programs_for_creator(get_session(), creator_id=current_user.creator_id)
+    return render_template("portal/index.html", rows=rows, now=datetime.now(UTC))
+
+
+def _program_or_404(slug: str):
+    try:
+        return programs.get_program(get_session(), slug)
+    except ProgramNotFound:
+        abort(404)
+
+
+@bp.route("/programs/<slug>")
+@login_required
+def program(slug: str):
+    session = get_session()
+    prog = _program_or_404(slug)
+    creator_id = current_user.creator_id
+    claim = claims.get_claim(session, program_id=prog.id, creator_id=creator_id)
+    eligible = claims.is_eligible(session, program_id=prog.id, creator_id=creator_id)
+    if claim is None and not eligible:
+        abort(404)  # programs a creator is not on the list of are none of their business
+    code = batch = None
+    if claim is not None:
+        owned = claims.code_for_owner(session, claim)
+        if owned:
+            code, batch = owned
+    return render_template(
+        "portal/program.html",
+        program=prog,
+        claim=claim,
+        code=code,
+        batch=batch,
+        position=claims.waitlist_position(session, claim) if claim else None,
+        window=prog.window_state(datetime.now(UTC)),
+        form=ClaimForm(),
+    )
+
+
+@bp.route("/programs/<slug>/claim", methods=["POST"])
+@login_required
+def claim(slug: str):
+    prog = _program_or_404(slug)
+    form = ClaimForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        claims.request_claim(get_session(), program=prog, creator_id=current_user.creator_id)
+    except ClaimWindowNotOpen as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("portal.program", slug=slug))

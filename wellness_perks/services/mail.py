@@ -1,0 +1,204 @@
+"""Mail we owe people, sent once each.
+
+Every mail is a row (OutboundEmail) written in the same transaction as the thing it tells about.
+Sending takes the row with a conditional UPDATE (queued -> sending), so two workers never both
+send it; the body is rendered at send time from the database and never stored or logged.
+Without SMTP_HOST, mail goes to ``OUTBOX_DIR`` as one RFC 5322 ``.eml`` file per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import smtplib
+import tempfile
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.policy import SMTP, SMTPUTF8
+from email.utils import format_datetime, make_msgid, parseaddr
+from pathlib import Path
+
+import sqlalchemy as sa
+from flask import current_app, render_template
+from sqlmodel import Session
+
+from ..logs import log_event
+from ..models import Claim, Creator, MailKind, MailStatus, OutboundEmail, Program
+from .auth import mint_sign_in_token
+from .claims import code_for_owner
+
+MAX_ERROR_LENGTH = 1000
+
+
+class MailRetryLater(Exception):
+    """The attempt failed for a reason that may pass; try again after ``countdown`` seconds."""
+
+    def __init__(self, countdown: int) -> None:
+        super().__init__(f"retry in {countdown}s")
+        self.countdown = countdown
+
+
+class PermanentMailError(Exception):
+    """The server refused the message for good (5xx): retrying won't help."""
+
+
+def send(session: Session, *, outbound_id: int) -> str:
+    """Make one attempt at an owed mail. Returns its status afterwards.
+
+    Raises MailRetryLater when the attempt failed and another is due later.
+    """
+    took = session.execute(
+        sa.update(OutboundEmail)
+        .where(OutboundEmail.id == outbound_id, OutboundEmail.status == MailStatus.queued)
+        .values(status=MailStatus.sending, attempts=OutboundEmail.attempts + 1)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    outbound = session.get(OutboundEmail, outbound_id, populate_existing=True)
+    if outbound is None:
+        log_event("mail.unknown", logging.WARNING, outbound_id=outbound_id)
+        return "unknown"
+    if not took:
+        return outbound.status  # sent, failed, or another attempt holds it
+
+    try:
+        message = build_message(session, outbound)
+        deliver(message, outbound)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
+        return _record_failure(session, outbound, exc)
+
+    outbound.status = MailStatus.sent
+    outbound.sent_at = datetime.now(UTC)
+    outbound.message_id = message["Message-ID"]
+    outbound.last_error = None
+    outbound.next_attempt_at = None
+    session.commit()
+    log_event("mail.sent", outbound_id=outbound.id, kind=outbound.kind,
+              claim_id=outbound.claim_id, attempts=outbound.attempts)
+    return outbound.status
+
+
+def _record_failure(session: Session, outbound: OutboundEmail, exc: Exception) -> str:
+    config = current_app.config
+    permanent = isinstance(exc, PermanentMailError)
+    outbound.last_error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+    countdown = None
+    if permanent or outbound.attempts >= config["MAIL_MAX_ATTEMPTS"]:
+        outbound.status = MailStatus.failed
+        outbound.next_attempt_at = None
+    else:
+        countdown = retry_delay(outbound.attempts)
+        outbound.status = MailStatus.queued
+        outbound.next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
+    session.commit()
+    log_event("mail.failed" if countdown is None else "mail.retry_scheduled", logging.WARNING,
+              outbound_id=outbound.id, kind=outbound.kind, claim_id=outbound.claim_id,
+              attempts=outbound.attempts, error=type(exc).__name__, retry_in=countdown)
+    if countdown is not None:
+        raise MailRetryLater(countdown)
+    return outbound.status
+
+
+def retry_delay(attempts: int) -> int:
+    """Exponential backoff: base, 2x base, 4x base, ... capped at an hour."""
+    base = current_app.config["MAIL_RETRY_BASE_SECONDS"]
+    return int(min(base * 2 ** max(attempts - 1, 0), 3600))
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_message(session: Session, outbound: OutboundEmail) -> EmailMessage:
+    config = current_app.config
+    creator = session.get(Creator, outbound.creator_id)
+    context = {
+        "creator": creator,
+        "help_email": config["HELP_EMAIL"],
+        "base_url": config["BASE_URL"],
+    }
+    if outbound.kind == MailKind.sign_in:
+        token = mint_sign_in_token(creator)
+        context |= {
+            "link": f"{config['BASE_URL']}/login/{token}",
+            "minutes": config["LOGIN_TOKEN_MAX_AGE"] // 60,
+        }
+        subject = "Your sign-in link for Wellness Perks"
+        template = "email/sign_in"
+    elif outbound.kind == MailKind.redemption:
+        claim = session.get(Claim, outbound.claim_id)
+        program = session.get(Program, claim.program_id)
+        code, batch = code_for_owner(session, claim)
+        context |= {
+            "program": program,
+            "code": code.value,
+            "redeem_link": program.redeem_link(code.value),
+            "expires_on": batch.expires_on,
+            "program_url": f"{config['BASE_URL']}/programs/{program.slug}",
+        }
+        subject = f"Your {program.name} code"
+        template = "email/redemption"
+    else:
+        raise ValueError(f"unknown mail kind {outbound.kind!r}")
+
+    text = render_template(f"{template}.txt", **context)
+    html = render_template(f"{template}.html", **context)
+    from_addr = config["MAIL_FROM"]
+    needs_utf8 = not (outbound.to_email.isascii() and from_addr.isascii())
+    message = EmailMessage(policy=SMTPUTF8 if needs_utf8 else SMTP)
+    message["Subject"] = subject
+    message["From"] = from_addr
+    message["To"] = outbound.to_email
+    message["Date"] = format_datetime(datetime.now(UTC))
+    domain = parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
+    message["Message-ID"] = make_msgid(idstring=f"wp{outbound.id}", domain=domain)
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
+    return message
+
+
+# --------------------------------------------------------------------------- delivering
+
+
+def deliver(message: EmailMessage, outbound: OutboundEmail) -> None:
+    if current_app.config["SMTP_HOST"]:
+        _deliver_smtp(message)
+    else:
+        _deliver_outbox(message, outbound)
+
+
+def _deliver_smtp(message: EmailMessage) -> None:
+    config = current_app.config
+    host, port, timeout = config["SMTP_HOST"], config["SMTP_PORT"], config["SMTP_TIMEOUT"]
+    smtp_class = smtplib.SMTP_SSL if config["SMTP_SSL"] else smtplib.SMTP
+    try:
+        with smtp_class(host, port, timeout=timeout) as smtp:
+            if config["SMTP_STARTTLS"] and not config["SMTP_SSL"]:
+                smtp.starttls()
+            if config["SMTP_USER"]:
+                smtp.login(config["SMTP_USER"], config["SMTP_PASSWORD"])
+            smtp.send_message(message)
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = [code for code, _msg in exc.recipients.values()]
+        if codes and all(code >= 500 for code in codes):
+            raise PermanentMailError(f"recipient refused ({codes[0]})") from exc
+        raise
+    except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+        if exc.smtp_code >= 500:
+            raise PermanentMailError(f"refused by the server ({exc.smtp_code})") from exc
+        raise
+
+
+def _deliver_outbox(message: EmailMessage, outbound: OutboundEmail) -> None:
+    outbox = Path(current_app.config["OUTBOX_DIR"])
+    outbox.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    target = outbox / f"{stamp}-{outbound.id:08d}-{outbound.kind}.eml"
+    fd, tmp = tempfile.mkstemp(dir=outbox, prefix=".tmp-", suffix=".eml")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(message.as_bytes())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,119 @@
+"""Programs: creating them, finding them, and the quota and stock numbers."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from urllib.parse import urlparse
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from ..models import DEFAULT_CODE_PATTERN, Claim, ClaimState, Code, CodeStatus, Program
+from . import audit
+from .errors import Conflict, InvalidInput, ProgramNotFound
+
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,63}")
+
+
+def get_program(session: Session, slug: str) -> Program:
+    program = session.exec(select(Program).where(Program.slug == slug)).first()
+    if program is None:
+        raise ProgramNotFound(slug)
+    return program
+
+
+def create_program(
+    session: Session,
+    *,
+    slug: str,
+    name: str,
+    quota: int,
+    perk_months: int = 6,
+    opens_at: datetime | None = None,
+    closes_at: datetime | None = None,
+    redeem_url: str | None = None,
+    code_pattern: str | None = None,
+    actor: str,
+) -> Program:
+    if not SLUG_RE.fullmatch(slug or ""):
+        raise InvalidInput(
+            "slug must be 2 to 64 lower-case letters, digits and dashes, starting with a letter "
+            "or digit",
+            field="slug",
+        )
+    if not (name or "").strip():
+        raise InvalidInput("name must not be empty", field="name")
+    if quota < 0:
+        raise InvalidInput("quota must be zero or more", field="quota")
+    if perk_months < 1:
+        raise InvalidInput("months must be at least 1", field="months")
+    for field, value in (("opens", opens_at), ("closes", closes_at)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidInput(f"{field} must include a time zone (e.g. 2026-12-01T09:00+05:00)",
+                               field=field)
+    if opens_at and closes_at and closes_at <= opens_at:
+        raise InvalidInput("the claim window closes before it opens", field="closes")
+    if redeem_url is not None:
+        parsed = urlparse(redeem_url)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+            raise InvalidInput("redeem URL must be an http(s) URL", field="redeem-url")
+    pattern = code_pattern or DEFAULT_CODE_PATTERN
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise InvalidInput(f"code format is not a valid regular expression: {exc}",
+                           field="code-format") from exc
+    if session.exec(select(Program.id).where(Program.slug == slug)).first() is not None:
+        raise Conflict(f"a program with slug {slug!r} already exists")
+
+    program = Program(
+        slug=slug,
+        name=name.strip(),
+        quota=quota,
+        perk_months=perk_months,
+        opens_at=opens_at,
+        closes_at=closes_at,
+        redeem_url=redeem_url,
+        code_pattern=pattern,
+    )
+    session.add(program)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="program.created",
+        object_type="program",
+        object_id=program.id,
+        program_id=program.id,
+        detail={"slug": slug, "quota": quota, "opens_at": opens_at, "closes_at": closes_at},
+    )
+    session.commit()
+    return program
+
+
+def quota_summary(session: Session, program: Program) -> dict:
+    """The numbers behind ``quota --json`` and the dashboard: all from indexed counts."""
+    by_state = dict.fromkeys((s.value for s in ClaimState), 0)
+    rows = session.execute(
+        sa.select(Claim.state, sa.func.count())
+        .where(Claim.program_id == program.id)
+        .group_by(Claim.state)
+    )
+    for state, count in rows:
+        by_state[str(state)] = count
+    in_stock = session.execute(
+        sa.select(sa.func.count())
+        .select_from(Code)
+        .where(Code.program_id == program.id, Code.status == CodeStatus.available)
+    ).scalar_one()
+    allocated = by_state[ClaimState.allocated.value]
+    return {
+        "program": program.slug,
+        "name": program.name,
+        "quota": program.quota,
+        "allocated": allocated,
+        "remaining": max(program.quota - allocated, 0),
+        "in_stock": in_stock,
+        "claims": by_state,
+    }

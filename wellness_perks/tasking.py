@@ -1,0 +1,53 @@
+"""The Celery app, built from the Flask app (Flask's Celery pattern).
+
+Queues are named by purpose so a mail backlog never delays allocation. With no broker URL the
+app is eager: tasks run in-process, which is the embedded default for ``make run``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, Task
+from flask import Flask
+from kombu import Queue
+
+QUEUES = ("allocation", "mail", "imports", "periodic")
+TASK_ROUTES = {
+    "wellness_perks.allocate_claim": {"queue": "allocation"},
+    "wellness_perks.send_email": {"queue": "mail"},
+}
+
+
+def celery_init_app(app: Flask) -> Celery:
+    class FlaskTask(Task):
+        def __call__(self, *args, **kwargs):
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    broker_url = app.config["CELERY_BROKER_URL"]
+    celery_app = Celery(app.import_name, task_cls=FlaskTask)
+    celery_app.conf.update(
+        broker_url=broker_url or "memory://localhost/",
+        task_always_eager=not broker_url,
+        # In eager mode a failing task must not fail the web request that queued it: the row it
+        # works on stays in the database in its waiting state.
+        task_eager_propagates=False,
+        task_ignore_result=True,
+        include=["worker.tasks"],
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="allocation",
+        task_routes=TASK_ROUTES,
+        # A task is acknowledged after it ran, and given back if its worker dies mid-way.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        # A web request must not hang on a broker that is down.
+        broker_transport_options={"socket_connect_timeout": 2, "socket_timeout": 5,
+                                  "max_retries": 1},
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0.1,
+                                   "interval_step": 0.2, "interval_max": 0.5},
+        worker_hijack_root_logger=False,
+    )
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
