@@ -1,0 +1,174 @@
+"""Fixtures: the app on a migrated SQLite and PostgreSQL database, a real SMTP server,
+and helpers to make programs, creators and codes through the real services."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import SQLModel
+
+from tests.helpers import (
+    MailCatcher,
+    create_pg_database,
+    csrf_token,
+    drop_pg_database,
+    postgres_available,
+    service_missing,
+    sign_in_link,
+)
+from wellness_perks import create_app
+from wellness_perks.db import get_session
+from wellness_perks.migrate import upgrade
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def smtp_server():
+    catcher = MailCatcher().start()
+    yield catcher
+    catcher.stop()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request, tmp_path_factory):
+    """A migrated database per backend, for the whole session (tables emptied per test)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        upgrade(url)
+        yield url
+        return
+    why = postgres_available()
+    if why:
+        service_missing("PostgreSQL", why)
+    url = create_pg_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+def _empty_tables(engine: sa.Engine) -> None:
+    tables = list(reversed(SQLModel.metadata.sorted_tables))
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            names = ", ".join(f'"{t.name}"' for t in tables)
+            conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(table.delete())
+
+
+@pytest.fixture
+def app_config(database_url, tmp_path, smtp_server):
+    smtp_server.clear()
+    return {
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "OUTBOX_DIR": str(tmp_path / "outbox"),
+        "SECRET_KEY": "test-secret-key",
+        "BASE_URL": "http://localhost",
+        "CELERY_BROKER_URL": "",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": smtp_server.port,
+        "MAIL_RETRY_BASE_SECONDS": 1,
+    }
+
+
+@pytest.fixture
+def app(app_config):
+    app = create_app(app_config)
+    _empty_tables(app.extensions["db_engine"])
+    yield app
+    app.extensions["db_engine"].dispose()
+
+
+@pytest.fixture
+def backend(database_url) -> str:
+    return "postgresql" if database_url.startswith("postgresql") else "sqlite"
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def session(app):
+    with app.app_context():
+        yield get_session()
+
+
+class Factory:
+    """Makes programs, creators and codes through the real services (as the CLI does)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def program(self, slug="headspace-6m", quota=10, opens_at=None, closes_at=None, **kw):
+        from wellness_perks.services import programs
+
+        now = datetime.now(UTC)
+        with self.app.app_context():
+            program = programs.create_program(
+                get_session(), slug=slug, name=kw.pop("name", "Headspace · 6 months"),
+                quota=quota, opens_at=opens_at or now - timedelta(hours=1),
+                closes_at=closes_at or now + timedelta(days=30), actor="test", **kw)
+            return program
+
+    def creators(self, program, emails, country="PK"):
+        from wellness_perks.services import imports
+
+        rows = "handle,email,country\n" + "".join(
+            f"@{e.split('@')[0]},{e},{country}\n" for e in emails)
+        with self.app.app_context():
+            report = imports.import_creators(get_session(), program=program,
+                                             stream=io.BytesIO(rows.encode()), actor="test")
+        assert report.committed and report.imported == len(emails), report.as_dict()
+        return report
+
+    def codes(self, program, values, expires_on=None):
+        from wellness_perks.services import imports
+
+        with self.app.app_context():
+            report = imports.import_codes(get_session(), program=program,
+                                          stream=io.BytesIO("\n".join(values).encode()),
+                                          expires_on=expires_on, actor="test")
+        assert report.committed and report.imported == len(values), report.as_dict()
+        return report
+
+
+@pytest.fixture
+def factory(app):
+    return Factory(app)
+
+
+def sign_in(client, smtp_server, address: str) -> None:
+    """Sign in through the real flow: form, mail, link."""
+    page = client.get("/login")
+    before = len(smtp_server.to(address))
+    response = client.post("/login", data={"email": address,
+                                           "csrf_token": csrf_token(page.text)})
+    assert response.status_code == 302, response.text
+    mails = smtp_server.wait_for_mail(address, "sign-in", count=before + 1)
+    link = sign_in_link(mails[-1])
+    response = client.get(link.replace("http://localhost", ""))
+    assert response.status_code == 302 and response.headers["Location"] == "/", response.text
+
+
+@pytest.fixture
+def signed_in(client, smtp_server):
+    def _sign_in(address: str):
+        sign_in(client, smtp_server, address)
+        return client
+    return _sign_in
