@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 
 from tests.helpers import (
     MailCatcher,
@@ -105,8 +105,9 @@ def runner(app):
 
 @pytest.fixture
 def session(app):
-    with app.app_context():
-        yield get_session()
+    """A session of the test's own, outside any app context (requests get their own)."""
+    with Session(app.extensions["db_engine"], expire_on_commit=False) as own:
+        yield own
 
 
 class Factory:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, render_template
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from .db import get_session
+from .logs import log_event
 from .services.errors import DomainError
 
 TITLES = {
@@ -27,6 +30,7 @@ def _page(status: int, message: str):
 def init_app(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):
+        log_event("request.csrf_rejected", logging.WARNING, reason=exc.description)
         return _page(400, "This form has expired. Go back, reload the page and try again.")
 
     @app.errorhandler(DomainError)

@@ -1,0 +1,187 @@
+"""Claiming through the portal: once per creator, waitlisted when out of stock or quota,
+refused (with the reason) outside the window or the list."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from tests.helpers import csrf_token, redemption_code, text_body
+from wellness_perks.models import Claim, Code, OutboundEmail
+
+
+def _claim(client, slug="headspace-6m"):
+    page = client.get(f"/programs/{slug}")
+    assert page.status_code == 200, page.text
+    return client.post(f"/programs/{slug}/claim", data={"csrf_token": csrf_token(page.text)})
+
+
+def _claims(session):
+    session.rollback()  # a fresh snapshot: SQLite's WAL keeps a reader at its first view
+    return session.exec(select(Claim).order_by(Claim.id)).all()
+
+
+def test_claim_allocates_a_code_shown_on_the_page_and_mailed(
+        client, factory, signed_in, smtp_server, session):
+    program = factory.program(redeem_url="https://app.example/redeem?code={code}")
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-AAAA-0001"], expires_on=datetime(2027, 6, 30).date())
+    signed_in("ayesha@example.com")
+    response = _claim(client)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/programs/headspace-6m"
+
+    [claim] = _claims(session)
+    assert claim.state == "allocated" and claim.code_id is not None and claim.decided_at
+    page = client.get("/programs/headspace-6m").text
+    assert "HS-AAAA-0001" in page
+    assert "https://app.example/redeem?code=HS-AAAA-0001" in page
+    assert "30 June 2027" in page
+
+    [mail] = smtp_server.wait_for_mail("ayesha@example.com", "code")
+    assert redemption_code(mail) == "HS-AAAA-0001"
+    body = text_body(mail)
+    assert "https://app.example/redeem?code=HS-AAAA-0001" in body
+    assert "30 June 2027" in body and "Questions" in body
+    assert mail.get_body(preferencelist=("html",)) is not None
+    outbound = session.exec(select(OutboundEmail).where(OutboundEmail.kind == "redemption")).one()
+    assert (outbound.status, outbound.attempts, outbound.claim_id) == ("sent", 1, claim.id)
+    assert outbound.sent_at is not None and outbound.message_id == mail["Message-ID"]
+
+
+def test_claiming_twice_changes_nothing(client, factory, signed_in, smtp_server, session):
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-AAAA-0001", "HS-AAAA-0002"])
+    signed_in("ayesha@example.com")
+    _claim(client)
+    first = _claims(session)
+    assert _claim(client).status_code == 302
+    # A resubmitted form with the same token too.
+    page = client.get("/programs/headspace-6m")
+    assert "Claim</button>" not in page.text
+    client.post("/programs/headspace-6m/claim", data={"csrf_token": csrf_token(page.text)})
+    second = _claims(session)
+    assert [(c.id, c.state, c.code_id) for c in first] == [(c.id, c.state, c.code_id)
+                                                         for c in second]
+    assert len(second) == 1
+    assert session.exec(select(sa.func.count()).select_from(Code)
+                        .where(Code.status == "assigned")).one() == 1
+    assert len(smtp_server.to("ayesha@example.com", "code")) == 1
+
+
+def test_out_of_stock_claims_are_waitlisted_in_order(
+        client, app, factory, signed_in, smtp_server, session):
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com", "b@example.com"])
+    signed_in("a@example.com")
+    _claim(client)
+    other = app.test_client()
+    from tests.conftest import sign_in
+    sign_in(other, smtp_server, "b@example.com")
+    _claim(other)
+    claims = _claims(session)
+    assert [(c.state, c.reason) for c in claims] == [("waitlisted", "out of stock")] * 2
+    assert "number <strong>1</strong> on the waitlist" in client.get("/programs/headspace-6m").text
+    assert "number <strong>2</strong> on the waitlist" in other.get("/programs/headspace-6m").text
+    assert smtp_server.to("a@example.com", "code") == []
+
+
+def test_quota_reached_claims_are_waitlisted(client, app, factory, signed_in, smtp_server, session):
+    program = factory.program(quota=1)
+    factory.creators(program, ["a@example.com", "b@example.com"])
+    factory.codes(program, ["HS-AAAA-0001", "HS-AAAA-0002"])
+    signed_in("a@example.com")
+    _claim(client)
+    other = app.test_client()
+    from tests.conftest import sign_in
+    sign_in(other, smtp_server, "b@example.com")
+    _claim(other)
+    assert [(c.state, c.reason) for c in _claims(session)] == [
+        ("allocated", None), ("waitlisted", "quota reached")]
+    assert session.exec(select(sa.func.count()).select_from(Code)
+                        .where(Code.status == "available")).one() == 1
+
+
+def test_claim_after_the_window_closed_is_refused_with_reason(
+        client, factory, signed_in, session, smtp_server):
+    now = datetime.now(UTC)
+    program = factory.program(opens_at=now - timedelta(days=10), closes_at=now - timedelta(days=1))
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-AAAA-0001"])
+    signed_in("ayesha@example.com")
+    page = client.get("/programs/headspace-6m")
+    assert "has closed" in page.text and "Claim</button>" not in page.text
+    client.post("/programs/headspace-6m/claim", data={"csrf_token": csrf_token(page.text)})
+    [claim] = _claims(session)
+    assert (claim.state, claim.reason, claim.code_id) == ("refused", "claim window closed", None)
+    assert "claim window closed" in client.get("/programs/headspace-6m").text
+    assert smtp_server.to("ayesha@example.com", "code") == []
+
+
+def test_claim_before_the_window_opens_records_nothing(client, factory, signed_in, session):
+    now = datetime.now(UTC)
+    program = factory.program(opens_at=now + timedelta(days=1), closes_at=now + timedelta(days=9))
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-AAAA-0001"])
+    signed_in("ayesha@example.com")
+    page = client.get("/programs/headspace-6m")
+    assert "Claims open on" in page.text
+    response = client.post("/programs/headspace-6m/claim",
+                           data={"csrf_token": csrf_token(page.text)}, follow_redirects=True)
+    assert "open on" in response.text
+    assert _claims(session) == []
+
+
+def test_refused_claim_is_reconsidered_once_the_window_reopens(
+        client, app, factory, signed_in, session):
+    now = datetime.now(UTC)
+    program = factory.program(opens_at=now - timedelta(days=10), closes_at=now - timedelta(days=1))
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-AAAA-0001"])
+    signed_in("ayesha@example.com")
+    _claim(client)
+    assert _claims(session)[0].state == "refused"
+    with app.app_context():
+        from wellness_perks.db import get_session
+        from wellness_perks.models import Program
+        s = get_session()
+        s.get(Program, program.id).closes_at = now + timedelta(days=1)
+        s.commit()
+    _claim(client)
+    [claim] = _claims(session)
+    assert claim.state == "allocated"
+
+
+def test_program_of_another_list_is_hidden_and_cannot_be_claimed(
+        client, factory, signed_in, session):
+    mine = factory.program(slug="mine-6m")
+    other = factory.program(slug="other-6m", name="Other")
+    factory.creators(mine, ["ayesha@example.com"])
+    factory.codes(other, ["HS-AAAA-0001"])
+    signed_in("ayesha@example.com")
+    assert "Other" not in client.get("/").text
+    assert client.get("/programs/other-6m").status_code == 404
+    token = csrf_token(client.get("/programs/mine-6m").text)
+    client.post("/programs/other-6m/claim", data={"csrf_token": token})
+    [claim] = _claims(session)
+    assert (claim.program_id, claim.state, claim.reason) == (other.id, "refused", "not eligible")
+    assert session.exec(select(Code)).one().status == "available"
+
+
+def test_claim_without_csrf_token_is_rejected(client, factory, signed_in, session):
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    signed_in("ayesha@example.com")
+    response = client.post("/programs/headspace-6m/claim")
+    assert response.status_code == 400
+    assert _claims(session) == []
+
+
+def test_unknown_program_is_404(client, factory, signed_in):
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    signed_in("ayesha@example.com")
+    assert client.get("/programs/nope").status_code == 404
