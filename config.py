@@ -1,7 +1,7 @@
 """Every setting of wellness-perks, read from the environment in one place.
 
-Nothing else in the project reads ``os.environ``: the app factory, the CLI, the Celery worker and the
-tests all take their settings from :class:`Config` (or a mapping that overrides it).
+Nothing else in the project reads ``os.environ``: the app factory, the CLI, the Celery worker
+and the tests all take their settings from :class:`Config` (or a mapping that overrides it).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as exc:
-        raise RuntimeError(f"environment variable {name} must be a whole number, got {raw!r}") from exc
+        raise RuntimeError(
+            f"environment variable {name} must be a whole number, got {raw!r}"
+        ) from exc
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -64,7 +66,8 @@ class Config:
     """Settings as attributes, so ``app.config.from_object(Config())`` picks them up."""
 
     def __init__(self) -> None:
-        self.INSTANCE_PATH = str(Path(_env("INSTANCE_PATH", str(PROJECT_ROOT / "instance"))).resolve())
+        default_instance = str(PROJECT_ROOT / "instance")
+        self.INSTANCE_PATH = str(Path(_env("INSTANCE_PATH", default_instance)).resolve())
         instance = Path(self.INSTANCE_PATH)
         self.PORT = _env_int("PORT", 5000)
         self.SECRET_KEY = _secret_key(instance)

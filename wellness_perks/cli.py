@@ -239,7 +239,7 @@ def seed_demo_command() -> None:
                    "follow its sign-in link")
     else:
         click.echo("  3. follow the sign-in link in the mail your SMTP server received")
-    click.echo(f"  4. open the program and press Claim; the code mail lands in the same place")
+    click.echo("  4. open the program and press Claim; the code mail lands in the same place")
 
 
 COMMANDS = (

@@ -81,15 +81,21 @@ def _close_session(_exc: BaseException | None) -> None:
         session.close()
 
 
-@contextmanager
-def write_transaction(session: Session):
-    """A transaction that writes what it reads: on SQLite it holds the write lock from BEGIN.
+def begin_write(session: Session) -> None:
+    """Start a transaction that will write what it reads: on SQLite it takes the write lock at
+    BEGIN (a WAL reader cannot upgrade to a writer once another writer has committed).
 
-    Commits on success, rolls back on error. The session must not be inside a transaction.
+    Whatever the session had open is committed first (only reads are expected there).
     """
     if session.in_transaction():
         session.commit()
     session.connection(execution_options={SQLITE_IMMEDIATE: True})
+
+
+@contextmanager
+def write_transaction(session: Session):
+    """``begin_write``, then commit on success or roll back on error."""
+    begin_write(session)
     try:
         yield session
         session.commit()

@@ -11,6 +11,7 @@ from sqlmodel import Session, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .. import dispatch
+from ..db import write_transaction
 from ..logs import log_event
 from ..models import Creator, Eligibility, MailKind, Manager, OutboundEmail
 from . import audit
@@ -50,15 +51,19 @@ def request_sign_in(session: Session, *, email: str) -> OutboundEmail | None:
     raises InvalidInput (that says nothing about any list).
     """
     normalised = normalise_email(email)
-    creator = session.exec(select(Creator).where(Creator.email == normalised)).first()
-    if creator is None or not session.exec(
-        select(Eligibility.id).where(Eligibility.creator_id == creator.id)
-    ).first():
+    with write_transaction(session):
+        creator = session.exec(select(Creator).where(Creator.email == normalised)).first()
+        if creator is None or not session.exec(
+            select(Eligibility.id).where(Eligibility.creator_id == creator.id)
+        ).first():
+            outbound = None
+        else:
+            outbound = OutboundEmail(kind=MailKind.sign_in, to_email=creator.email,
+                                     creator_id=creator.id)
+            session.add(outbound)
+    if outbound is None:
         log_event("sign_in.requested", known=False)
         return None
-    outbound = OutboundEmail(kind=MailKind.sign_in, to_email=creator.email, creator_id=creator.id)
-    session.add(outbound)
-    session.commit()
     log_event("sign_in.requested", known=True, creator_id=creator.id, outbound_id=outbound.id)
     dispatch.send_email(outbound.id)
     return outbound
@@ -104,14 +109,14 @@ def create_manager(session: Session, *, email: str, password: str, actor: str) -
     normalised = normalise_email(email)
     if len(password) < 12:
         raise InvalidInput("password must be at least 12 characters", field="password")
-    if session.exec(select(Manager.id).where(Manager.email == normalised)).first():
-        raise Conflict(f"a manager with email {normalised} already exists")
-    manager = Manager(email=normalised, password_hash=generate_password_hash(password))
-    session.add(manager)
-    session.flush()
-    audit.record(session, actor=actor, action="manager.created", object_type="manager",
-                 object_id=manager.id, detail={"email": normalised})
-    session.commit()
+    with write_transaction(session):
+        if session.exec(select(Manager.id).where(Manager.email == normalised)).first():
+            raise Conflict(f"a manager with email {normalised} already exists")
+        manager = Manager(email=normalised, password_hash=generate_password_hash(password))
+        session.add(manager)
+        session.flush()
+        audit.record(session, actor=actor, action="manager.created", object_type="manager",
+                     object_id=manager.id, detail={"email": normalised})
     return manager
 
 

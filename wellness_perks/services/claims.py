@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from .. import dispatch
+from ..db import write_transaction
 from ..logs import log_event
 from ..models import Claim, ClaimState, Code, CodeBatch, Eligibility, Program
 from . import audit
@@ -28,7 +29,9 @@ def is_eligible(session: Session, *, program_id: int, creator_id: int) -> bool:
     ).first() is not None
 
 
-def programs_for_creator(session: Session, *, creator_id: int) -> list[tuple[Program, Claim | None]]:
+def programs_for_creator(
+    session: Session, *, creator_id: int
+) -> list[tuple[Program, Claim | None]]:
     """The programs a creator is on the list of (or has a claim in), with their claim."""
     eligible = sa.select(Eligibility.program_id).where(Eligibility.creator_id == creator_id)
     claimed = sa.select(Claim.program_id).where(Claim.creator_id == creator_id)
@@ -44,7 +47,9 @@ def programs_for_creator(session: Session, *, creator_id: int) -> list[tuple[Pro
 
 def get_claim(session: Session, *, program_id: int, creator_id: int) -> Claim | None:
     return session.exec(
-        select(Claim).where(Claim.program_id == program_id, Claim.creator_id == creator_id)
+        select(Claim)
+        .where(Claim.program_id == program_id, Claim.creator_id == creator_id)
+        .execution_options(populate_existing=True)
     ).first()
 
 
@@ -58,9 +63,26 @@ def request_claim(
     recorded (ClaimWindowNotOpen).
     """
     now = now or datetime.now(UTC)
+    try:
+        with write_transaction(session):
+            claim, changed = _record_claim(session, program, creator_id, now)
+    except IntegrityError:
+        # A concurrent request stored this creator's claim first: that one stands.
+        return get_claim(session, program_id=program.id, creator_id=creator_id)
+    if changed:
+        log_event("claim.requested", claim_id=claim.id, program_id=program.id,
+                  creator_id=creator_id, state=claim.state, reason=claim.reason)
+        if claim.state == ClaimState.pending:
+            dispatch.allocate_claim(claim.id)
+    return claim
+
+
+def _record_claim(
+    session: Session, program: Program, creator_id: int, now: datetime
+) -> tuple[Claim, bool]:
     existing = get_claim(session, program_id=program.id, creator_id=creator_id)
     if existing is not None and existing.state != ClaimState.refused:
-        return existing
+        return existing, False
 
     window = program.window_state(now)
     if window == "not_open":
@@ -75,46 +97,21 @@ def request_claim(
         state, reason = ClaimState.pending, None
 
     if existing is not None:
-        # Only a refused claim gets here; move it on only if the refusal no longer holds.
+        # Only a refused claim gets here; it moves on only if the refusal no longer holds.
         if state == ClaimState.refused:
-            return existing
+            return existing, False
         claim = existing
-        updated = session.execute(
-            sa.update(Claim)
-            .where(Claim.id == claim.id, Claim.state == ClaimState.refused)
-            .values(state=ClaimState.pending, reason=None, requested_at=now, decided_at=None)
-        ).rowcount
-        if not updated:
-            session.rollback()
-            return get_claim(session, program_id=program.id, creator_id=creator_id)
-        session.refresh(claim)
+        claim.state, claim.reason, claim.requested_at, claim.decided_at = state, None, now, None
     else:
-        claim = Claim(
-            program_id=program.id,
-            creator_id=creator_id,
-            state=state,
-            reason=reason,
-            requested_at=now,
-            decided_at=now if state == ClaimState.refused else None,
-        )
+        claim = Claim(program_id=program.id, creator_id=creator_id, state=state, reason=reason,
+                      requested_at=now, decided_at=now if state == ClaimState.refused else None)
         session.add(claim)
-        try:
-            session.flush()
-        except IntegrityError:
-            # A concurrent request stored this creator's claim first: that one stands.
-            session.rollback()
-            return get_claim(session, program_id=program.id, creator_id=creator_id)
-
+    session.flush()
     audit.record(session, actor=f"creator:{creator_id}",
                  action="claim.requested" if state == ClaimState.pending else "claim.refused",
                  object_type="claim", object_id=claim.id, program_id=program.id,
                  detail={"reason": reason} if reason else None)
-    session.commit()
-    log_event("claim.requested", claim_id=claim.id, program_id=program.id,
-              creator_id=creator_id, state=claim.state, reason=reason)
-    if claim.state == ClaimState.pending:
-        dispatch.allocate_claim(claim.id)
-    return claim
+    return claim, True
 
 
 def waitlist_position(session: Session, claim: Claim) -> int | None:

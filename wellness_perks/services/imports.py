@@ -20,7 +20,16 @@ import pycountry
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from ..models import DEFAULT_CODE_PATTERN, Code, CodeBatch, CodeStatus, Creator, Eligibility, Program
+from ..db import begin_write
+from ..models import (
+    DEFAULT_CODE_PATTERN,
+    Code,
+    CodeBatch,
+    CodeStatus,
+    Creator,
+    Eligibility,
+    Program,
+)
 from . import audit
 from .emails import normalise_email
 from .errors import InvalidInput
@@ -190,6 +199,7 @@ def import_creators(
     """
     report = ImportReport()
     program_id = program.id
+    begin_write(session)
     text = _open_text(stream, progress)
     rows = _csv_rows(csv.reader(text))
     first = next(rows, None)
@@ -283,7 +293,7 @@ def _write_creators(session: Session, program_id: int, chunk: list, report: Impo
         ).scalars()
     )
     eligibility_rows = []
-    for (line, _h, email, _c, _n), creator_id in zip(chunk, ids, strict=True):
+    for (line, *_), creator_id in zip(chunk, ids, strict=True):
         if creator_id in already:
             report.duplicate += 1
             report.duplicates.append(
@@ -328,6 +338,7 @@ def import_codes(
         raise InvalidInput(f"expiry date {expires_on.isoformat()} is in the past", field="expires")
     report = ImportReport()
     program_id = program.id
+    begin_write(session)
     pattern = re.compile(program.code_pattern)
     format_text = describe_code_pattern(program.code_pattern)
     text = _open_text(stream, progress)

@@ -47,13 +47,8 @@ def send(session: Session, *, outbound_id: int) -> str:
 
     Raises MailRetryLater when the attempt failed and another is due later.
     """
-    took = session.execute(
-        sa.update(OutboundEmail)
-        .where(OutboundEmail.id == outbound_id, OutboundEmail.status == MailStatus.queued)
-        .values(status=MailStatus.sending, attempts=OutboundEmail.attempts + 1)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    session.commit()
+    took = _update(session, outbound_id, (MailStatus.queued,),
+                   status=MailStatus.sending, attempts=OutboundEmail.attempts + 1)
     outbound = session.get(OutboundEmail, outbound_id, populate_existing=True)
     if outbound is None:
         log_event("mail.unknown", logging.WARNING, outbound_id=outbound_id)
@@ -67,36 +62,51 @@ def send(session: Session, *, outbound_id: int) -> str:
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
         return _record_failure(session, outbound, exc)
 
-    outbound.status = MailStatus.sent
-    outbound.sent_at = datetime.now(UTC)
-    outbound.message_id = message["Message-ID"]
-    outbound.last_error = None
-    outbound.next_attempt_at = None
-    session.commit()
+    _update(session, outbound_id, (MailStatus.sending,), status=MailStatus.sent,
+            sent_at=datetime.now(UTC), message_id=message["Message-ID"], last_error=None,
+            next_attempt_at=None)
     log_event("mail.sent", outbound_id=outbound.id, kind=outbound.kind,
               claim_id=outbound.claim_id, attempts=outbound.attempts)
-    return outbound.status
+    return MailStatus.sent
+
+
+def _update(session: Session, outbound_id: int, from_states: tuple[MailStatus, ...],
+            **values) -> bool:
+    """Move an OutboundEmail on, only from the given states; True if it moved.
+
+    Its own transaction, beginning with the UPDATE (so SQLite waits for the write lock).
+    """
+    session.commit()
+    moved = session.execute(
+        sa.update(OutboundEmail)
+        .where(OutboundEmail.id == outbound_id, OutboundEmail.status.in_(from_states))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return bool(moved)
 
 
 def _record_failure(session: Session, outbound: OutboundEmail, exc: Exception) -> str:
     config = current_app.config
     permanent = isinstance(exc, PermanentMailError)
-    outbound.last_error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+    error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
     countdown = None
     if permanent or outbound.attempts >= config["MAIL_MAX_ATTEMPTS"]:
-        outbound.status = MailStatus.failed
-        outbound.next_attempt_at = None
+        status, next_attempt_at = MailStatus.failed, None
     else:
         countdown = retry_delay(outbound.attempts)
-        outbound.status = MailStatus.queued
-        outbound.next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
-    session.commit()
+        status = MailStatus.queued
+        next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
+    session.rollback()
+    _update(session, outbound.id, (MailStatus.sending,), status=status, last_error=error,
+            next_attempt_at=next_attempt_at)
     log_event("mail.failed" if countdown is None else "mail.retry_scheduled", logging.WARNING,
               outbound_id=outbound.id, kind=outbound.kind, claim_id=outbound.claim_id,
               attempts=outbound.attempts, error=type(exc).__name__, retry_in=countdown)
     if countdown is not None:
         raise MailRetryLater(countdown)
-    return outbound.status
+    return status
 
 
 def retry_delay(attempts: int) -> int:

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from ..db import write_transaction
 from ..models import DEFAULT_CODE_PATTERN, Claim, ClaimState, Code, CodeStatus, Program
 from . import audit
 from .errors import Conflict, InvalidInput, ProgramNotFound
@@ -64,31 +65,30 @@ def create_program(
     except re.error as exc:
         raise InvalidInput(f"code format is not a valid regular expression: {exc}",
                            field="code-format") from exc
-    if session.exec(select(Program.id).where(Program.slug == slug)).first() is not None:
-        raise Conflict(f"a program with slug {slug!r} already exists")
-
-    program = Program(
-        slug=slug,
-        name=name.strip(),
-        quota=quota,
-        perk_months=perk_months,
-        opens_at=opens_at,
-        closes_at=closes_at,
-        redeem_url=redeem_url,
-        code_pattern=pattern,
-    )
-    session.add(program)
-    session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        action="program.created",
-        object_type="program",
-        object_id=program.id,
-        program_id=program.id,
-        detail={"slug": slug, "quota": quota, "opens_at": opens_at, "closes_at": closes_at},
-    )
-    session.commit()
+    with write_transaction(session):
+        if session.exec(select(Program.id).where(Program.slug == slug)).first() is not None:
+            raise Conflict(f"a program with slug {slug!r} already exists")
+        program = Program(
+            slug=slug,
+            name=name.strip(),
+            quota=quota,
+            perk_months=perk_months,
+            opens_at=opens_at,
+            closes_at=closes_at,
+            redeem_url=redeem_url,
+            code_pattern=pattern,
+        )
+        session.add(program)
+        session.flush()
+        audit.record(
+            session,
+            actor=actor,
+            action="program.created",
+            object_type="program",
+            object_id=program.id,
+            program_id=program.id,
+            detail={"slug": slug, "quota": quota, "opens_at": opens_at, "closes_at": closes_at},
+        )
     return program
 
 
