@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tests.helpers import csrf_token, html_body, redemption_code
 from wellness_perks import create_app
 from wellness_perks.db import get_session
 from wellness_perks.models import OutboundEmail
-from wellness_perks.services import mail
+from wellness_perks.services import imports, mail
 
 
 @pytest.fixture
@@ -125,8 +126,6 @@ def test_without_smtp_host_mail_goes_to_the_outbox(app_config, factory, smtp_ser
 
 def test_html_mail_escapes_creator_data(app, client, factory, smtp_server):
     program = factory.program()
-    from wellness_perks.services import imports
-    import io
     with app.app_context():
         imports.import_creators(
             get_session(), program=program, actor="test",
