@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import select
 
 from tests.conftest import sign_in
-from tests.helpers import csrf_token, html_body, redemption_code
+from tests.helpers import LINK_RE, csrf_token, html_body, redemption_code
 from wellness_perks import create_app
 from wellness_perks.db import get_session
 from wellness_perks.models import OutboundEmail
@@ -135,3 +135,22 @@ def test_html_mail_escapes_creator_data(app, client, factory, smtp_server):
     [message] = smtp_server.to("x@example.com")
     html = html_body(message)
     assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+def test_ascii_mail_keeps_links_whole_and_non_ascii_is_encoded(app, client, factory, smtp_server):
+    program = factory.program()
+    with app.app_context():
+        imports.import_creators(
+            get_session(), program=program, actor="test",
+            stream=io.BytesIO("handle,email,country\n@plain,plain@example.com,PK\n"
+                              "@عائشہ,aisha@example.com,PK\n".encode()))
+    for address in ("plain@example.com", "aisha@example.com"):
+        page = client.get("/login")
+        client.post("/login", data={"email": address, "csrf_token": csrf_token(page.text)})
+    plain = smtp_server.wait_for_mail("plain@example.com")[0]
+    urdu = smtp_server.wait_for_mail("aisha@example.com")[0]
+    raw = plain.as_bytes()
+    assert b"Content-Transfer-Encoding: 7bit" in raw
+    assert LINK_RE.search(raw.decode("ascii")) is not None  # no soft line breaks in the link
+    assert "@عائشہ" in urdu.get_body(("plain",)).get_content()
+    assert LINK_RE.search(urdu.get_body(("plain",)).get_content()) is not None

@@ -162,9 +162,16 @@ def build_message(session: Session, outbound: OutboundEmail) -> EmailMessage:
     domain = parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
     message["Message-ID"] = make_msgid(idstring=f"wp{outbound.id}", domain=domain)
     message["Auto-Submitted"] = "auto-generated"
-    message.set_content(text)
-    message.add_alternative(html, subtype="html")
+    message.set_content(text, cte=_transfer_encoding(text))
+    message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
     return message
+
+
+def _transfer_encoding(body: str) -> str:
+    """7bit keeps links whole (readable in the raw .eml); non-ASCII text is quoted-printable."""
+    if body.isascii() and all(len(line) <= 990 for line in body.splitlines()):
+        return "7bit"
+    return "quoted-printable"
 
 
 # --------------------------------------------------------------------------- delivering
