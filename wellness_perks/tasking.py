@@ -33,7 +33,9 @@ def celery_init_app(app: Flask) -> Celery:
         task_eager_propagates=False,
         task_ignore_result=True,
         include=["worker.tasks"],
-        task_queues=[Queue(name) for name in QUEUES],
+        # Each queue bound by its own routing key: without one, all four were bound to the
+        # default exchange under the same key, so a message sent there reached every queue.
+        task_queues=[Queue(name, routing_key=name) for name in QUEUES],
         task_default_queue="allocation",
         task_routes=TASK_ROUTES,
         # A task is acknowledged after it ran, and given back if its worker dies mid-way.
