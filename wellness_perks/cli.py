@@ -16,8 +16,10 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
+from sqlmodel import select
 
 from .db import get_session
+from .models import Manager
 from .services import auth, imports, programs
 from .services.errors import DomainError
 from .services.imports import FileRejected, ImportReport
@@ -102,6 +104,7 @@ def _run_import(path: Path, as_json: bool, label: str, do_import) -> None:
         length=size, label=label, file=sys.stderr, show_pos=False, hidden=not show_bar
     ) as bar:
         seen = 0
+        rejected = False
 
         def progress(bytes_read: int) -> None:
             nonlocal seen
@@ -112,14 +115,15 @@ def _run_import(path: Path, as_json: bool, label: str, do_import) -> None:
             report: ImportReport = do_import(stream, progress)
         except FileRejected as exc:
             report = ImportReport(invalid=1, errors=[exc.issue])
+            rejected = True
         except DomainError as exc:
             _fail(str(exc))
-    _print_report(report, path, as_json)
+    _print_report(report, path, as_json, rejected)
     if not report.committed:
         sys.exit(1)
 
 
-def _print_report(report: ImportReport, path: Path, as_json: bool) -> None:
+def _print_report(report: ImportReport, path: Path, as_json: bool, rejected: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
@@ -130,7 +134,9 @@ def _print_report(report: ImportReport, path: Path, as_json: bool) -> None:
                    f"({issue.reason})", err=True)
     click.echo(f"imported {report.imported}, duplicate {report.duplicate}, "
                f"invalid {report.invalid}")
-    if not report.committed:
+    if rejected:  # the file as a whole: --skip-invalid would not help
+        click.echo("nothing was imported: the file was rejected", err=True)
+    elif not report.committed:
         click.echo("nothing was imported: fix the rows above, or pass --skip-invalid to import "
                    "the valid rows only", err=True)
 
@@ -204,6 +210,10 @@ def seed_demo_command() -> None:
     try:
         programs.get_program(session, DEMO_SLUG)
     except DomainError:
+        # Checked first: failing on it after the program is made would leave a half-made demo
+        # that the next run takes for done.
+        manager_exists = session.exec(
+            select(Manager.id).where(Manager.email == DEMO_MANAGER)).first() is not None
         now = datetime.now(UTC)
         program = programs.create_program(
             session, slug=DEMO_SLUG, name="Mindful Minutes · 6 months", quota=DEMO_CODES,
@@ -222,11 +232,15 @@ def seed_demo_command() -> None:
         imports.import_codes(session, program=program, stream=BytesIO(codes.encode()),
                              filename="demo-codes.txt", batch_name="demo batch",
                              expires_on=(now + timedelta(days=365)).date(), actor="seed-demo")
-        password = secrets.token_urlsafe(12)
-        auth.create_manager(session, email=DEMO_MANAGER, password=password, actor="seed-demo")
         click.echo(f"demo program {DEMO_SLUG} created: quota {DEMO_CODES}, {DEMO_CODES} codes, "
                    f"{DEMO_CREATORS} creators")
-        click.echo(f"demo manager {DEMO_MANAGER}, password {password} (shown once)")
+        if manager_exists:
+            click.echo(f"demo manager {DEMO_MANAGER} already exists (password unchanged)")
+        else:
+            password = secrets.token_urlsafe(12)
+            auth.create_manager(session, email=DEMO_MANAGER, password=password,
+                                actor="seed-demo")
+            click.echo(f"demo manager {DEMO_MANAGER}, password {password} (shown once)")
     else:
         click.echo(f"demo program {DEMO_SLUG} already exists")
     outbox = current_app.config["OUTBOX_DIR"] if not current_app.config["SMTP_HOST"] else None

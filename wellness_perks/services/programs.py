@@ -45,6 +45,10 @@ def create_program(
         )
     if not (name or "").strip():
         raise InvalidInput("name must not be empty", field="name")
+    for field, value, limit in (("name", name, 200), ("redeem-url", redeem_url, 500),
+                                ("code-format", code_pattern, 500)):
+        if value is not None and len(value) > limit:
+            raise InvalidInput(f"{field} is longer than {limit} characters", field=field)
     if quota < 0:
         raise InvalidInput("quota must be zero or more", field="quota")
     if perk_months < 1:
