@@ -173,3 +173,13 @@ def signed_in(client, smtp_server):
         sign_in(client, smtp_server, address)
         return client
     return _sign_in
+
+
+@pytest.fixture
+def another_creator(app, smtp_server):
+    """A second browser, signed in as another creator."""
+    def _sign_in(address: str):
+        other = app.test_client()
+        sign_in(other, smtp_server, address)
+        return other
+    return _sign_in

@@ -15,6 +15,19 @@ from wellness_perks.models import Claim, Code, Creator, OutboundEmail, Program
 from wellness_perks.services import allocation, claims
 
 
+def _stocked_program(app, factory, session, *, quota, creators, codes):
+    """A program with ``codes`` in stock and ``creators`` each holding a pending claim."""
+    program = factory.program(quota=quota)
+    factory.creators(program, [f"creator{i:03d}@example.com" for i in range(creators)])
+    factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(codes)])
+    return program, _pending_claims(app, session, program, creators)
+
+
+def _allocate_all(app, claim_ids):
+    _run_in_threads(app, [lambda s, cid=cid: allocation.allocate(s, claim_id=cid)
+                          for cid in claim_ids])
+
+
 def _pending_claims(app, session, program, count):
     """Creators on the list, each with a pending claim (allocation not yet run)."""
     emails = [f"creator{i:03d}@example.com" for i in range(count)]
@@ -72,13 +85,8 @@ def assert_invariants(session, program_id):
 
 
 def test_parallel_allocation_respects_quota_and_stock(app, factory, session, smtp_server):
-    program = factory.program(quota=25)
-    factory.creators(program, [f"creator{i:03d}@example.com" for i in range(40)])
-    factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(30)])
-    claim_ids = _pending_claims(app, session, program, 40)
-
-    _run_in_threads(app, [lambda s, cid=cid: allocation.allocate(s, claim_id=cid)
-                          for cid in claim_ids])
+    program, claim_ids = _stocked_program(app, factory, session, quota=25, creators=40, codes=30)
+    _allocate_all(app, claim_ids)
 
     allocated = assert_invariants(session, program.id)
     assert len(allocated) == 25
@@ -90,22 +98,16 @@ def test_parallel_allocation_respects_quota_and_stock(app, factory, session, smt
 
 
 def test_stock_runs_out_before_quota(app, factory, session, smtp_server):
-    program = factory.program(quota=100)
-    factory.creators(program, [f"creator{i:03d}@example.com" for i in range(12)])
-    factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(5)])
-    claim_ids = _pending_claims(app, session, program, 12)
-    _run_in_threads(app, [lambda s, cid=cid: allocation.allocate(s, claim_id=cid)
-                          for cid in claim_ids])
+    program, claim_ids = _stocked_program(app, factory, session, quota=100, creators=12, codes=5)
+    _allocate_all(app, claim_ids)
     assert len(assert_invariants(session, program.id)) == 5
     reasons = session.exec(select(Claim.reason).where(Claim.state == "waitlisted")).all()
     assert reasons == ["out of stock"] * 7
 
 
 def test_same_claim_allocated_from_many_threads_once(app, factory, session, smtp_server):
-    program = factory.program(quota=10)
-    factory.creators(program, ["creator000@example.com"])
-    factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(10)])
-    [claim_id] = _pending_claims(app, session, program, 1)
+    program, [claim_id] = _stocked_program(app, factory, session, quota=10, creators=1,
+                                           codes=10)
     _run_in_threads(app, [lambda s: allocation.allocate(s, claim_id=claim_id)] * 12, threads=6)
     assert len(assert_invariants(session, program.id)) == 1
     assert session.exec(select(sa.func.count()).select_from(OutboundEmail)).one() == 1
@@ -113,10 +115,7 @@ def test_same_claim_allocated_from_many_threads_once(app, factory, session, smtp
 
 
 def test_rerunning_allocation_changes_nothing(app, factory, session, smtp_server):
-    program = factory.program(quota=10)
-    factory.creators(program, ["creator000@example.com"])
-    factory.codes(program, ["HS-CODE-0001", "HS-CODE-0002"])
-    [claim_id] = _pending_claims(app, session, program, 1)
+    program, [claim_id] = _stocked_program(app, factory, session, quota=10, creators=1, codes=2)
     with app.app_context():
         first = allocation.allocate(get_session(), claim_id=claim_id)
         again = allocation.allocate(get_session(), claim_id=claim_id)

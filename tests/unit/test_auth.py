@@ -77,12 +77,16 @@ def test_link_is_usable_once(client, program, smtp_server, app):
     assert other.get("/").status_code == 302  # still signed out
 
 
-def test_expired_link_is_refused(client, program, app, session, monkeypatch):
+def _token_minted_ago(app, session, monkeypatch, seconds: int) -> str:
     creator = session.exec(select(Creator).where(Creator.email == "ayesha@example.com")).one()
     real_time = time.time
     with app.app_context(), monkeypatch.context() as patch:
-        patch.setattr(itsdangerous.timed.time, "time", lambda: real_time() - 16 * 60)
-        token = mint_sign_in_token(creator)
+        patch.setattr(itsdangerous.timed.time, "time", lambda: real_time() - seconds)
+        return mint_sign_in_token(creator)
+
+
+def test_expired_link_is_refused(client, program, app, session, monkeypatch):
+    token = _token_minted_ago(app, session, monkeypatch, 16 * 60)
     response = client.get(f"/login/{token}")
     assert response.status_code == 400
     assert "expired" in response.text
@@ -90,11 +94,7 @@ def test_expired_link_is_refused(client, program, app, session, monkeypatch):
 
 
 def test_link_within_its_lifetime_works(client, program, app, session, monkeypatch):
-    creator = session.exec(select(Creator).where(Creator.email == "ayesha@example.com")).one()
-    real_time = time.time
-    with app.app_context(), monkeypatch.context() as patch:
-        patch.setattr(itsdangerous.timed.time, "time", lambda: real_time() - 14 * 60)
-        token = mint_sign_in_token(creator)
+    token = _token_minted_ago(app, session, monkeypatch, 14 * 60)
     assert client.get(f"/login/{token}").status_code == 302
 
 

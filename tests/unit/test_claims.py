@@ -73,14 +73,12 @@ def test_claiming_twice_changes_nothing(client, factory, signed_in, smtp_server,
 
 
 def test_out_of_stock_claims_are_waitlisted_in_order(
-        client, app, factory, signed_in, smtp_server, session):
+        client, factory, signed_in, another_creator, smtp_server, session):
     program = factory.program(quota=10)
     factory.creators(program, ["a@example.com", "b@example.com"])
     signed_in("a@example.com")
     _claim(client)
-    other = app.test_client()
-    from tests.conftest import sign_in
-    sign_in(other, smtp_server, "b@example.com")
+    other = another_creator("b@example.com")
     _claim(other)
     claims = _claims(session)
     assert [(c.state, c.reason) for c in claims] == [("waitlisted", "out of stock")] * 2
@@ -89,15 +87,14 @@ def test_out_of_stock_claims_are_waitlisted_in_order(
     assert smtp_server.to("a@example.com", "code") == []
 
 
-def test_quota_reached_claims_are_waitlisted(client, app, factory, signed_in, smtp_server, session):
+def test_quota_reached_claims_are_waitlisted(
+        client, factory, signed_in, another_creator, session):
     program = factory.program(quota=1)
     factory.creators(program, ["a@example.com", "b@example.com"])
     factory.codes(program, ["HS-AAAA-0001", "HS-AAAA-0002"])
     signed_in("a@example.com")
     _claim(client)
-    other = app.test_client()
-    from tests.conftest import sign_in
-    sign_in(other, smtp_server, "b@example.com")
+    other = another_creator("b@example.com")
     _claim(other)
     assert [(c.state, c.reason) for c in _claims(session)] == [
         ("allocated", None), ("waitlisted", "quota reached")]
