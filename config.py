@@ -76,6 +76,12 @@ class Config:
         )
         # Empty broker URL: Celery runs tasks in-process (eager), the embedded default.
         self.CELERY_BROKER_URL = _env("CELERY_BROKER_URL", "")
+        # Waiting claims served per allocation transaction (one program lock per batch).
+        self.ALLOCATION_BATCH_SIZE = _env_int("ALLOCATION_BATCH_SIZE", 200)
+        # The sweeper: how often it runs (beat), and when work counts as lost.
+        self.SWEEP_INTERVAL_SECONDS = _env_int("SWEEP_INTERVAL_SECONDS", 30)
+        self.SWEEP_PENDING_AFTER_SECONDS = _env_int("SWEEP_PENDING_AFTER_SECONDS", 60)
+        self.MAIL_SENDING_TIMEOUT_SECONDS = _env_int("MAIL_SENDING_TIMEOUT_SECONDS", 300)
         self.BASE_URL = _env("BASE_URL", f"http://127.0.0.1:{self.PORT}").rstrip("/")
         # Mail: SMTP when SMTP_HOST is set, otherwise RFC 5322 files in OUTBOX_DIR.
         self.SMTP_HOST = _env("SMTP_HOST", "")

@@ -13,7 +13,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the app. ``test_config`` overrides settings read from the environment."""
     from config import Config
 
-    from . import auth, cli, db, errors, logs, portal, tasking
+    from . import auth, cli, db, errors, logs, ops, portal, tasking
     from .extensions import csrf, login_manager
 
     config = Config()
@@ -38,4 +38,5 @@ def create_app(test_config: dict | None = None) -> Flask:
     cli.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(portal.bp)
+    app.register_blueprint(ops.bp)
     return app

@@ -20,7 +20,9 @@ from sqlmodel import select
 
 from .db import get_session
 from .models import Manager
-from .services import auth, imports, programs
+from .services import auth, codes, imports, programs, sweeper
+from .services import verify as violations
+from .services.countries import normalise_country, parse_country_quota
 from .services.errors import DomainError
 from .services.imports import FileRejected, ImportReport
 
@@ -83,18 +85,49 @@ def create_manager_command(email: str, password: str) -> None:
 @click.option("--closes", help="When claims close (ISO 8601; no zone means UTC).")
 @click.option("--redeem-url", help="Link to redeem a code; {code} is replaced by the code.")
 @click.option("--code-format", help="Regular expression every code must match in full.")
+@click.option("--country-quota", "country_quota_options", multiple=True, metavar="CC=N",
+              help="Cap allocations to one country, e.g. PK=2000 (repeatable).")
 @with_appcontext
-def create_program_command(slug, name, quota, months, opens, closes, redeem_url, code_format):
+def create_program_command(slug, name, quota, months, opens, closes, redeem_url, code_format,
+                           country_quota_options):
     """Create a program (a perk with its quota and claim window)."""
     try:
+        by_country = dict(parse_country_quota(o) for o in country_quota_options)
         program = programs.create_program(
             get_session(), slug=slug, name=name, quota=quota, perk_months=months,
             opens_at=_parse_when(opens, "--opens"), closes_at=_parse_when(closes, "--closes"),
-            redeem_url=redeem_url, code_pattern=code_format, actor=CLI_ACTOR,
+            redeem_url=redeem_url, code_pattern=code_format, country_quotas=by_country,
+            actor=CLI_ACTOR,
         )
     except DomainError as exc:
         _fail(str(exc))
-    click.echo(f"program {program.slug} created (quota {program.quota})")
+    extra = "".join(f", {c} {n}" for c, n in sorted(by_country.items()))
+    click.echo(f"program {program.slug} created (quota {program.quota}{extra})")
+
+
+@click.command("set-quota")
+@click.argument("slug")
+@click.option("--quota", type=click.IntRange(min=0), help="New global quota.")
+@click.option("--country-quota", "country_quota_options", multiple=True, metavar="CC=N",
+              help="Set a country's quota, e.g. PK=2500 (repeatable).")
+@click.option("--no-country-quota", "uncapped", multiple=True, metavar="CC",
+              help="Remove a country's quota (repeatable).")
+@with_appcontext
+def set_quota_command(slug, quota, country_quota_options, uncapped):
+    """Change a program's quota or country quotas; raising one serves the waitlist."""
+    program = _program(slug)
+    try:
+        changes: dict[str, int | None] = dict(parse_country_quota(o)
+                                              for o in country_quota_options)
+        changes |= {normalise_country(c, "no-country-quota"): None for c in uncapped}
+        if quota is None and not changes:
+            _fail("nothing to change: give --quota, --country-quota or --no-country-quota")
+        programs.set_quota(get_session(), program_id=program.id, quota=quota,
+                           country_quotas=changes, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"quota of {slug} changed")
+    _echo_summary(programs.quota_summary(get_session(), program))
 
 
 def _run_import(path: Path, as_json: bool, label: str, do_import) -> None:
@@ -186,12 +219,102 @@ def quota_command(slug: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    _echo_summary(summary)
+
+
+def _echo_summary(summary: dict) -> None:
     click.echo(f"{summary['name']} ({summary['program']})")
     for key in ("quota", "allocated", "remaining", "in_stock"):
         click.echo(f"  {key.replace('_', ' '):<10} {summary[key]:>9}")
     click.echo("  claims")
     for state, count in summary["claims"].items():
         click.echo(f"    {state:<11} {count:>8}")
+    if summary["countries"]:
+        click.echo("  country quotas")
+        for country, row in summary["countries"].items():
+            click.echo(f"    {country}  {row['allocated']:>7} of {row['quota']:>7}")
+
+
+@click.command("void-code")
+@click.argument("slug")
+@click.argument("code")
+@click.option("--reason", required=True, help="Why, for the audit log (e.g. 'partner: invalid').")
+@with_appcontext
+def void_code_command(slug: str, code: str, reason: str) -> None:
+    """Take a code out of use. If a creator holds it, they get a new one by mail."""
+    program = _program(slug)
+    try:
+        result = codes.void_code(get_session(), program_id=program.id, value=code, reason=reason,
+                                 actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    if result.reissued_claim_id:
+        click.echo(f"code #{result.code_id} voided; claim #{result.reissued_claim_id} got "
+                   f"code #{result.new_code_id}, mailed to its creator")
+    else:
+        click.echo(f"code #{result.code_id} voided (it was in stock)")
+
+
+@click.command("reissue")
+@click.argument("slug")
+@click.argument("email")
+@click.option("--reason", required=True, help="Why, for the audit log.")
+@with_appcontext
+def reissue_command(slug: str, email: str, reason: str) -> None:
+    """Void the code a creator holds and mail them the next one."""
+    program = _program(slug)
+    try:
+        result = codes.reissue_claim(get_session(), program_id=program.id, creator_email=email,
+                                     reason=reason, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"claim #{result.reissued_claim_id}: code #{result.code_id} voided, "
+               f"code #{result.new_code_id} mailed")
+
+
+@click.command("restore-code")
+@click.argument("slug")
+@click.argument("code")
+@with_appcontext
+def restore_code_command(slug: str, code: str) -> None:
+    """Put a voided code that was never given out back in stock."""
+    program = _program(slug)
+    try:
+        code_id = codes.restore_code(get_session(), program_id=program.id, value=code,
+                                     actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"code #{code_id} is back in stock")
+
+
+@click.command("verify")
+@click.argument("slug")
+@click.option("--json", "as_json", is_flag=True, help="Print violations as JSON.")
+@with_appcontext
+def verify_command(slug: str, as_json: bool) -> None:
+    """Check the invariants I1-I5 of a program; exit 0 only when all hold."""
+    program = _program(slug)
+    found = violations.verify_program(get_session(), program_id=program.id)
+    if as_json:
+        click.echo(json.dumps({"program": slug, "ok": not found,
+                               "violations": [v.as_dict() for v in found]}, indent=2))
+    else:
+        for violation in found:
+            click.echo(str(violation))
+        click.echo(f"{slug}: {len(found)} violation(s)" if found else
+                   f"{slug}: I1-I5 hold")
+    if found:
+        sys.exit(1)
+
+
+@click.command("sweep")
+@with_appcontext
+def sweep_command() -> None:
+    """Re-enqueue claims pending too long and mails due (what Celery beat runs periodically)."""
+    report = sweeper.sweep(get_session())
+    click.echo(f"programs re-allocated: {len(report.programs)}, mails re-sent: "
+               f"{len(report.mails)}, interrupted mails re-queued: "
+               f"{len(report.interrupted_mails)}")
 
 
 DEMO_SLUG = "demo-6m"
@@ -260,9 +383,15 @@ COMMANDS = (
     init_db_command,
     create_manager_command,
     create_program_command,
+    set_quota_command,
     import_creators_command,
     import_codes_command,
+    void_code_command,
+    reissue_command,
+    restore_code_command,
     quota_command,
+    verify_command,
+    sweep_command,
     seed_demo_command,
 )
 

@@ -16,6 +16,10 @@ def allocate_claim(claim_id: int) -> None:
     _enqueue("allocate_claim", claim_id, claim_id=claim_id)
 
 
+def allocate_program(program_id: int) -> None:
+    _enqueue("allocate_program", program_id, program_id=program_id)
+
+
 def send_email(outbound_id: int) -> None:
     _enqueue("send_email", outbound_id, outbound_id=outbound_id)
 

@@ -58,17 +58,25 @@ class MailStatus(enum.StrEnum):
     sending = "sending"    # an attempt holds it
     sent = "sent"
     failed = "failed"      # gave up after MAIL_MAX_ATTEMPTS
+    cancelled = "cancelled"  # its code was voided before it went out (a reissue mail follows)
 
 
 class MailKind(enum.StrEnum):
     sign_in = "sign_in"
-    redemption = "redemption"
+    redemption = "redemption"   # the first code of a claim
+    reissue = "reissue"         # a replacement code, after the first was voided
 
 
 DEFAULT_CODE_PATTERN = r"[A-Za-z0-9-]{4,64}"
 
 
 class Program(SQLModel, table=True):
+    __table_args__ = (
+        # I2 held by the database too: the counter can never pass the quota.
+        sa.CheckConstraint("allocated_count <= quota", name="ck_program_quota_room"),
+        sa.CheckConstraint("quota >= 0", name="ck_program_quota_positive"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     slug: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
     name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
@@ -99,6 +107,22 @@ class Program(SQLModel, table=True):
         if self.closes_at is not None and now >= self.closes_at:
             return "closed"
         return "open"
+
+
+class CountryQuota(SQLModel, table=True):
+    """An optional cap on a program's allocations to creators of one country."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("program_id", "country", name="uq_country_quota"),
+        sa.CheckConstraint("allocated_count <= quota", name="ck_country_quota_room"),
+        sa.CheckConstraint("quota >= 0", name="ck_country_quota_positive"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", nullable=False)
+    country: str = Field(sa_column=sa.Column(sa.String(2), nullable=False))
+    quota: int = Field(nullable=False)
+    allocated_count: int = Field(default=0, nullable=False)
 
 
 class Creator(SQLModel, table=True):
@@ -174,6 +198,8 @@ class Claim(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     program_id: int = Field(foreign_key="program.id", nullable=False)
     creator_id: int = Field(foreign_key="creator.id", nullable=False, index=True)
+    # The creator's country when they claimed: what a country quota counts against.
+    country: str = Field(sa_column=sa.Column(sa.String(2), nullable=False))
     state: ClaimState = Field(
         default=ClaimState.pending,
         sa_column=sa.Column(sa.String(16), nullable=False, default=ClaimState.pending.value),
@@ -186,12 +212,28 @@ class Claim(SQLModel, table=True):
     decided_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
+class CodeAssignment(SQLModel, table=True):
+    """History of codes given to claims. ``code_id`` is unique: a code is assigned once, ever
+    (a voided code is never handed out again, to anyone)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    code_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("code.id"), nullable=False, unique=True)
+    )
+    claim_id: int = Field(foreign_key="claim.id", nullable=False, index=True)
+    program_id: int = Field(foreign_key="program.id", nullable=False, index=True)
+    assigned_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    voided_at: datetime | None = Field(default=None, sa_column=_ts())
+    void_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+
+
 class OutboundEmail(SQLModel, table=True):
     """One mail we owe somebody. Its body is rendered at send time and never stored."""
 
     __table_args__ = (
-        # A claim's redemption mail exists once (sign-in mails have no claim: NULLs don't collide).
-        sa.UniqueConstraint("claim_id", "kind", name="uq_outbound_claim_kind"),
+        # The mail telling a claim's owner about one code exists once per kind (sign-in mails
+        # have neither claim nor code: NULLs don't collide).
+        sa.UniqueConstraint("claim_id", "code_id", "kind", name="uq_outbound_claim_code_kind"),
         sa.Index("ix_outbound_status", "status", "next_attempt_at"),
     )
 
@@ -200,6 +242,7 @@ class OutboundEmail(SQLModel, table=True):
     to_email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False))
     creator_id: int | None = Field(default=None, foreign_key="creator.id", index=True)
     claim_id: int | None = Field(default=None, foreign_key="claim.id")
+    code_id: int | None = Field(default=None, foreign_key="code.id")
     status: MailStatus = Field(
         default=MailStatus.queued,
         sa_column=sa.Column(sa.String(16), nullable=False, default=MailStatus.queued.value),
@@ -209,6 +252,7 @@ class OutboundEmail(SQLModel, table=True):
     message_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(300)))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     next_attempt_at: datetime | None = Field(default=None, sa_column=_ts())
+    sending_started_at: datetime | None = Field(default=None, sa_column=_ts())
     sent_at: datetime | None = Field(default=None, sa_column=_ts())
 
 

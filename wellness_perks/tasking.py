@@ -13,7 +13,9 @@ from kombu import Queue
 QUEUES = ("allocation", "mail", "imports", "periodic")
 TASK_ROUTES = {
     "wellness_perks.allocate_claim": {"queue": "allocation"},
+    "wellness_perks.allocate_program": {"queue": "allocation"},
     "wellness_perks.send_email": {"queue": "mail"},
+    "wellness_perks.sweep": {"queue": "periodic"},
 }
 
 
@@ -49,6 +51,10 @@ def celery_init_app(app: Flask) -> Celery:
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0.1,
                                    "interval_step": 0.2, "interval_max": 0.5},
         worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep": {"task": "wellness_perks.sweep",
+                      "schedule": float(app.config["SWEEP_INTERVAL_SECONDS"])},
+        },
     )
     celery_app.set_default()
     app.extensions["celery"] = celery_app

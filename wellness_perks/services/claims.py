@@ -11,14 +11,12 @@ from sqlmodel import Session, select
 from .. import dispatch
 from ..db import write_transaction
 from ..logs import log_event
-from ..models import Claim, ClaimState, Code, CodeBatch, Eligibility, Program
+from ..models import Claim, ClaimState, Code, CodeBatch, Creator, Eligibility, Program
 from . import audit
 from .errors import ClaimWindowNotOpen
 
 REASON_NOT_ELIGIBLE = "not eligible"
 REASON_WINDOW_CLOSED = "claim window closed"
-REASON_QUOTA = "quota reached"
-REASON_OUT_OF_STOCK = "out of stock"
 
 
 def is_eligible(session: Session, *, program_id: int, creator_id: int) -> bool:
@@ -89,6 +87,7 @@ def _record_claim(
         raise ClaimWindowNotOpen(
             f"claims for {program.name} open on {program.opens_at:%Y-%m-%d %H:%M} UTC"
         )
+    creator = session.get(Creator, creator_id)
     if not is_eligible(session, program_id=program.id, creator_id=creator_id):
         state, reason = ClaimState.refused, REASON_NOT_ELIGIBLE
     elif window == "closed":
@@ -103,8 +102,9 @@ def _record_claim(
         claim = existing
         claim.state, claim.reason, claim.requested_at, claim.decided_at = state, None, now, None
     else:
-        claim = Claim(program_id=program.id, creator_id=creator_id, state=state, reason=reason,
-                      requested_at=now, decided_at=now if state == ClaimState.refused else None)
+        claim = Claim(program_id=program.id, creator_id=creator_id, country=creator.country,
+                      state=state, reason=reason, requested_at=now,
+                      decided_at=now if state == ClaimState.refused else None)
         session.add(claim)
     session.flush()
     audit.record(session, actor=f"creator:{creator_id}",

@@ -17,11 +17,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-import pycountry
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from .. import dispatch
 from ..db import begin_write
 from ..models import (
     DEFAULT_CODE_PATTERN,
@@ -33,12 +33,12 @@ from ..models import (
     Program,
 )
 from . import audit
+from .countries import COUNTRY_CODES
 from .emails import normalise_email
 from .errors import InvalidInput
 
 WRITE_CHUNK = 1000
 MAX_CODE_LENGTH = 64
-COUNTRY_CODES = frozenset(c.alpha_2 for c in pycountry.countries)
 CREATOR_COLUMNS = ("handle", "email", "country")
 MAX_HANDLE_LENGTH = 100
 MAX_NAME_LENGTH = 200
@@ -433,7 +433,10 @@ def import_codes(
                      detail={"file": Path(filename).name, "batch": batch.name,
                              "imported": report.imported, "duplicate": report.duplicate,
                              "invalid": report.invalid, "expires_on": expires_on})
-    return _finish(session, report, skip_invalid)
+    _finish(session, report, skip_invalid)
+    if report.committed and report.imported:
+        dispatch.allocate_program(program_id)  # new stock serves the waitlist
+    return report
 
 
 def _plain_code_entries(text: io.TextIOWrapper, first_line: str,

@@ -15,7 +15,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, parseaddr
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -23,9 +23,8 @@ from flask import current_app, render_template
 from sqlmodel import Session
 
 from ..logs import log_event
-from ..models import Claim, Creator, MailKind, MailStatus, OutboundEmail, Program
+from ..models import Claim, Code, CodeBatch, Creator, MailKind, MailStatus, OutboundEmail, Program
 from .auth import mint_sign_in_token
-from .claims import code_for_owner
 
 MAX_ERROR_LENGTH = 1000
 
@@ -47,14 +46,20 @@ def send(session: Session, *, outbound_id: int) -> str:
 
     Raises MailRetryLater when the attempt failed and another is due later.
     """
-    took = _update(session, outbound_id, (MailStatus.queued,),
-                   status=MailStatus.sending, attempts=OutboundEmail.attempts + 1)
+    took = _update(session, outbound_id, (MailStatus.queued,), status=MailStatus.sending,
+                   attempts=OutboundEmail.attempts + 1, sending_started_at=datetime.now(UTC))
     outbound = session.get(OutboundEmail, outbound_id, populate_existing=True)
     if outbound is None:
         log_event("mail.unknown", logging.WARNING, outbound_id=outbound_id)
         return "unknown"
     if not took:
         return outbound.status  # sent, failed, or another attempt holds it
+    if outbound.code_id is not None and session.execute(
+            sa.select(Code.status).where(Code.id == outbound.code_id)).scalar_one() == "void":
+        _update(session, outbound_id, (MailStatus.sending,), status=MailStatus.cancelled,
+                last_error="its code was voided before it was sent")
+        log_event("mail.cancelled", outbound_id=outbound_id, claim_id=outbound.claim_id)
+        return MailStatus.cancelled
 
     try:
         message = build_message(session, outbound)
@@ -134,18 +139,21 @@ def build_message(session: Session, outbound: OutboundEmail) -> EmailMessage:
         }
         subject = "Your sign-in link for Wellness Perks"
         template = "email/sign_in"
-    elif outbound.kind == MailKind.redemption:
+    elif outbound.kind in (MailKind.redemption, MailKind.reissue):
         claim = session.get(Claim, outbound.claim_id)
         program = session.get(Program, claim.program_id)
-        code, batch = code_for_owner(session, claim)
+        code = session.get(Code, outbound.code_id)
+        batch = session.get(CodeBatch, code.batch_id)
         context |= {
             "program": program,
             "code": code.value,
             "redeem_link": program.redeem_link(code.value),
             "expires_on": batch.expires_on,
             "program_url": f"{config['BASE_URL']}/programs/{program.slug}",
+            "reissue": outbound.kind == MailKind.reissue,
         }
-        subject = f"Your {program.name} code"
+        subject = (f"Your new {program.name} code" if outbound.kind == MailKind.reissue
+                   else f"Your {program.name} code")
         template = "email/redemption"
     else:
         raise ValueError(f"unknown mail kind {outbound.kind!r}")
@@ -159,12 +167,19 @@ def build_message(session: Session, outbound: OutboundEmail) -> EmailMessage:
     message["From"] = from_addr
     message["To"] = outbound.to_email
     message["Date"] = format_datetime(datetime.now(UTC))
-    domain = parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
-    message["Message-ID"] = make_msgid(idstring=f"wp{outbound.id}", domain=domain)
+    message["Message-ID"] = message_id(outbound, from_addr)
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(text, cte=_transfer_encoding(text))
     message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
     return message
+
+
+def message_id(outbound: OutboundEmail, from_addr: str) -> str:
+    """The same Message-ID for every attempt at one mail: if an attempt whose outcome we could
+    not record is repeated, mail systems that de-duplicate by Message-ID show it once."""
+    domain = parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
+    created = outbound.created_at.strftime("%Y%m%d%H%M%S")
+    return f"<wellness-perks.{outbound.id}.{created}@{domain}>"
 
 
 def _transfer_encoding(body: str) -> str:

@@ -9,8 +9,17 @@ from urllib.parse import urlparse
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from .. import dispatch
 from ..db import write_transaction
-from ..models import DEFAULT_CODE_PATTERN, Claim, ClaimState, Code, CodeStatus, Program
+from ..models import (
+    DEFAULT_CODE_PATTERN,
+    Claim,
+    ClaimState,
+    Code,
+    CodeStatus,
+    CountryQuota,
+    Program,
+)
 from . import audit
 from .errors import Conflict, InvalidInput, ProgramNotFound
 
@@ -35,6 +44,7 @@ def create_program(
     closes_at: datetime | None = None,
     redeem_url: str | None = None,
     code_pattern: str | None = None,
+    country_quotas: dict[str, int] | None = None,
     actor: str,
 ) -> Program:
     if not SLUG_RE.fullmatch(slug or ""):
@@ -84,6 +94,9 @@ def create_program(
         )
         session.add(program)
         session.flush()
+        for country, country_quota in (country_quotas or {}).items():
+            session.add(CountryQuota(program_id=program.id, country=country,
+                                     quota=_quota_number(country_quota, country)))
         audit.record(
             session,
             actor=actor,
@@ -91,9 +104,86 @@ def create_program(
             object_type="program",
             object_id=program.id,
             program_id=program.id,
-            detail={"slug": slug, "quota": quota, "opens_at": opens_at, "closes_at": closes_at},
+            detail={"slug": slug, "quota": quota, "opens_at": opens_at, "closes_at": closes_at,
+                    "country_quotas": country_quotas or {}},
         )
     return program
+
+
+def _quota_number(value: int, what: str) -> int:
+    if value < 0:
+        raise InvalidInput(f"{what} quota must be zero or more", field="quota")
+    return value
+
+
+def set_quota(
+    session: Session,
+    *,
+    program_id: int,
+    quota: int | None = None,
+    country_quotas: dict[str, int | None] | None = None,
+    actor: str,
+) -> Program:
+    """Change a program's quota and country quotas (None removes a country's cap).
+
+    A quota can't go below what is already allocated. Raising one serves the waitlist.
+    """
+    with write_transaction(session):
+        program = session.exec(
+            select(Program).where(Program.id == program_id).with_for_update()
+            .execution_options(populate_existing=True)
+        ).one()
+        changes: dict = {}
+        if quota is not None:
+            _quota_number(quota, "the")
+            if quota < program.allocated_count:
+                raise InvalidInput(f"quota {quota} is below the {program.allocated_count} codes "
+                                   "already allocated", field="quota")
+            changes["quota"] = [program.quota, quota]
+            program.quota = quota
+        for country, country_quota in (country_quotas or {}).items():
+            row = session.exec(
+                select(CountryQuota).where(CountryQuota.program_id == program_id,
+                                           CountryQuota.country == country)
+                .execution_options(populate_existing=True)
+            ).first()
+            if country_quota is None:
+                if row is not None:
+                    changes[country] = [row.quota, None]
+                    session.delete(row)
+                continue
+            _quota_number(country_quota, country)
+            if row is None:
+                allocated = session.execute(
+                    sa.select(sa.func.count()).select_from(Claim)
+                    .where(Claim.program_id == program_id, Claim.country == country,
+                           Claim.state == ClaimState.allocated)
+                ).scalar_one()
+                row = CountryQuota(program_id=program_id, country=country, quota=country_quota,
+                                   allocated_count=allocated)
+                session.add(row)
+                changes[country] = [None, country_quota]
+            else:
+                changes[country] = [row.quota, country_quota]
+                row.quota = country_quota
+            if country_quota < row.allocated_count:
+                raise InvalidInput(f"{country} quota {country_quota} is below the "
+                                   f"{row.allocated_count} codes already allocated there",
+                                   field="country-quota")
+        session.flush()
+        audit.record(session, actor=actor, action="program.quota_changed", object_type="program",
+                     object_id=program_id, program_id=program_id, detail=changes)
+    dispatch.allocate_program(program_id)
+    return program
+
+
+def country_quotas(session: Session, program_id: int) -> dict[str, dict]:
+    return {
+        row.country: {"quota": row.quota, "allocated": row.allocated_count,
+                      "remaining": max(row.quota - row.allocated_count, 0)}
+        for row in session.exec(select(CountryQuota).where(CountryQuota.program_id == program_id)
+                                .order_by(CountryQuota.country))
+    }
 
 
 def quota_summary(session: Session, program: Program) -> dict:
@@ -120,4 +210,5 @@ def quota_summary(session: Session, program: Program) -> dict:
         "remaining": max(program.quota - allocated, 0),
         "in_stock": in_stock,
         "claims": by_state,
+        "countries": country_quotas(session, program.id),
     }

@@ -1,0 +1,156 @@
+"""Codes after import: voiding, reissuing and restoring.
+
+A code that was ever assigned is never handed out again (``codeassignment.code_id`` is unique).
+Voiding an available code takes it out of stock; voiding an assigned one reissues: its claim gets
+the next available code and a mail about it, and keeps its place in the quota. Restoring puts a
+voided code that was never assigned back in stock, which serves the waitlist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from .. import dispatch
+from ..db import write_transaction
+from ..logs import log_event
+from ..models import (
+    Claim,
+    ClaimState,
+    Code,
+    CodeAssignment,
+    CodeStatus,
+    Creator,
+    MailKind,
+    OutboundEmail,
+    Program,
+)
+from . import audit
+from .errors import Conflict, NotFound
+
+
+@dataclass(frozen=True)
+class VoidResult:
+    code_id: int
+    reissued_claim_id: int | None = None
+    new_code_id: int | None = None
+    outbound_id: int | None = None
+
+
+def _lock_program(session: Session, program_id: int) -> Program:
+    return session.exec(
+        select(Program).where(Program.id == program_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def _code_by_value(session: Session, program_id: int, value: str) -> Code:
+    code = session.exec(
+        select(Code).where(Code.program_id == program_id, Code.value == value.strip())
+        .with_for_update().execution_options(populate_existing=True)
+    ).first()
+    if code is None:
+        raise NotFound("this program has no such code")
+    return code
+
+
+def void_code(session: Session, *, program_id: int, value: str, reason: str,
+              actor: str) -> VoidResult:
+    """Take a code out of use; if a claim holds it, give that claim a new code."""
+    with write_transaction(session):
+        _lock_program(session, program_id)
+        code = _code_by_value(session, program_id, value)
+        if code.status == CodeStatus.void:
+            raise Conflict(f"code #{code.id} is already void")
+        if code.status == CodeStatus.available:
+            code.status = CodeStatus.void
+            audit.record(session, actor=actor, action="code.voided", object_type="code",
+                         object_id=code.id, program_id=program_id, detail={"reason": reason})
+            result = VoidResult(code.id)
+        else:
+            claim = session.exec(select(Claim).where(Claim.code_id == code.id)
+                                 .with_for_update()).one()
+            result = _reissue(session, program_id, claim, code, reason, actor)
+    _after(result)
+    return result
+
+
+def reissue_claim(session: Session, *, program_id: int, creator_email: str, reason: str,
+                  actor: str) -> VoidResult:
+    """Void the code a creator holds in a program and give them the next one."""
+    with write_transaction(session):
+        _lock_program(session, program_id)
+        claim = session.exec(
+            select(Claim).join(Creator, Creator.id == Claim.creator_id)
+            .where(Claim.program_id == program_id, Creator.email == creator_email.strip().lower())
+            .with_for_update().execution_options(populate_existing=True)
+        ).first()
+        if claim is None or claim.state != ClaimState.allocated:
+            raise Conflict(f"{creator_email} holds no code in this program")
+        code = session.exec(select(Code).where(Code.id == claim.code_id).with_for_update()).one()
+        result = _reissue(session, program_id, claim, code, reason, actor)
+    _after(result)
+    return result
+
+
+def _reissue(session: Session, program_id: int, claim: Claim, old: Code, reason: str,
+             actor: str) -> VoidResult:
+    now = datetime.now(UTC)
+    new_code_id = session.execute(
+        sa.select(Code.id)
+        .where(Code.program_id == program_id, Code.status == CodeStatus.available)
+        .order_by(Code.id).limit(1).with_for_update(skip_locked=True)
+    ).scalar_one_or_none()
+    if new_code_id is None:
+        raise Conflict("no code in stock to replace it with: import a batch first")
+    old.status = CodeStatus.void
+    session.execute(
+        sa.update(CodeAssignment).where(CodeAssignment.code_id == old.id)
+        .values(voided_at=now, void_reason=reason[:200])
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        sa.update(Code).where(Code.id == new_code_id, Code.status == CodeStatus.available)
+        .values(status=CodeStatus.assigned, assigned_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    claim.code_id = new_code_id
+    session.add(CodeAssignment(code_id=new_code_id, claim_id=claim.id, program_id=program_id,
+                               assigned_at=now))
+    to_email = session.execute(
+        sa.select(Creator.email).where(Creator.id == claim.creator_id)).scalar_one()
+    outbound = OutboundEmail(kind=MailKind.reissue, to_email=to_email, creator_id=claim.creator_id,
+                             claim_id=claim.id, code_id=new_code_id)
+    session.add(outbound)
+    session.flush()
+    audit.record(session, actor=actor, action="claim.reissued", object_type="claim",
+                 object_id=claim.id, program_id=program_id,
+                 detail={"old_code_id": old.id, "new_code_id": new_code_id, "reason": reason})
+    return VoidResult(old.id, claim.id, new_code_id, outbound.id)
+
+
+def restore_code(session: Session, *, program_id: int, value: str, actor: str) -> int:
+    """Put a voided code that was never assigned back in stock."""
+    with write_transaction(session):
+        _lock_program(session, program_id)
+        code = _code_by_value(session, program_id, value)
+        if code.status != CodeStatus.void:
+            raise Conflict(f"code #{code.id} is not void")
+        if session.exec(select(CodeAssignment.id).where(CodeAssignment.code_id == code.id)).first():
+            raise Conflict(f"code #{code.id} was given to a creator once: it can't be reused")
+        code.status = CodeStatus.available
+        audit.record(session, actor=actor, action="code.restored", object_type="code",
+                     object_id=code.id, program_id=program_id)
+        code_id = code.id
+    dispatch.allocate_program(program_id)
+    return code_id
+
+
+def _after(result: VoidResult) -> None:
+    log_event("code.voided", code_id=result.code_id, claim_id=result.reissued_claim_id,
+              new_code_id=result.new_code_id)
+    if result.outbound_id is not None:
+        dispatch.send_email(result.outbound_id)

@@ -1,0 +1,26 @@
+"""Countries: ISO 3166-1 alpha-2 codes, and per-country quota options like ``PK=2000``."""
+
+from __future__ import annotations
+
+import pycountry
+
+from .errors import InvalidInput
+
+COUNTRY_CODES = frozenset(c.alpha_2 for c in pycountry.countries)
+
+
+def normalise_country(raw: str, field: str = "country") -> str:
+    code = (raw or "").strip().upper()
+    if code not in COUNTRY_CODES:
+        raise InvalidInput(f"{raw.strip()[:20]!r} is not an ISO 3166-1 alpha-2 country code",
+                           field=field)
+    return code
+
+
+def parse_country_quota(option: str) -> tuple[str, int]:
+    """``"PK=2000"`` -> ``("PK", 2000)``."""
+    country, sep, number = option.partition("=")
+    if not sep or not number.strip().isdigit():
+        raise InvalidInput(f"country quota {option!r} must look like PK=2000",
+                           field="country-quota")
+    return normalise_country(country, field="country-quota"), int(number)

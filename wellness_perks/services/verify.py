@@ -1,0 +1,161 @@
+"""``verify``: check the invariants I1-I5 of a program against the database.
+
+I1 a code is assigned to at most one claim, ever;
+I2 allocations never exceed the quota, global or per country;
+I3 at most one claim per creator per program;
+I4 every accepted claim ends allocated, waitlisted or refused (with a reason); none stays
+   pending longer than ``grace``;
+I5 every allocated claim's current code has a redemption mail that is sent, or failed with its
+   error visible; none is overdue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from ..models import (
+    Claim,
+    ClaimState,
+    Code,
+    CodeAssignment,
+    CodeStatus,
+    CountryQuota,
+    MailKind,
+    MailStatus,
+    OutboundEmail,
+    Program,
+)
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    message: str
+    claim_id: int | None = None
+    code_id: int | None = None
+    creator_id: int | None = None
+
+    def __str__(self) -> str:
+        refs = " ".join(f"{k}={v}" for k, v in (("claim", self.claim_id), ("code", self.code_id),
+                                                ("creator", self.creator_id)) if v is not None)
+        return f"{self.invariant}: {self.message}" + (f" ({refs})" if refs else "")
+
+    def as_dict(self) -> dict:
+        return {"invariant": self.invariant, "message": self.message, "claim_id": self.claim_id,
+                "code_id": self.code_id, "creator_id": self.creator_id}
+
+
+def verify_program(session: Session, *, program_id: int, now: datetime | None = None,
+                   pending_grace: timedelta = timedelta(minutes=5),
+                   mail_grace: timedelta = timedelta(minutes=30)) -> list[Violation]:
+    now = now or datetime.now(UTC)
+    session.commit()  # a fresh view
+    out: list[Violation] = []
+    program = session.get(Program, program_id, populate_existing=True)
+    q = session.execute
+
+    # I1 -----------------------------------------------------------------------------------
+    for code_id, n in q(sa.select(Claim.code_id, sa.func.count()).where(
+            Claim.program_id == program_id, Claim.code_id.is_not(None))
+            .group_by(Claim.code_id).having(sa.func.count() > 1)):
+        out.append(Violation("I1", f"code held by {n} claims", code_id=code_id))
+    for code_id, n in q(sa.select(CodeAssignment.code_id, sa.func.count()).where(
+            CodeAssignment.program_id == program_id)
+            .group_by(CodeAssignment.code_id).having(sa.func.count() > 1)):
+        out.append(Violation("I1", f"code assigned {n} times", code_id=code_id))
+    for claim_id, code_id, creator_id, status, holder in q(
+            sa.select(Claim.id, Claim.code_id, Claim.creator_id, Code.status,
+                      CodeAssignment.claim_id)
+            .join(Code, Code.id == Claim.code_id)
+            .outerjoin(CodeAssignment, CodeAssignment.code_id == Claim.code_id)
+            .where(Claim.program_id == program_id)):
+        if status != CodeStatus.assigned:
+            out.append(Violation("I1", f"claim holds a code whose status is {status}",
+                                 claim_id, code_id, creator_id))
+        if holder != claim_id:
+            out.append(Violation("I1", "claim holds a code whose assignment names another claim",
+                                 claim_id, code_id, creator_id))
+    for (code_id,) in q(sa.select(Code.id).join(CodeAssignment, CodeAssignment.code_id == Code.id)
+                        .where(Code.program_id == program_id,
+                               Code.status == CodeStatus.available)):
+        out.append(Violation("I1", "a code given out once is back in stock", code_id=code_id))
+    for (code_id,) in q(sa.select(Code.id).outerjoin(Claim, Claim.code_id == Code.id)
+                        .where(Code.program_id == program_id, Code.status == CodeStatus.assigned,
+                               Claim.id.is_(None))):
+        out.append(Violation("I1", "code marked assigned but no claim holds it", code_id=code_id))
+
+    # I2 -----------------------------------------------------------------------------------
+    allocated = q(sa.select(sa.func.count()).select_from(Claim).where(
+        Claim.program_id == program_id, Claim.state == ClaimState.allocated)).scalar_one()
+    if allocated > program.quota:
+        out.append(Violation("I2", f"{allocated} allocated, quota {program.quota}"))
+    if allocated != program.allocated_count:
+        out.append(Violation("I2", f"{allocated} allocated, counter says "
+                                   f"{program.allocated_count}"))
+    for country, quota, counter in q(sa.select(CountryQuota.country, CountryQuota.quota,
+                                               CountryQuota.allocated_count)
+                                     .where(CountryQuota.program_id == program_id)):
+        n = q(sa.select(sa.func.count()).select_from(Claim).where(
+            Claim.program_id == program_id, Claim.country == country,
+            Claim.state == ClaimState.allocated)).scalar_one()
+        if n > quota:
+            out.append(Violation("I2", f"{country}: {n} allocated, country quota {quota}"))
+        if n != counter:
+            out.append(Violation("I2", f"{country}: {n} allocated, counter says {counter}"))
+
+    # I3 -----------------------------------------------------------------------------------
+    for creator_id, n in q(sa.select(Claim.creator_id, sa.func.count())
+                           .where(Claim.program_id == program_id)
+                           .group_by(Claim.creator_id).having(sa.func.count() > 1)):
+        out.append(Violation("I3", f"{n} claims by one creator", creator_id=creator_id))
+
+    # I4 -----------------------------------------------------------------------------------
+    for claim_id, creator_id, state, requested_at in q(
+            sa.select(Claim.id, Claim.creator_id, Claim.state, Claim.requested_at)
+            .where(Claim.program_id == program_id,
+                   sa.or_(Claim.state.not_in(["allocated", "waitlisted", "refused"]),
+                          sa.and_(Claim.state == "refused", Claim.reason.is_(None)),
+                          sa.and_(Claim.state == "allocated", Claim.code_id.is_(None))))):
+        if state == ClaimState.pending:
+            if requested_at < now - pending_grace:
+                out.append(Violation("I4", f"pending since {requested_at:%Y-%m-%d %H:%M:%S}",
+                                     claim_id, creator_id=creator_id))
+        elif state == ClaimState.refused:
+            out.append(Violation("I4", "refused without a reason", claim_id,
+                                 creator_id=creator_id))
+        elif state == ClaimState.allocated:
+            out.append(Violation("I4", "allocated without a code", claim_id,
+                                 creator_id=creator_id))
+        else:
+            out.append(Violation("I4", f"unknown state {state!r}", claim_id,
+                                 creator_id=creator_id))
+
+    # I5 -----------------------------------------------------------------------------------
+    mails = sa.select(OutboundEmail).where(
+        OutboundEmail.claim_id == Claim.id, OutboundEmail.code_id == Claim.code_id,
+        OutboundEmail.kind.in_([MailKind.redemption, MailKind.reissue])).correlate(Claim)
+    for claim_id, code_id, creator_id in q(
+            sa.select(Claim.id, Claim.code_id, Claim.creator_id)
+            .where(Claim.program_id == program_id, Claim.state == ClaimState.allocated,
+                   ~mails.exists())):
+        out.append(Violation("I5", "allocated, but no mail for its code", claim_id, code_id,
+                             creator_id))
+    for mail in session.scalars(
+            sa.select(OutboundEmail).join(Claim, Claim.id == OutboundEmail.claim_id)
+            .where(Claim.program_id == program_id)):
+        refs = {"claim_id": mail.claim_id, "code_id": mail.code_id, "creator_id": mail.creator_id}
+        if mail.status == MailStatus.failed and not mail.last_error:
+            out.append(Violation("I5", f"mail #{mail.id} failed with no error recorded", **refs))
+        elif mail.status == MailStatus.sent and mail.sent_at is None:
+            out.append(Violation("I5", f"mail #{mail.id} sent with no time", **refs))
+        elif mail.status in (MailStatus.queued, MailStatus.sending):
+            due = mail.next_attempt_at or mail.sending_started_at or mail.created_at
+            if due < now - mail_grace:
+                out.append(Violation("I5", f"mail #{mail.id} {mail.status} and overdue since "
+                                           f"{due:%Y-%m-%d %H:%M:%S}", **refs))
+    session.commit()
+    return out
