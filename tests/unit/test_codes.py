@@ -1,0 +1,153 @@
+"""Voiding, reissuing and restoring codes: a code given out once is never given out again."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from tests.helpers import redemption_code, text_body
+from wellness_perks.db import get_session
+from wellness_perks.models import Claim, Code, CodeAssignment, MailStatus, OutboundEmail
+from wellness_perks.services import claims, codes, mail
+from wellness_perks.services.errors import Conflict, NotFound
+from wellness_perks.services.verify import verify_program
+
+
+@pytest.fixture
+def served(app, factory, session, smtp_server):
+    """Two creators holding codes A1, A2; codes A3, A4 in stock."""
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com", "b@example.com"])
+    factory.codes(program, ["HS-A1-0001", "HS-A2-0002", "HS-A3-0003", "HS-A4-0004"])
+    with app.app_context():
+        s = get_session()
+        for creator_id in (1, 2):
+            claims.request_claim(s, program=program, creator_id=creator_id)
+    return program
+
+
+def _code(session, value):
+    session.rollback()
+    return session.exec(select(Code).where(Code.value == value)).one()
+
+
+def _verified(app, program):
+    with app.app_context():
+        assert [str(v) for v in verify_program(get_session(), program_id=program.id)] == []
+
+
+def test_voiding_a_code_in_stock_takes_it_out(app, served, session):
+    with app.app_context():
+        result = codes.void_code(get_session(), program_id=served.id, value="HS-A3-0003",
+                                 reason="partner says invalid", actor="test")
+    assert result.reissued_claim_id is None
+    assert _code(session, "HS-A3-0003").status == "void"
+    _verified(app, served)
+
+
+def test_voiding_a_held_code_reissues_and_mails_the_new_one(app, served, session, smtp_server):
+    with app.app_context():
+        result = codes.void_code(get_session(), program_id=served.id, value="HS-A1-0001",
+                                 reason="partner says invalid", actor="test")
+    old, new = _code(session, "HS-A1-0001"), _code(session, "HS-A3-0003")
+    assert (old.status, new.status) == ("void", "assigned")
+    claim = session.get(Claim, result.reissued_claim_id)
+    assert claim.code_id == new.id and claim.state == "allocated"
+    history = session.exec(select(CodeAssignment).order_by(CodeAssignment.id)).all()
+    assert [(h.code_id, h.claim_id, h.voided_at is not None) for h in history] == [
+        (old.id, claim.id, True), (session.get(Code, history[1].code_id).id, 2, False),
+        (new.id, claim.id, False)]
+    [first, reissued] = smtp_server.to("a@example.com", "code")
+    assert redemption_code(first) == "HS-A1-0001"
+    assert redemption_code(reissued) == "HS-A3-0003"
+    assert "new" in reissued["Subject"] and "no longer works" in text_body(reissued)
+    _verified(app, served)
+
+
+def test_reissue_by_creator_email(app, served, session, smtp_server):
+    with app.app_context():
+        codes.reissue_claim(get_session(), program_id=served.id, creator_email="B@example.com",
+                            reason="code did not work", actor="test")
+    assert _code(session, "HS-A2-0002").status == "void"
+    assert redemption_code(smtp_server.to("b@example.com", "new")[0]) == "HS-A3-0003"
+    with app.app_context(), pytest.raises(Conflict, match="holds no code"):
+        codes.reissue_claim(get_session(), program_id=served.id,
+                            creator_email="nobody@example.com", reason="x", actor="test")
+    _verified(app, served)
+
+
+def test_reissue_without_stock_changes_nothing(app, served, session):
+    with app.app_context():
+        for value in ("HS-A3-0003", "HS-A4-0004"):
+            codes.void_code(get_session(), program_id=served.id, value=value, reason="x",
+                            actor="test")
+        with pytest.raises(Conflict, match="no code in stock"):
+            codes.void_code(get_session(), program_id=served.id, value="HS-A1-0001",
+                            reason="x", actor="test")
+    assert _code(session, "HS-A1-0001").status == "assigned"
+    _verified(app, served)
+
+
+def test_a_voided_code_that_was_given_out_is_never_restored(app, served, session):
+    with app.app_context():
+        codes.void_code(get_session(), program_id=served.id, value="HS-A1-0001", reason="x",
+                        actor="test")
+        with pytest.raises(Conflict, match="can't be reused"):
+            codes.restore_code(get_session(), program_id=served.id, value="HS-A1-0001",
+                               actor="test")
+    assert _code(session, "HS-A1-0001").status == "void"
+
+
+def test_restoring_a_never_used_code_serves_the_waitlist(app, factory, session, smtp_server):
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com"])
+    factory.codes(program, ["HS-ONLY-0001"])
+    with app.app_context():
+        codes.void_code(get_session(), program_id=program.id, value="HS-ONLY-0001", reason="x",
+                        actor="test")
+        claim = claims.request_claim(get_session(), program=program, creator_id=1)
+    session.rollback()
+    assert session.get(Claim, claim.id).state == "waitlisted"
+    with app.app_context():
+        codes.restore_code(get_session(), program_id=program.id, value=" HS-ONLY-0001 ",
+                           actor="test")
+    session.rollback()
+    assert session.get(Claim, claim.id).state == "allocated"
+    assert redemption_code(smtp_server.to("a@example.com", "code")[0]) == "HS-ONLY-0001"
+    _verified(app, program)
+
+
+def test_unknown_or_already_void_code(app, served):
+    with app.app_context():
+        with pytest.raises(NotFound):
+            codes.void_code(get_session(), program_id=served.id, value="HS-NOPE-0000",
+                            reason="x", actor="test")
+        codes.void_code(get_session(), program_id=served.id, value="HS-A4-0004", reason="x",
+                        actor="test")
+        with pytest.raises(Conflict, match="already void"):
+            codes.void_code(get_session(), program_id=served.id, value="HS-A4-0004",
+                            reason="x", actor="test")
+
+
+def test_mail_for_a_code_voided_before_sending_is_cancelled(app, factory, session, smtp_server):
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com"])
+    factory.codes(program, ["HS-A1-0001", "HS-A2-0002"])
+    smtp_server.refuse_with = "451 later"  # the first mail stays queued
+    with app.app_context():
+        claims.request_claim(get_session(), program=program, creator_id=1)
+        smtp_server.refuse_with = None
+        codes.void_code(get_session(), program_id=program.id, value="HS-A1-0001", reason="x",
+                        actor="test")
+        first = get_session().exec(select(OutboundEmail).order_by(OutboundEmail.id)).first()
+        assert mail.send(get_session(), outbound_id=first.id) == MailStatus.cancelled
+    [only] = smtp_server.to("a@example.com", "code")
+    assert redemption_code(only) == "HS-A2-0002"
+    session.rollback()
+    statuses = session.exec(select(OutboundEmail.kind, OutboundEmail.status)
+                            .order_by(OutboundEmail.id)).all()
+    assert statuses == [("redemption", "cancelled"), ("reissue", "sent")]
+    assert session.exec(select(sa.func.count()).select_from(Code)
+                        .where(Code.status == "assigned")).one() == 1
+    _verified(app, program)
