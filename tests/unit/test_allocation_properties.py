@@ -1,0 +1,182 @@
+"""Property-based (stateful) test of the allocation engine, on SQLite and PostgreSQL.
+
+Hypothesis drives random sequences of claims, code batch uploads, quota and country-quota
+changes, voids (of codes in stock and of codes held, which reissues), restores, lost allocation
+tasks, sweeps and worker re-runs. After every step the invariants I1-I3 must hold, as the real
+``verify`` sees them, and nobody may wait who could be served.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from sqlmodel import select
+
+from tests.conftest import _empty_tables
+from wellness_perks.db import get_session
+from wellness_perks.models import Claim, ClaimState, Code, CountryQuota, Creator, Program
+from wellness_perks.services import allocation, claims, codes, imports, programs, sweeper
+from wellness_perks.services.errors import DomainError
+from wellness_perks.services.verify import verify_program
+
+COUNTRIES = ("PK", "IN", "BR")
+CREATORS = 14
+
+
+def machine_for(app):
+    class AllocationMachine(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            _empty_tables(app.extensions["db_engine"])
+            self.ctx = app.app_context()
+            self.ctx.push()
+            self.s = get_session()
+            self.program = programs.create_program(self.s, slug="prop-6m", name="Prop",
+                                                   quota=5, actor="test")
+            rows = "handle,email,country\n" + "".join(
+                f"@c{i},c{i}@example.com,{COUNTRIES[i % len(COUNTRIES)]}\n"
+                for i in range(CREATORS))
+            imports.import_creators(self.s, program=self.program, actor="test",
+                                    stream=io.BytesIO(rows.encode()))
+            self.creator_ids = self.s.exec(select(Creator.id).order_by(Creator.id)).all()
+            self.next_code = 0
+            self.lost: set[int] = set()  # claims whose allocation task was (deliberately) lost
+
+        def teardown(self):
+            self.s.rollback()
+            self.ctx.pop()
+
+        # ------------------------------------------------------------------ rules
+
+        @rule(who=st.integers(0, CREATORS - 1))
+        def claim(self, who):
+            claims.request_claim(self.s, program=self.program, creator_id=self.creator_ids[who])
+
+        @rule(who=st.integers(0, CREATORS - 1))
+        def claim_whose_task_is_lost(self, who):
+            creator = self.s.get(Creator, self.creator_ids[who])
+            if claims.get_claim(self.s, program_id=self.program.id, creator_id=creator.id):
+                return
+            claim = Claim(program_id=self.program.id, creator_id=creator.id,
+                          country=creator.country)
+            self.s.add(claim)
+            self.s.commit()
+            self.lost.add(claim.id)
+
+        @rule(count=st.integers(0, 4))
+        def upload_batch(self, count):
+            values = [f"PROP-{self.next_code + i:05d}" for i in range(count)]
+            self.next_code += count
+            self._tolerating_refusal(imports.import_codes, program=self.program, actor="test",
+                                     stream=io.BytesIO("\n".join(values).encode()))
+
+        @rule(delta=st.integers(-3, 4))
+        def change_quota(self, delta):
+            quota = self.s.get(Program, self.program.id, populate_existing=True).quota
+            self._tolerating_refusal(programs.set_quota, program_id=self.program.id,
+                                     quota=max(quota + delta, 0), actor="test")
+
+        @rule(country=st.sampled_from(COUNTRIES), quota=st.none() | st.integers(0, 4))
+        def change_country_quota(self, country, quota):
+            self._tolerating_refusal(programs.set_quota, program_id=self.program.id,
+                                     country_quotas={country: quota}, actor="test")
+
+        @rule(pick=st.integers(0, 50), held=st.booleans())
+        def void(self, pick, held):
+            status = "assigned" if held else "available"
+            values = self.s.exec(select(Code.value).where(Code.status == status)
+                                 .order_by(Code.id)).all()
+            self.s.commit()
+            if values:
+                self._tolerating_refusal(codes.void_code, program_id=self.program.id,
+                                         value=values[pick % len(values)], reason="prop",
+                                         actor="test")
+
+        @rule(pick=st.integers(0, 50))
+        def restore(self, pick):
+            values = self.s.exec(select(Code.value).where(Code.status == "void")
+                                 .order_by(Code.id)).all()
+            self.s.commit()
+            if values:
+                self._tolerating_refusal(codes.restore_code, program_id=self.program.id,
+                                         value=values[pick % len(values)], actor="test")
+
+        @rule(pick=st.integers(0, 50))
+        def worker_reruns_a_task(self, pick):
+            claim_ids = self.s.exec(select(Claim.id).order_by(Claim.id)).all()
+            self.s.commit()
+            if claim_ids:
+                allocation.allocate_claim(self.s, claim_id=claim_ids[pick % len(claim_ids)])
+
+        @rule()
+        def sweep_everything_lost(self):
+            app.config["SWEEP_PENDING_AFTER_SECONDS"] = -1
+            try:
+                sweeper.sweep(self.s)
+            finally:
+                app.config["SWEEP_PENDING_AFTER_SECONDS"] = 60
+
+        def _tolerating_refusal(self, operation, **kwargs):
+            try:
+                operation(self.s, **kwargs)
+            except DomainError:
+                self.s.rollback()  # refused (e.g. quota below allocations): changes nothing
+
+        # ------------------------------------------------------------------ invariants
+
+        @invariant()
+        def i1_to_i3_hold(self):
+            found = [v for v in verify_program(self.s, program_id=self.program.id)
+                     if v.invariant in {"I1", "I2", "I3"}]
+            assert found == [], [str(v) for v in found]
+
+        @invariant()
+        def every_claim_is_decided_unless_its_task_was_lost(self):
+            pending = set(self.s.exec(select(Claim.id).where(Claim.state == ClaimState.pending)))
+            self.s.commit()
+            assert pending <= self.lost, f"claims {sorted(pending - self.lost)} left pending"
+
+        @invariant()
+        def nobody_waits_who_could_be_served(self):
+            s = self.s
+            program = s.get(Program, self.program.id, populate_existing=True)
+            if s.exec(select(Claim.id).where(Claim.state == ClaimState.pending)).first():
+                s.commit()
+                return  # a lost task: the sweeper's business
+            in_stock = s.exec(select(sa.func.count()).select_from(Code)
+                              .where(Code.status == "available")).one()
+            full = {cq.country for cq in s.exec(select(CountryQuota)
+                                                .execution_options(populate_existing=True))
+                    if cq.allocated_count >= cq.quota}
+            waiting = s.exec(select(Claim.country).where(Claim.state == ClaimState.waitlisted)
+                             ).all()
+            s.commit()
+            servable = [c for c in waiting if c not in full]
+            assert not (servable and in_stock and program.allocated_count < program.quota), (
+                f"{len(servable)} servable claims wait with {in_stock} codes in stock and "
+                f"{program.quota - program.allocated_count} quota left")
+
+    return AllocationMachine
+
+
+@pytest.fixture
+def outbox_app(app_config):
+    from wellness_perks import create_app
+
+    app_config["SMTP_HOST"] = ""  # mail to files: fast, and mails are not what is tested here
+    app = create_app(app_config)
+    yield app
+    app.extensions["db_engine"].dispose()
+
+
+def test_allocation_invariants_hold_under_random_operations(outbox_app):
+    run_state_machine_as_test(
+        machine_for(outbox_app),
+        settings=settings(max_examples=25, stateful_step_count=25, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow]),
+    )
