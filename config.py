@@ -76,6 +76,8 @@ class Config:
         )
         # Empty broker URL: Celery runs tasks in-process (eager), the embedded default.
         self.CELERY_BROKER_URL = _env("CELERY_BROKER_URL", "")
+        # After a failed publish, skip publishing this long (the sweeper picks up the rows).
+        self.BROKER_RETRY_AFTER_SECONDS = _env_int("BROKER_RETRY_AFTER_SECONDS", 15)
         # Waiting claims served per allocation transaction (one program lock per batch).
         self.ALLOCATION_BATCH_SIZE = _env_int("ALLOCATION_BATCH_SIZE", 200)
         # The sweeper: how often it runs (beat), and when work counts as lost.

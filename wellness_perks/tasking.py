@@ -43,6 +43,9 @@ def celery_init_app(app: Flask) -> Celery:
         # A task is acknowledged after it ran, and given back if its worker dies mid-way.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # On a lost broker connection, stop running tasks: their messages are redelivered, and
+        # every task is idempotent, so nothing runs twice at once.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         # A web request must not hang on a broker that is down.

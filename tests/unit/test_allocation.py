@@ -267,3 +267,14 @@ def test_verify_reports_each_broken_invariant(app, factory, session, smtp_server
     assert "3 allocated, counter says 2" in text
     assert "I4: pending since" in text and f"claim={stuck.id}" in text
     assert f"I5: allocated, but no mail for its code (claim={second.id}" in text
+
+
+def test_waitlist_reason_follows_what_holds_it(app, factory, session, smtp_server):
+    program, claim_ids = _stocked_program(app, factory, session, quota=3, creators=5, codes=1)
+    _allocate_each(app, claim_ids)
+    assert [(s, r) for _id, s, r, _c in _states(session, program)] == (
+        [("allocated", None)] + [("waitlisted", "out of stock")] * 4)
+    factory.codes(program, ["HS-MORE-0001", "HS-MORE-0002", "HS-MORE-0003"])
+    assert [(s, r) for _id, s, r, _c in _states(session, program)] == (
+        [("allocated", None)] * 3 + [("waitlisted", "quota reached")] * 2)
+    _verified(app, program)

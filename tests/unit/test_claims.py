@@ -182,3 +182,29 @@ def test_unknown_program_is_404(client, factory, signed_in):
     factory.creators(program, ["ayesha@example.com"])
     signed_in("ayesha@example.com")
     assert client.get("/programs/nope").status_code == 404
+
+
+def test_claims_are_stored_when_the_broker_is_down(app_config, factory, session):
+    """The claim is committed before its task is published; a dead broker leaves it pending for
+    the sweeper, and after one failure the process stops trying for a while (circuit breaker)."""
+    from tests.conftest import Factory
+    from wellness_perks import create_app, dispatch
+    from wellness_perks.services import claims as claim_service
+
+    app_config["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    app = create_app(app_config)
+    dispatch.reset_circuit()
+    factory = Factory(app)
+    program = factory.program()
+    factory.creators(program, ["a@example.com", "b@example.com"])
+    try:
+        with app.app_context():
+            from wellness_perks.db import get_session
+            for creator_id in (1, 2):
+                claim_service.request_claim(get_session(), program=program,
+                                            creator_id=creator_id)
+            assert dispatch._broker_down_until > 0
+    finally:
+        dispatch.reset_circuit()
+        app.extensions["db_engine"].dispose()
+    assert [c.state for c in _claims(session)] == ["pending", "pending"]

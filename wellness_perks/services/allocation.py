@@ -123,19 +123,13 @@ def _allocate_batch(session: Session, program_id: int,
         }
         if room <= 0:
             result.waitlisted += _waitlist_pending(session, program_id, REASON_QUOTA, now)
+            _relabel_waitlist(session, program_id, REASON_QUOTA)
             return result, False
         full = [country for country, left in country_room.items() if left <= 0]
         if full:
             result.waitlisted += _waitlist_pending(session, program_id, REASON_COUNTRY_QUOTA,
                                                    now, countries=full)
-            # Those already waiting now wait for their country's quota, whatever held them first.
-            session.execute(
-                sa.update(Claim)
-                .where(Claim.program_id == program_id, Claim.state == ClaimState.waitlisted,
-                       Claim.country.in_(full), Claim.reason != REASON_COUNTRY_QUOTA)
-                .values(reason=REASON_COUNTRY_QUOTA)
-                .execution_options(synchronize_session=False)
-            )
+            _relabel_waitlist(session, program_id, REASON_COUNTRY_QUOTA, countries=full)
         claims = session.execute(
             sa.select(Claim.id, Claim.country, Claim.creator_id, Claim.state)
             .where(Claim.program_id == program_id, Claim.state.in_(WAITING),
@@ -187,6 +181,7 @@ def _allocate_batch(session: Session, program_id: int,
         if exhausted is not None:
             # Whoever else is pending waits too (the next trigger serves them in order).
             result.waitlisted += _waitlist_pending(session, program_id, exhausted, now)
+            _relabel_waitlist(session, program_id, exhausted, except_countries=full)
 
     more = exhausted is None and len(claims) == batch_size
     return result, more
@@ -256,6 +251,19 @@ def _waitlist(session: Session, claim_ids: list[int], reason: str, now: datetime
         .values(state=ClaimState.waitlisted, reason=reason, decided_at=now)
         .execution_options(synchronize_session=False)
     )
+
+
+def _relabel_waitlist(session: Session, program_id: int, reason: str, *,
+                      countries: list[str] | None = None,
+                      except_countries: list[str] | None = None) -> None:
+    """Those already waiting now wait for ``reason``, whatever held them when they arrived."""
+    query = sa.update(Claim).where(Claim.program_id == program_id,
+                                   Claim.state == ClaimState.waitlisted, Claim.reason != reason)
+    if countries is not None:
+        query = query.where(Claim.country.in_(countries))
+    if except_countries:
+        query = query.where(Claim.country.not_in(except_countries))
+    session.execute(query.values(reason=reason).execution_options(synchronize_session=False))
 
 
 def _waitlist_pending(session: Session, program_id: int, reason: str, now: datetime,

@@ -1,8 +1,11 @@
 """The sweeper: finds work whose task was lost and hands it out again.
 
 Run every ``SWEEP_INTERVAL_SECONDS`` by Celery beat (``celery -A worker beat``) and by hand with
-``wellness-perks sweep``. It only reads the database and enqueues: every task it enqueues is
-idempotent, so sweeping work that is in fact still in flight costs nothing but a no-op.
+``wellness-perks sweep``. It reads the database and enqueues: every task it enqueues is
+idempotent, so sweeping a claim or a queued mail that is in fact still in flight costs a no-op.
+A mail in ``sending`` is different: an attempt is only taken for interrupted after
+``MAIL_SENDING_TIMEOUT_SECONDS``, which must stay well above ``SMTP_TIMEOUT``, or a slow but
+live attempt could be repeated.
 
 - claims pending longer than ``SWEEP_PENDING_AFTER_SECONDS`` (their message was lost, the broker
   was down when they were made, or their worker died) -> allocate their program;
