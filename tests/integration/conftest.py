@@ -400,6 +400,8 @@ def running_stack(mail: SmtpServer, tmp: Path, *, broker_url: str,
         "SECRET_KEY": uuid.uuid4().hex,
         "INSTANCE_PATH": str(tmp / "instance"),
         "MAIL_RETRY_BASE_SECONDS": "1",
+        # Backoff 1, 2, 4, 8, 16 s: a refusing server is outlasted (~30 s) on a loaded machine.
+        "MAIL_MAX_ATTEMPTS": "6",
         "PYTHONUNBUFFERED": "1",
         # gunicorn keeps its control socket under ~/.gunicorn: keep it out of the real home.
         "HOME": str(tmp / "home"),
