@@ -36,6 +36,7 @@ import sqlalchemy as sa
 
 from tests.helpers import redemption_code, service_missing, text_body, wait_for
 from tests.integration.conftest import (
+    BIN,
     RedisServer,
     SignedIn,
     Stack,
@@ -68,10 +69,16 @@ def launch_stack(mail_catcher, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("launch")
     broker = RedisServer(tmp / "redis").start()
     try:
+        # As deployed: beat runs the sweeper (here every 2 s, taking 5 s of pending for lost),
+        # which serves what a web process did not publish while its broker circuit was open.
+        settings = {"SWEEP_INTERVAL_SECONDS": "2", "SWEEP_PENDING_AFTER_SECONDS": "5"}
         with running_stack(mail_catcher, tmp, broker_url=broker.url(0), web_workers=3,
+                           settings=settings,
                            workers=[(next(_worker_names), 1), (next(_worker_names), 1)]) as st:
             st.broker = broker
             assert "newest schema" in st.cli("init-db").stdout
+            st.start("beat", [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "INFO",
+                              "-s", str(tmp / "celerybeat-schedule")])
             yield st
     finally:
         broker.kill()
@@ -89,6 +96,7 @@ def launch(launch_stack: Stack) -> Iterator[Stack]:
     for _ in range(2 - len(st.workers())):
         st.start_worker(next(_worker_names))
     st.services["gunicorn"].ensure_running()
+    st.services["beat"].ensure_running()
     yield st
     st.close_browsers()
 
