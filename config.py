@@ -32,6 +32,16 @@ def _env_int(name: str, default: int) -> int:
         ) from exc
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise RuntimeError(f"environment variable {name} must be a number, got {raw!r}") from exc
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = _env(name)
     if raw is None:
@@ -96,6 +106,10 @@ class Config:
         self.MAIL_FROM = _env("MAIL_FROM", "Wellness Perks <perks@localhost>")
         self.MAIL_MAX_ATTEMPTS = _env_int("MAIL_MAX_ATTEMPTS", 5)
         self.MAIL_RETRY_BASE_SECONDS = _env_int("MAIL_RETRY_BASE_SECONDS", 30)
+        # Messages a second each sending process may send (0: as fast as the server takes them).
+        self.MAIL_RATE_LIMIT = _env_float("MAIL_RATE_LIMIT", 0.0)
+        # Mails per send task (one SMTP connection carries a batch).
+        self.MAIL_BATCH_SIZE = _env_int("MAIL_BATCH_SIZE", 50)
         self.OUTBOX_DIR = _env("OUTBOX_DIR", str(instance / "outbox"))
         self.HELP_EMAIL = _env("HELP_EMAIL", "help@localhost")
         self.LOGIN_TOKEN_MAX_AGE = _env_int("LOGIN_TOKEN_MAX_AGE", 15 * 60)

@@ -88,6 +88,15 @@ def app(app_config):
     app.extensions["db_engine"].dispose()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_smtp_connections():
+    """Each test starts without a pooled SMTP connection, and leaves none open."""
+    from wellness_perks.services import mail
+
+    yield
+    mail.close_pools()
+
+
 @pytest.fixture
 def backend(database_url) -> str:
     return "postgresql" if database_url.startswith("postgresql") else "sqlite"

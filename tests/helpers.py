@@ -113,8 +113,15 @@ class MailCatcher:
     messages: list[EmailMessage] = field(default_factory=list)
     refuse_with: str | None = None  # e.g. "451 4.3.0 try later": refuse every DATA
     refused: int = 0
+    connections: int = 0  # SMTP sessions opened (EHLO seen)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     controller: Controller | None = None
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        with self._lock:
+            self.connections += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         if self.refuse_with:
@@ -143,6 +150,7 @@ class MailCatcher:
         with self._lock:
             self.messages.clear()
             self.refused = 0
+            self.connections = 0
             self.refuse_with = None
 
     def to(self, address: str, subject_contains: str = "") -> list[EmailMessage]:

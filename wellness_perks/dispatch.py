@@ -5,6 +5,13 @@ broker cannot take the message, the row stays in the database in its waiting sta
 lost: the sweeper finds it there. After a failed publish this process stops trying for
 ``BROKER_RETRY_AFTER_SECONDS`` (a circuit breaker), so a broker that hangs costs one slow request
 per process, not one per request; the sweeper covers what was not sent meanwhile.
+
+Claims don't get a task each. ``schedule_allocation`` publishes an allocation task for the
+program only if none is queued yet: a Redis key (``SET NX``, with a time to live) marks "queued",
+and the task deletes it as it starts, *before* it reads the waiting claims. A claim committed
+while the key exists is therefore read by the task that set it; one committed after the task
+started finds the key gone and queues the next. The key only saves work: losing it (a Redis
+restart) costs an extra task at most, and the sweeper covers the rest.
 """
 
 from __future__ import annotations
@@ -17,38 +24,106 @@ from flask import current_app
 
 from .logs import log_event
 
+SCHEDULED_KEY = "wellness-perks:allocation-queued:{}"
+SCHEDULED_TTL_SECONDS = 30
+
 _lock = threading.Lock()
 _broker_down_until = 0.0
+_redis_clients: dict[str, object] = {}
 
 
-def allocate_claim(claim_id: int) -> None:
-    _enqueue("allocate_claim", claim_id, claim_id=claim_id)
+def schedule_allocation(program_id: int) -> None:
+    """Make sure an allocation task for this program will run after this point."""
+    if _eager() or _circuit_open("allocate_program", program_id=program_id):
+        _enqueue("allocate_program", program_id, program_id=program_id)
+        return
+    client = _redis()
+    key = SCHEDULED_KEY.format(program_id)
+    if client is not None:
+        try:
+            if not client.set(key, "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
+                return  # a queued task, not yet started, will read this claim
+        except Exception as exc:  # noqa: BLE001 - the broker's Redis is down
+            _trip("allocate_program", exc, program_id=program_id)
+            return
+    if not _enqueue("allocate_program", program_id, program_id=program_id) and client:
+        try:
+            client.delete(key)
+        except Exception:  # noqa: BLE001, S110 - the key expires by itself
+            pass
+
+
+def allocation_starting(program_id: int) -> None:
+    """Called by the allocation task before it reads claims: later claims queue a new task."""
+    client = None if _eager() else _redis()
+    if client is not None:
+        try:
+            client.delete(SCHEDULED_KEY.format(program_id))
+        except Exception:  # noqa: BLE001, S110 - at worst a later claim waits for the sweeper
+            pass
 
 
 def allocate_program(program_id: int) -> None:
     _enqueue("allocate_program", program_id, program_id=program_id)
 
 
-def send_email(outbound_id: int) -> None:
-    _enqueue("send_email", outbound_id, outbound_id=outbound_id)
+def send_email(outbound_id: int, countdown: int | None = None) -> None:
+    _enqueue("send_email", outbound_id, countdown=countdown, outbound_id=outbound_id)
 
 
-def _enqueue(task_name: str, *args: int, **log_fields: int) -> None:
-    global _broker_down_until
-    from worker import tasks  # the worker package imports the app, not the other way round
+def send_emails(outbound_ids: list[int]) -> None:
+    """The mails of one allocation batch, in tasks of ``MAIL_BATCH_SIZE``."""
+    size = current_app.config["MAIL_BATCH_SIZE"]
+    for start in range(0, len(outbound_ids), size):
+        chunk = outbound_ids[start:start + size]
+        _enqueue("send_emails", chunk, first_outbound_id=chunk[0], count=len(chunk))
 
+
+def _eager() -> bool:
+    return not current_app.config["CELERY_BROKER_URL"]
+
+
+def _redis():
+    url = current_app.config["CELERY_BROKER_URL"]
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    client = _redis_clients.get(url)
+    if client is None:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        _redis_clients[url] = client
+    return client
+
+
+def _circuit_open(task_name: str, **log_fields) -> bool:
     if time.monotonic() < _broker_down_until:
         log_event("task.enqueue_skipped", logging.WARNING, task=task_name,
                   reason="broker unavailable", **log_fields)
-        return
+        return True
+    return False
+
+
+def _trip(task_name: str, exc: Exception, **log_fields) -> None:
+    global _broker_down_until
+    with _lock:
+        _broker_down_until = time.monotonic() + current_app.config["BROKER_RETRY_AFTER_SECONDS"]
+    log_event("task.enqueue_failed", logging.WARNING, task=task_name,
+              error=type(exc).__name__, **log_fields)
+
+
+def _enqueue(task_name: str, *args, countdown: int | None = None, **log_fields) -> bool:
+    """Publish; False when the broker could not take it (the rows wait for the sweeper)."""
+    from worker import tasks  # the worker package imports the app, not the other way round
+
+    if not _eager() and _circuit_open(task_name, **log_fields):
+        return False
     try:
-        getattr(tasks, task_name).apply_async(args=args)
+        getattr(tasks, task_name).apply_async(args=args, countdown=countdown)
     except Exception as exc:  # broker down: the row waits in the database for the sweeper
-        with _lock:
-            _broker_down_until = (time.monotonic()
-                                  + current_app.config["BROKER_RETRY_AFTER_SECONDS"])
-        log_event("task.enqueue_failed", logging.WARNING, task=task_name,
-                  error=type(exc).__name__, **log_fields)
+        _trip(task_name, exc, **log_fields)
+        return False
+    return True
 
 
 def reset_circuit() -> None:

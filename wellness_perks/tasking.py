@@ -15,6 +15,7 @@ TASK_ROUTES = {
     "wellness_perks.allocate_claim": {"queue": "allocation"},
     "wellness_perks.allocate_program": {"queue": "allocation"},
     "wellness_perks.send_email": {"queue": "mail"},
+    "wellness_perks.send_emails": {"queue": "mail"},
     "wellness_perks.sweep": {"queue": "periodic"},
 }
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
+from wellness_perks import dispatch
 from wellness_perks.db import get_session
 from wellness_perks.services import allocation, mail, sweeper
 
@@ -52,6 +54,28 @@ def send_email(self, outbound_id: int) -> str:
         raise self.retry(countdown=later.countdown, max_retries=None) from None
 
 
+@shared_task(
+    name="wellness_perks.send_emails",
+    bind=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=8,
+)
+def send_emails(self, outbound_ids: list[int]) -> dict:
+    outcome = mail.send_batch(get_session(), outbound_ids=outbound_ids)
+    if not self.request.is_eager:  # in-process, the rows wait for their retry (the sweeper)
+        for outbound_id, countdown in outcome.retry.items():
+            dispatch.send_email(outbound_id, countdown=countdown)
+    return {"sent": len(outcome.sent), "retry": len(outcome.retry),
+            "failed": len(outcome.failed), "cancelled": len(outcome.cancelled)}
+
+
 @shared_task(name="wellness_perks.sweep", autoretry_for=(OperationalError,), max_retries=2)
 def sweep() -> dict:
     return sweeper.sweep(get_session()).as_dict()
+
+
+@worker_process_shutdown.connect
+def _close_smtp_connections(**_kwargs) -> None:
+    mail.close_pools()

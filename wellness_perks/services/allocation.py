@@ -15,6 +15,7 @@ one transaction per batch:
    is assigned once, ever), raise the counters, and write each claim's redemption mail as an
    ``OutboundEmail`` row, all in the same transaction.
 5. Claims that cannot be served are (or stay) waitlisted, with the reason.
+6. After the commit, the batch's mails are handed to send tasks of ``MAIL_BATCH_SIZE``.
 
 The counters carry CHECK constraints (``allocated_count <= quota``): even a bug here could not
 overrun a quota. On SQLite the transaction begins with BEGIN IMMEDIATE and the ``FOR UPDATE``
@@ -89,6 +90,7 @@ def allocate_claim(session: Session, *, claim_id: int) -> AllocationResult | Non
 def allocate_program(session: Session, *, program_id: int,
                      batch_size: int | None = None) -> AllocationResult:
     """Serve a program's waiting claims, batch after batch, until none can be served."""
+    dispatch.allocation_starting(program_id)
     batch_size = batch_size or current_app.config["ALLOCATION_BATCH_SIZE"]
     total = AllocationResult(program_id)
     while True:
@@ -97,8 +99,8 @@ def allocate_program(session: Session, *, program_id: int,
         if result.changed:
             log_event("allocation.batch", program_id=program_id,
                       allocated=len(result.allocated), waitlisted=len(result.waitlisted))
-        for outbound_id in result.outbound_ids:
-            dispatch.send_email(outbound_id)
+        if result.outbound_ids:
+            dispatch.send_emails(result.outbound_ids)
         if not more:
             return total
 

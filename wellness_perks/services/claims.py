@@ -71,7 +71,7 @@ def request_claim(
         log_event("claim.requested", claim_id=claim.id, program_id=program.id,
                   creator_id=creator_id, state=claim.state, reason=claim.reason)
         if claim.state == ClaimState.pending:
-            dispatch.allocate_claim(claim.id)
+            dispatch.schedule_allocation(program.id)
     return claim
 
 

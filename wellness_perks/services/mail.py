@@ -1,8 +1,10 @@
 """Mail we owe people, sent once each.
 
 Every mail is a row (OutboundEmail) written in the same transaction as the thing it tells about.
-Sending takes the row with a conditional UPDATE (queued -> sending), so two workers never both
-send it; the body is rendered at send time from the database and never stored or logged.
+Sending takes rows with a conditional UPDATE (queued -> sending), so two workers never both send
+one; the body is rendered at send time from the database and never stored or logged. Mails go
+out in batches: one UPDATE takes the batch, one query loads what the messages say, and they are
+sent over one SMTP connection that the process keeps open between batches.
 Without SMTP_HOST, mail goes to ``OUTBOX_DIR`` as one RFC 5322 ``.eml`` file per message.
 """
 
@@ -12,6 +14,10 @@ import logging
 import os
 import smtplib
 import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
@@ -19,11 +25,21 @@ from email.utils import format_datetime, parseaddr
 from pathlib import Path
 
 import sqlalchemy as sa
-from flask import current_app, render_template
+from flask import current_app
 from sqlmodel import Session
 
 from ..logs import log_event
-from ..models import Claim, Code, CodeBatch, Creator, MailKind, MailStatus, OutboundEmail, Program
+from ..models import (
+    Claim,
+    Code,
+    CodeBatch,
+    Creator,
+    MailKind,
+    MailStatus,
+    OutboundEmail,
+    Program,
+)
+from . import mime
 from .auth import mint_sign_in_token
 
 MAX_ERROR_LENGTH = 1000
@@ -41,77 +57,137 @@ class PermanentMailError(Exception):
     """The server refused the message for good (5xx): retrying won't help."""
 
 
+@dataclass
+class BatchOutcome:
+    sent: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+    retry: dict[int, int] = field(default_factory=dict)  # outbound id -> seconds until retry
+    not_taken: list[int] = field(default_factory=list)   # not queued: sent, or held elsewhere
+
+
+@dataclass
+class Outgoing:
+    outbound_id: int
+    to_email: str
+    attempts: int
+    kind: str
+    claim_id: int | None
+    raw: bytes = b""
+    message_id: str = ""
+
+
+# --------------------------------------------------------------------------- sending
+
+
 def send(session: Session, *, outbound_id: int) -> str:
-    """Make one attempt at an owed mail. Returns its status afterwards.
+    """Make one attempt at one owed mail. Returns its status afterwards.
 
     Raises MailRetryLater when the attempt failed and another is due later.
     """
-    took = _update(session, outbound_id, (MailStatus.queued,), status=MailStatus.sending,
-                   attempts=OutboundEmail.attempts + 1, sending_started_at=datetime.now(UTC))
-    outbound = session.get(OutboundEmail, outbound_id, populate_existing=True)
-    if outbound is None:
+    outcome = send_batch(session, outbound_ids=[outbound_id])
+    if outbound_id in outcome.retry:
+        raise MailRetryLater(outcome.retry[outbound_id])
+    status = session.execute(sa.select(OutboundEmail.status)
+                             .where(OutboundEmail.id == outbound_id)).scalar_one_or_none()
+    session.commit()
+    if status is None:
         log_event("mail.unknown", logging.WARNING, outbound_id=outbound_id)
         return "unknown"
-    if not took:
-        return outbound.status  # sent, failed, or another attempt holds it
-    if outbound.code_id is not None and session.execute(
-            sa.select(Code.status).where(Code.id == outbound.code_id)).scalar_one() == "void":
-        _update(session, outbound_id, (MailStatus.sending,), status=MailStatus.cancelled,
-                last_error="its code was voided before it was sent")
-        log_event("mail.cancelled", outbound_id=outbound_id, claim_id=outbound.claim_id)
-        return MailStatus.cancelled
-
-    try:
-        message = build_message(session, outbound)
-        deliver(message, outbound)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
-        return _record_failure(session, outbound, exc)
-
-    _update(session, outbound_id, (MailStatus.sending,), status=MailStatus.sent,
-            sent_at=datetime.now(UTC), message_id=message["Message-ID"], last_error=None,
-            next_attempt_at=None)
-    log_event("mail.sent", outbound_id=outbound.id, kind=outbound.kind,
-              claim_id=outbound.claim_id, attempts=outbound.attempts)
-    return MailStatus.sent
+    return status
 
 
-def _update(session: Session, outbound_id: int, from_states: tuple[MailStatus, ...],
-            **values) -> bool:
-    """Move an OutboundEmail on, only from the given states; True if it moved.
-
-    Its own transaction, beginning with the UPDATE (so SQLite waits for the write lock).
-    """
+def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
+    """One attempt at each of these mails that is queued; the rest are left alone."""
+    outcome = BatchOutcome()
+    now = datetime.now(UTC)
     session.commit()
-    moved = session.execute(
+    taken = set(session.execute(
         sa.update(OutboundEmail)
-        .where(OutboundEmail.id == outbound_id, OutboundEmail.status.in_(from_states))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .where(OutboundEmail.id.in_(outbound_ids), OutboundEmail.status == MailStatus.queued)
+        .values(status=MailStatus.sending, attempts=OutboundEmail.attempts + 1,
+                sending_started_at=now)
+        .returning(OutboundEmail.id)
+    ).scalars())
     session.commit()
-    return bool(moved)
+    outcome.not_taken = [i for i in outbound_ids if i not in taken]
+    if not taken:
+        return outcome
+
+    outgoing = _prepare(session, sorted(taken), outcome)
+    session.commit()
+
+    def still_ours(item: Outgoing) -> bool:
+        # The batch took its rows at once; each message renews the lease just before it goes,
+        # so the sweeper counts an attempt as interrupted from when it really began, and a
+        # message the sweeper took back meanwhile (another worker may hold it now) is skipped.
+        _fast_commit(session)
+        renewed = session.execute(
+            sa.update(OutboundEmail)
+            .where(OutboundEmail.id == item.outbound_id, OutboundEmail.status == MailStatus.sending,
+                   OutboundEmail.attempts == item.attempts)
+            .values(sending_started_at=datetime.now(UTC))
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        session.commit()
+        return bool(renewed)
+
+    def record(item: Outgoing, error: Exception | None) -> None:
+        # Each message is recorded the moment the server has taken it (or refused it), so a
+        # worker killed mid-batch leaves at most the one message in flight without an outcome.
+        if error is None:
+            _mark_sent(session, item)
+            outcome.sent.append(item.outbound_id)
+            log_event("mail.sent", outbound_id=item.outbound_id, kind=item.kind,
+                      claim_id=item.claim_id, attempts=item.attempts)
+        else:
+            _record_failure(session, item, error, outcome)
+        session.commit()
+
+    deliver_all(outgoing, still_ours, record)
+    return outcome
 
 
-def _record_failure(session: Session, outbound: OutboundEmail, exc: Exception) -> str:
+def _fast_commit(session: Session) -> None:
+    """The per-message bookkeeping commits without waiting for the disk flush: durable against
+    a worker dying (the risk here), and cheap; a database crash could at worst cause a resend."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+
+
+def _mark_sent(session: Session, item: Outgoing) -> None:
+    _fast_commit(session)
+    session.execute(
+        sa.update(OutboundEmail)
+        .where(OutboundEmail.id == item.outbound_id, OutboundEmail.status == MailStatus.sending)
+        .values(status=MailStatus.sent, sent_at=datetime.now(UTC), message_id=item.message_id,
+                last_error=None, next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _record_failure(session: Session, item: Outgoing, exc: Exception,
+                    outcome: BatchOutcome) -> None:
     config = current_app.config
-    permanent = isinstance(exc, PermanentMailError)
     error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
     countdown = None
-    if permanent or outbound.attempts >= config["MAIL_MAX_ATTEMPTS"]:
-        status, next_attempt_at = MailStatus.failed, None
+    if isinstance(exc, PermanentMailError) or item.attempts >= config["MAIL_MAX_ATTEMPTS"]:
+        values = {"status": MailStatus.failed, "next_attempt_at": None}
+        outcome.failed.append(item.outbound_id)
     else:
-        countdown = retry_delay(outbound.attempts)
-        status = MailStatus.queued
-        next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
-    session.rollback()
-    _update(session, outbound.id, (MailStatus.sending,), status=status, last_error=error,
-            next_attempt_at=next_attempt_at)
+        countdown = retry_delay(item.attempts)
+        values = {"status": MailStatus.queued,
+                  "next_attempt_at": datetime.now(UTC) + timedelta(seconds=countdown)}
+        outcome.retry[item.outbound_id] = countdown
+    session.execute(
+        sa.update(OutboundEmail)
+        .where(OutboundEmail.id == item.outbound_id, OutboundEmail.status == MailStatus.sending)
+        .values(last_error=error, **values)
+        .execution_options(synchronize_session=False)
+    )
     log_event("mail.failed" if countdown is None else "mail.retry_scheduled", logging.WARNING,
-              outbound_id=outbound.id, kind=outbound.kind, claim_id=outbound.claim_id,
-              attempts=outbound.attempts, error=type(exc).__name__, retry_in=countdown)
-    if countdown is not None:
-        raise MailRetryLater(countdown)
-    return status
+              outbound_id=item.outbound_id, kind=item.kind, claim_id=item.claim_id,
+              attempts=item.attempts, error=type(exc).__name__, retry_in=countdown)
 
 
 def retry_delay(attempts: int) -> int:
@@ -123,58 +199,117 @@ def retry_delay(attempts: int) -> int:
 # --------------------------------------------------------------------------- building
 
 
-def build_message(session: Session, outbound: OutboundEmail) -> EmailMessage:
+def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -> list[Outgoing]:
+    """Load what the taken mails say (one query) and render them; mails whose code was voided
+    before they went out are cancelled (the reissue mail carries the new code)."""
+    rows = session.execute(
+        sa.select(OutboundEmail, Creator, Code, CodeBatch, Program)
+        .join(Creator, Creator.id == OutboundEmail.creator_id)
+        .outerjoin(Code, Code.id == OutboundEmail.code_id)
+        .outerjoin(CodeBatch, CodeBatch.id == Code.batch_id)
+        .outerjoin(Claim, Claim.id == OutboundEmail.claim_id)
+        .outerjoin(Program, Program.id == Claim.program_id)
+        .where(OutboundEmail.id.in_(outbound_ids))
+        .order_by(OutboundEmail.id)
+    ).all()
+    outgoing, cancelled = [], []
+    for outbound, creator, code, batch, program in rows:
+        if code is not None and code.status == "void":
+            cancelled.append(outbound.id)
+            continue
+        item = Outgoing(outbound.id, outbound.to_email, outbound.attempts, outbound.kind,
+                        outbound.claim_id)
+        try:
+            item.message_id, item.raw = render(outbound, creator, code, batch, program)
+        except Exception as exc:  # noqa: BLE001 - recorded on the row like a failed send
+            _record_failure(session, item, exc, outcome)
+            continue
+        outgoing.append(item)
+    if cancelled:
+        session.execute(
+            sa.update(OutboundEmail)
+            .where(OutboundEmail.id.in_(cancelled), OutboundEmail.status == MailStatus.sending)
+            .values(status=MailStatus.cancelled,
+                    last_error="its code was voided before it was sent")
+            .execution_options(synchronize_session=False))
+        outcome.cancelled += cancelled
+        for outbound_id in cancelled:
+            log_event("mail.cancelled", outbound_id=outbound_id)
+    return outgoing
+
+
+def render(outbound: OutboundEmail, creator: Creator, code: Code | None,
+           batch: CodeBatch | None, program: Program | None) -> tuple[str, bytes]:
+    """(Message-ID, the whole message as bytes)."""
+    subject, text, html = _content(outbound, creator, code, batch, program)
     config = current_app.config
-    creator = session.get(Creator, outbound.creator_id)
-    context = {
-        "creator": creator,
-        "help_email": config["HELP_EMAIL"],
-        "base_url": config["BASE_URL"],
-    }
+    from_addr = config["MAIL_FROM"]
+    message_id = make_message_id(outbound, from_addr)
+    if not outbound.to_email.isascii():  # an internationalised address needs SMTPUTF8
+        return message_id, _email_message(outbound, subject, text, html, message_id).as_bytes()
+    headers = [("Subject", mime.encode_header(subject)),
+               ("From", _encoded_from(from_addr)),
+               ("To", outbound.to_email),
+               ("Date", format_datetime(datetime.now(UTC))),
+               ("Message-ID", message_id),
+               ("Auto-Submitted", "auto-generated")]
+    return message_id, mime.compose(headers=headers, text=text, html=html)
+
+
+def _content(outbound, creator, code, batch, program) -> tuple[str, str, str]:
+    config = current_app.config
+    context = {"creator": creator, "help_email": config["HELP_EMAIL"],
+               "base_url": config["BASE_URL"]}
     if outbound.kind == MailKind.sign_in:
         token = mint_sign_in_token(creator)
-        context |= {
-            "link": f"{config['BASE_URL']}/login/{token}",
-            "minutes": config["LOGIN_TOKEN_MAX_AGE"] // 60,
-        }
-        subject = "Your sign-in link for Wellness Perks"
-        template = "email/sign_in"
+        context |= {"link": f"{config['BASE_URL']}/login/{token}",
+                    "minutes": config["LOGIN_TOKEN_MAX_AGE"] // 60}
+        subject, template = "Your sign-in link for Wellness Perks", "email/sign_in"
     elif outbound.kind in (MailKind.redemption, MailKind.reissue):
-        claim = session.get(Claim, outbound.claim_id)
-        program = session.get(Program, claim.program_id)
-        code = session.get(Code, outbound.code_id)
-        batch = session.get(CodeBatch, code.batch_id)
+        reissue = outbound.kind == MailKind.reissue
         context |= {
             "program": program,
             "code": code.value,
             "redeem_link": program.redeem_link(code.value),
             "expires_on": batch.expires_on,
             "program_url": f"{config['BASE_URL']}/programs/{program.slug}",
-            "reissue": outbound.kind == MailKind.reissue,
+            "reissue": reissue,
         }
-        subject = (f"Your new {program.name} code" if outbound.kind == MailKind.reissue
-                   else f"Your {program.name} code")
+        subject = f"Your new {program.name} code" if reissue else f"Your {program.name} code"
         template = "email/redemption"
     else:
         raise ValueError(f"unknown mail kind {outbound.kind!r}")
+    env = current_app.jinja_env
+    return (subject, env.get_template(f"{template}.txt").render(context),
+            env.get_template(f"{template}.html").render(context))
 
-    text = render_template(f"{template}.txt", **context)
-    html = render_template(f"{template}.html", **context)
-    from_addr = config["MAIL_FROM"]
-    needs_utf8 = not (outbound.to_email.isascii() and from_addr.isascii())
-    message = EmailMessage(policy=SMTPUTF8 if needs_utf8 else SMTP)
+
+_from_cache: dict[str, str] = {}
+
+
+def _encoded_from(from_addr: str) -> str:
+    if from_addr not in _from_cache:
+        message = EmailMessage(policy=SMTP)
+        message["From"] = from_addr
+        _from_cache[from_addr] = message.as_string().split(":", 1)[1].strip()
+    return _from_cache[from_addr]
+
+
+def _email_message(outbound, subject, text, html, message_id) -> EmailMessage:
+    """The same message through the ``email`` package (for non-ASCII addresses)."""
+    message = EmailMessage(policy=SMTPUTF8)
     message["Subject"] = subject
-    message["From"] = from_addr
+    message["From"] = current_app.config["MAIL_FROM"]
     message["To"] = outbound.to_email
     message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = message_id(outbound, from_addr)
+    message["Message-ID"] = message_id
     message["Auto-Submitted"] = "auto-generated"
-    message.set_content(text, cte=_transfer_encoding(text))
-    message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
     return message
 
 
-def message_id(outbound: OutboundEmail, from_addr: str) -> str:
+def make_message_id(outbound: OutboundEmail, from_addr: str) -> str:
     """The same Message-ID for every attempt at one mail: if an attempt whose outcome we could
     not record is repeated, mail systems that de-duplicate by Message-ID show it once."""
     domain = parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
@@ -182,54 +317,140 @@ def message_id(outbound: OutboundEmail, from_addr: str) -> str:
     return f"<wellness-perks.{outbound.id}.{created}@{domain}>"
 
 
-def _transfer_encoding(body: str) -> str:
-    """7bit keeps links whole (readable in the raw .eml); non-ASCII text is quoted-printable."""
-    if body.isascii() and all(len(line) <= 990 for line in body.splitlines()):
-        return "7bit"
-    return "quoted-printable"
-
-
 # --------------------------------------------------------------------------- delivering
 
 
-def deliver(message: EmailMessage, outbound: OutboundEmail) -> None:
+def deliver_all(outgoing: list[Outgoing], still_ours: Callable[[Outgoing], bool],
+                record: Callable[[Outgoing, Exception | None], None]) -> None:
+    """Deliver each message that is ``still_ours()`` when its turn comes, calling
+    ``record(item, error or None)`` right after each one."""
+    if not outgoing:
+        return
     if current_app.config["SMTP_HOST"]:
-        _deliver_smtp(message)
-    else:
-        _deliver_outbox(message, outbound)
+        _pool().send_all(outgoing, still_ours, record)
+        return
+    for item in outgoing:
+        if not still_ours(item):
+            continue
+        try:
+            _deliver_outbox(item)
+        except OSError as exc:
+            record(item, exc)
+        else:
+            record(item, None)
 
 
-def _deliver_smtp(message: EmailMessage) -> None:
-    config = current_app.config
-    host, port, timeout = config["SMTP_HOST"], config["SMTP_PORT"], config["SMTP_TIMEOUT"]
-    smtp_class = smtplib.SMTP_SSL if config["SMTP_SSL"] else smtplib.SMTP
-    try:
-        with smtp_class(host, port, timeout=timeout) as smtp:
-            if config["SMTP_STARTTLS"] and not config["SMTP_SSL"]:
-                smtp.starttls()
-            if config["SMTP_USER"]:
-                smtp.login(config["SMTP_USER"], config["SMTP_PASSWORD"])
-            smtp.send_message(message)
-    except smtplib.SMTPRecipientsRefused as exc:
+class SmtpPool:
+    """One SMTP connection per process, kept open between batches and reopened when the server
+    has dropped it. ``MAIL_RATE_LIMIT`` (messages a second, 0 = no limit) paces this process."""
+
+    def __init__(self, config) -> None:
+        self.host, self.port = config["SMTP_HOST"], config["SMTP_PORT"]
+        self.user, self.password = config["SMTP_USER"], config["SMTP_PASSWORD"]
+        self.ssl, self.starttls = config["SMTP_SSL"], config["SMTP_STARTTLS"]
+        self.timeout, self.from_addr = config["SMTP_TIMEOUT"], parseaddr(config["MAIL_FROM"])[1]
+        self.rate = config["MAIL_RATE_LIMIT"]
+        self.key = (self.host, self.port, self.user, self.ssl, self.starttls, self.rate)
+        self.connection: smtplib.SMTP | None = None
+        self.next_send = 0.0
+        self.lock = threading.Lock()
+
+    def send_all(self, outgoing: list[Outgoing], still_ours: Callable[[Outgoing], bool],
+                 record: Callable[[Outgoing, Exception | None], None]) -> None:
+        with self.lock:
+            for item in outgoing:
+                self._pace()
+                if not still_ours(item):
+                    continue
+                try:
+                    self._send(item)
+                except Exception as exc:  # noqa: BLE001 - classified and recorded per message
+                    record(item, _classify(exc))
+                else:
+                    record(item, None)
+
+    def _send(self, item: Outgoing) -> None:
+        for attempt in (1, 2):
+            fresh = self.connection is None
+            try:
+                if fresh:
+                    self.connection = self._connect()
+                self.connection.sendmail(self.from_addr, [item.to_email], item.raw)
+                return
+            except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError):
+                self.close()
+                if fresh or attempt == 2:  # a new connection failed: the server is the problem
+                    raise
+
+    def _connect(self) -> smtplib.SMTP:
+        smtp_class = smtplib.SMTP_SSL if self.ssl else smtplib.SMTP
+        connection = smtp_class(self.host, self.port, timeout=self.timeout)
+        try:
+            if self.starttls and not self.ssl:
+                connection.starttls()
+            if self.user:
+                connection.login(self.user, self.password)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _pace(self) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        if now < self.next_send:
+            time.sleep(self.next_send - now)
+        self.next_send = max(now, self.next_send) + 1.0 / self.rate
+
+    def close(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            finally:
+                self.connection = None
+
+
+_pools: dict[tuple, SmtpPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool() -> SmtpPool:
+    pool = SmtpPool(current_app.config)
+    with _pools_lock:
+        return _pools.setdefault(pool.key, pool)
+
+
+def close_pools() -> None:
+    """Close this process's SMTP connections (at shutdown, and between tests)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        with pool.lock:
+            pool.close()
+
+
+def _classify(exc: Exception) -> Exception:
+    """5xx refusals are permanent; everything else may pass."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _msg in exc.recipients.values()]
         if codes and all(code >= 500 for code in codes):
-            raise PermanentMailError(f"recipient refused ({codes[0]})") from exc
-        raise
-    except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-        if exc.smtp_code >= 500:
-            raise PermanentMailError(f"refused by the server ({exc.smtp_code})") from exc
-        raise
+            return PermanentMailError(f"recipient refused ({codes[0]})")
+    if isinstance(exc, smtplib.SMTPSenderRefused | smtplib.SMTPDataError) and exc.smtp_code >= 500:
+        return PermanentMailError(f"refused by the server ({exc.smtp_code})")
+    return exc
 
 
-def _deliver_outbox(message: EmailMessage, outbound: OutboundEmail) -> None:
+def _deliver_outbox(item: Outgoing) -> None:
     outbox = Path(current_app.config["OUTBOX_DIR"])
     outbox.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-    target = outbox / f"{stamp}-{outbound.id:08d}-{outbound.kind}.eml"
+    target = outbox / f"{stamp}-{item.outbound_id:08d}-{item.kind}.eml"
     fd, tmp = tempfile.mkstemp(dir=outbox, prefix=".tmp-", suffix=".eml")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(message.as_bytes())
+            fh.write(item.raw)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

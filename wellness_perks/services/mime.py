@@ -1,0 +1,49 @@
+"""Composing a multipart/alternative (text + HTML) message straight to bytes.
+
+The ``email`` package spends most of its time parsing the headers it is given back into objects;
+on launch day that was half the cost of a mail. This writes the same RFC 5322 / MIME structure
+directly: ASCII headers as they are, non-ASCII ones as RFC 2047 encoded words, bodies as 7bit
+when they are ASCII with short lines, quoted-printable otherwise, CRLF line endings. The tests
+parse what it writes with the ``email`` package and compare it with what that package writes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from email.charset import QP, Charset
+from email.header import Header
+
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.body_encoding = QP
+
+
+def encode_header(value: str) -> str:
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", maxlinelen=998).encode()
+
+
+def _body_part(subtype: str, body: str) -> bytes:
+    text = body.replace("\r\n", "\n")
+    if text.isascii() and all(len(line) <= 990 for line in text.split("\n")):
+        encoding, payload = "7bit", text
+    else:
+        encoding, payload = "quoted-printable", _UTF8_QP.body_encode(text)
+    if not payload.endswith("\n"):
+        payload += "\n"
+    head = (f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+            f"Content-Transfer-Encoding: {encoding}\r\n\r\n")
+    return (head + payload.replace("\n", "\r\n")).encode("ascii")
+
+
+def compose(*, headers: list[tuple[str, str]], text: str, html: str) -> bytes:
+    """``headers`` in order (name, already-encoded value); returns the whole message."""
+    boundary = "==wp" + secrets.token_hex(12) + "=="
+    lines = [f"{name}: {value}" for name, value in headers]
+    lines += ["MIME-Version: 1.0",
+              f'Content-Type: multipart/alternative; boundary="{boundary}"', "", ""]
+    head = "\r\n".join(lines).encode("ascii")
+    delimiter = f"--{boundary}\r\n".encode("ascii")
+    return b"".join((head, delimiter, _body_part("plain", text), b"\r\n",
+                     delimiter, _body_part("html", html), b"\r\n",
+                     f"--{boundary}--\r\n".encode("ascii")))
