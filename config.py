@@ -20,26 +20,23 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value.strip()
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_number(name: str, default, kind=int):
     raw = _env(name)
     if raw is None:
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError as exc:
-        raise RuntimeError(
-            f"environment variable {name} must be a whole number, got {raw!r}"
-        ) from exc
+        what = "a whole number" if kind is int else "a number"
+        raise RuntimeError(f"environment variable {name} must be {what}, got {raw!r}") from exc
+
+
+def _env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int)
 
 
 def _env_float(name: str, default: float) -> float:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise RuntimeError(f"environment variable {name} must be a number, got {raw!r}") from exc
+    return _env_number(name, default, float)
 
 
 def _env_bool(name: str, default: bool) -> bool:

@@ -11,39 +11,25 @@ from wellness_perks.db import get_session
 from wellness_perks.services import allocation, mail, sweeper
 
 
-@shared_task(
-    name="wellness_perks.allocate_claim",
-    bind=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=8,
-)
+def database_task(name: str):
+    """A task retried with backoff when the database is briefly unreachable (or a deadlock or
+    serialisation failure is reported): every task is idempotent, so a re-run is safe."""
+    return shared_task(name=name, bind=True, autoretry_for=(OperationalError,),
+                       retry_backoff=True, retry_backoff_max=60, max_retries=8)
+
+
+@database_task("wellness_perks.allocate_claim")
 def allocate_claim(self, claim_id: int) -> int:
     result = allocation.allocate_claim(get_session(), claim_id=claim_id)
     return len(result.allocated) if result else 0
 
 
-@shared_task(
-    name="wellness_perks.allocate_program",
-    bind=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=8,
-)
+@database_task("wellness_perks.allocate_program")
 def allocate_program(self, program_id: int) -> int:
     return len(allocation.allocate_program(get_session(), program_id=program_id).allocated)
 
 
-@shared_task(
-    name="wellness_perks.send_email",
-    bind=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=8,
-)
+@database_task("wellness_perks.send_email")
 def send_email(self, outbound_id: int) -> str:
     try:
         return mail.send(get_session(), outbound_id=outbound_id)
@@ -54,14 +40,7 @@ def send_email(self, outbound_id: int) -> str:
         raise self.retry(countdown=later.countdown, max_retries=None) from None
 
 
-@shared_task(
-    name="wellness_perks.send_emails",
-    bind=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=8,
-)
+@database_task("wellness_perks.send_emails")
 def send_emails(self, outbound_ids: list[int]) -> dict:
     outcome = mail.send_batch(get_session(), outbound_ids=outbound_ids)
     if not self.request.is_eager:  # in-process, the rows wait for their retry (the sweeper)
