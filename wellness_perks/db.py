@@ -85,8 +85,12 @@ def begin_write(session: Session) -> None:
     """Start a transaction that will write what it reads: on SQLite it takes the write lock at
     BEGIN (a WAL reader cannot upgrade to a writer once another writer has committed).
 
-    Whatever the session had open is committed first (only reads are expected there).
+    On SQLite, whatever the session had open is committed first (only reads are expected
+    there). On PostgreSQL an open transaction simply goes on: at READ COMMITTED every statement
+    sees what is committed when it runs, and the rows it must not race for are locked anyway.
     """
+    if session.get_bind().dialect.name != "sqlite":
+        return
     if session.in_transaction():
         session.commit()
     session.connection(execution_options={SQLITE_IMMEDIATE: True})

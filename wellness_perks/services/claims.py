@@ -78,7 +78,17 @@ def request_claim(
 def _record_claim(
     session: Session, program: Program, creator_id: int, now: datetime
 ) -> tuple[Claim, bool]:
-    existing = get_claim(session, program_id=program.id, creator_id=creator_id)
+    # One query: the creator's country, whether they are on the list, and any earlier claim.
+    country, eligibility_id, existing = session.execute(
+        sa.select(Creator.country, Eligibility.id, Claim)
+        .select_from(Creator)
+        .outerjoin(Eligibility, sa.and_(Eligibility.creator_id == Creator.id,
+                                        Eligibility.program_id == program.id))
+        .outerjoin(Claim, sa.and_(Claim.creator_id == Creator.id,
+                                  Claim.program_id == program.id))
+        .where(Creator.id == creator_id)
+        .execution_options(populate_existing=True)
+    ).one()
     if existing is not None and existing.state != ClaimState.refused:
         return existing, False
 
@@ -87,8 +97,7 @@ def _record_claim(
         raise ClaimWindowNotOpen(
             f"claims for {program.name} open on {program.opens_at:%Y-%m-%d %H:%M} UTC"
         )
-    creator = session.get(Creator, creator_id)
-    if not is_eligible(session, program_id=program.id, creator_id=creator_id):
+    if eligibility_id is None:
         state, reason = ClaimState.refused, REASON_NOT_ELIGIBLE
     elif window == "closed":
         state, reason = ClaimState.refused, REASON_WINDOW_CLOSED
@@ -102,7 +111,7 @@ def _record_claim(
         claim = existing
         claim.state, claim.reason, claim.requested_at, claim.decided_at = state, None, now, None
     else:
-        claim = Claim(program_id=program.id, creator_id=creator_id, country=creator.country,
+        claim = Claim(program_id=program.id, creator_id=creator_id, country=country,
                       state=state, reason=reason, requested_at=now,
                       decided_at=now if state == ClaimState.refused else None)
         session.add(claim)

@@ -117,20 +117,29 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
     outgoing = _prepare(session, sorted(taken), outcome)
     session.commit()
 
-    def still_ours(item: Outgoing) -> bool:
-        # The batch took its rows at once; each message renews the lease just before it goes,
-        # so the sweeper counts an attempt as interrupted from when it really began, and a
-        # message the sweeper took back meanwhile (another worker may hold it now) is skipped.
+    # The batch took its rows at once; each message renews its lease just before it goes, so
+    # the sweeper counts an attempt as interrupted from when it really began, and a message the
+    # sweeper took back meanwhile (another worker may hold it now) is skipped. The next
+    # message's renewal shares the commit that records this one.
+    following = {a.outbound_id: b for a, b in zip(outgoing, outgoing[1:], strict=False)}
+    renewed_ahead: dict[int, bool] = {}
+
+    def renew(item: Outgoing) -> bool:
         _fast_commit(session)
-        renewed = session.execute(
+        return bool(session.execute(
             sa.update(OutboundEmail)
             .where(OutboundEmail.id == item.outbound_id, OutboundEmail.status == MailStatus.sending,
                    OutboundEmail.attempts == item.attempts)
             .values(sending_started_at=datetime.now(UTC))
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ).rowcount)
+
+    def still_ours(item: Outgoing) -> bool:
+        if item.outbound_id in renewed_ahead:
+            return renewed_ahead.pop(item.outbound_id)
+        ours = renew(item)
         session.commit()
-        return bool(renewed)
+        return ours
 
     def record(item: Outgoing, error: Exception | None) -> None:
         # Each message is recorded the moment the server has taken it (or refused it), so a
@@ -142,6 +151,8 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
                       claim_id=item.claim_id, attempts=item.attempts)
         else:
             _record_failure(session, item, error, outcome)
+        if (upcoming := following.get(item.outbound_id)) is not None:
+            renewed_ahead[upcoming.outbound_id] = renew(upcoming)
         session.commit()
 
     deliver_all(outgoing, still_ours, record)
