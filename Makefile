@@ -33,3 +33,28 @@ worker: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Benchmarks (bench/README.md): PostgreSQL on 127.0.0.1:5432 and redis-server on PATH.
+# Any of these may be given on the command line, e.g. `make bench N=20000 C=64`:
+#   N, Q (default N), C (connections), LOAD_PROCS, WEB_WORKERS, WEB_WORKER_CLASS, WEB_THREADS,
+#   CELERY_WORKERS, CELERY_CONCURRENCY, WAIT_QUIET (s), BENCH_ARGS (more options, see --help);
+#   bench-scale: SCALE_MAX, SCALE_CLAIMS, SCALE_PROBE.
+.PHONY: bench bench-scale
+N ?= 2000
+BENCH_STACK = $(if $(C),--concurrency $(C)) $(if $(LOAD_PROCS),--load-processes $(LOAD_PROCS)) \
+	$(if $(WEB_WORKERS),--web-workers $(WEB_WORKERS)) \
+	$(if $(WEB_WORKER_CLASS),--web-worker-class $(WEB_WORKER_CLASS)) \
+	$(if $(WEB_THREADS),--web-threads $(WEB_THREADS)) \
+	$(if $(CELERY_WORKERS),--celery-workers $(CELERY_WORKERS)) \
+	$(if $(CELERY_CONCURRENCY),--celery-concurrency $(CELERY_CONCURRENCY)) \
+	$(if $(WAIT_QUIET),--wait-quiet $(WAIT_QUIET))
+
+## bench: launch day: N creators claim Q codes over HTTP (quick run N=2000; N=20000 is the day)
+bench: $(STAMP)
+	$(BIN)/python -m bench.launch --n $(N) $(if $(Q),--q $(Q)) $(BENCH_STACK) $(BENCH_ARGS)
+
+## bench-scale: how claim latency, allocation and quota/stock time grow with stock and claims
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale $(if $(SCALE_MAX),--max $(SCALE_MAX)) \
+	$(if $(SCALE_CLAIMS),--claims $(SCALE_CLAIMS)) $(if $(SCALE_PROBE),--probe $(SCALE_PROBE)) \
+	$(BENCH_STACK) $(BENCH_ARGS)
