@@ -528,6 +528,7 @@ def test_smtp_refusing_for_a_while_mails_retried_and_delivered_once(launch, tmp_
     assert_code_mails(launch, rows)  # exactly one each
     mails = mail_rows(launch, slug)
     assert {(m.status, m.last_error) for m in mails} == {("sent", None)}
-    assert all(m.attempts > 2 for m in mails), [m.attempts for m in mails]
+    # Refused at least once (the attempt in flight when the server relented may have gone through).
+    assert all(m.attempts >= 2 for m in mails), [m.attempts for m in mails]
     assert launch.mail.refused - refused_before == sum(m.attempts - 1 for m in mails)
     verify(launch, slug)
