@@ -44,9 +44,10 @@ def celery_init_app(app: Flask) -> Celery:
         # A task is acknowledged after it ran, and given back if its worker dies mid-way.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # On a lost broker connection, stop running tasks: their messages are redelivered, and
-        # every task is idempotent, so nothing runs twice at once.
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # On a lost broker connection, let running tasks finish: their work lands in the
+        # database, and the redelivered message is then a no-op. Cancelling them would cut a
+        # mail batch off mid-message, leaving that message's outcome unknown (a resend).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         # A web request must not hang on a broker that is down.
