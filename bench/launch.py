@@ -288,6 +288,7 @@ class LaunchBench(Harness):
                    "mails": ("mails", self.expected)}
         self.watch.reset_peaks()
         cpu_before = self.watch.cpu()
+        db_before = self.db_stats()
 
         def settle(show):
             def settled() -> bool:
@@ -304,11 +305,24 @@ class LaunchBench(Harness):
 
         result = self._claim_phase("launch", LAUNCH_SLUG, targets, settle)
         cpu = cpu_between(cpu_before, self.watch.cpu())
+        time.sleep(1.0)  # PostgreSQL publishes a backend's counters within a second
+        db = {k: v - db_before[k] for k, v in self.db_stats().items()}
         self.watch.sample()
         memory = self.watch.peaks()
         time.sleep(1.0)  # anything more (a repeated mail) arrives now, to be counted below
         self.results["launch"] = self._figures(result, cpu, memory)
+        self.results["launch"]["postgres"] = db
         self.check_outcome(LAUNCH_SLUG, result, self.results["launch"])
+
+    def db_stats(self) -> dict:
+        """The database's counters (pg_stat_database): sessions opened, transactions, rows."""
+        with pg_connect(self.db_url) as conn:
+            row = conn.execute(
+                "SELECT sessions, xact_commit, xact_rollback, tup_inserted, tup_updated, "
+                "tup_fetched FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        return dict(zip(("sessions", "commits", "rollbacks", "rows_inserted", "rows_updated",
+                         "rows_fetched"), row, strict=True))
 
     def _figures(self, result: dict, cpu: dict, memory: dict) -> dict:
         f = self.follower
@@ -611,6 +625,11 @@ def print_table(results: dict, args: argparse.Namespace, targets: list[dict]) ->
         say(f"CPU seconds during the launch ({fmt_num(g('launch', 'mail', 'last_mail_after_s'), 1)}"
             f" s, machine {cpu['machine_busy_pct']}% busy): "
             + ", ".join(f"{k} {secs[k]:.1f}" for k in order if secs[k] >= 0.05))
+        pg = g("launch", "postgres") or {}
+        if pg:
+            say(f"PostgreSQL during the launch: {pg['sessions']:,} sessions opened, "
+                f"{pg['commits'] / args.n:.1f} commits, {pg['rows_inserted'] / args.n:.1f} rows "
+                f"inserted and {pg['rows_updated'] / args.n:.1f} updated per claim")
         say("CPU per claim (ms): " + ", ".join(
             f"{k} {1000 * secs[k] / args.n:.1f}" for k in order
             if k in ("web", "worker", "postgres", "load", "smtp", "redis") and secs[k] >= 0.05))
