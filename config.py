@@ -81,6 +81,9 @@ class Config:
         self.DATABASE_URL = normalise_database_url(
             _env("DATABASE_URL", f"sqlite:///{instance / 'wellness_perks.db'}")
         )
+        # Connections each process keeps open to PostgreSQL: at least the threads that serve
+        # requests at once (gunicorn --threads), or connections are opened and closed per request.
+        self.DATABASE_POOL_SIZE = _env_int("DATABASE_POOL_SIZE", 10)
         # Empty broker URL: Celery runs tasks in-process (eager), the embedded default.
         self.CELERY_BROKER_URL = _env("CELERY_BROKER_URL", "")
         # After a failed publish, skip publishing this long (the sweeper picks up the rows).

@@ -39,8 +39,8 @@ OWN_SETTINGS = ("DATABASE_URL", "CELERY_BROKER_URL", "SMTP_HOST", "SMTP_PORT", "
 # Settings that would point the processes elsewhere, or fail against the bench's SMTP sink.
 DROPPED_SETTINGS = ("SMTP_USER", "SMTP_PASSWORD", "SMTP_STARTTLS", "SMTP_SSL", "OUTBOX_DIR")
 # Tuning settings worth recording when set (config.py's, and those being added).
-TUNING_SETTINGS = ("LOG_LEVEL", "ALLOCATION_BATCH_SIZE", "MAIL_RATE_LIMIT", "MAIL_CONNECTIONS",
-                   "MAIL_BATCH_SIZE",
+TUNING_SETTINGS = ("LOG_LEVEL", "DATABASE_POOL_SIZE", "ALLOCATION_BATCH_SIZE", "MAIL_RATE_LIMIT",
+                   "MAIL_CONNECTIONS", "MAIL_BATCH_SIZE",
                    "SMTP_TIMEOUT", "MAIL_MAX_ATTEMPTS", "MAIL_RETRY_BASE_SECONDS",
                    "SWEEP_INTERVAL_SECONDS", "SWEEP_PENDING_AFTER_SECONDS",
                    "MAIL_SENDING_TIMEOUT_SECONDS", "BROKER_RETRY_AFTER_SECONDS")

@@ -70,6 +70,15 @@ class MailKind(enum.StrEnum):
 DEFAULT_CODE_PATTERN = r"[A-Za-z0-9-]{4,64}"
 
 
+def window_state(opens_at: datetime | None, closes_at: datetime | None, now: datetime) -> str:
+    """'not_open', 'open' or 'closed' at ``now``, for a claim window (either end may be open)."""
+    if opens_at is not None and now < opens_at:
+        return "not_open"
+    if closes_at is not None and now >= closes_at:
+        return "closed"
+    return "open"
+
+
 class Program(SQLModel, table=True):
     __table_args__ = (
         # I2 held by the database too: the counter can never pass the quota.
@@ -102,11 +111,7 @@ class Program(SQLModel, table=True):
 
     def window_state(self, now: datetime) -> str:
         """'not_open', 'open' or 'closed' at ``now``."""
-        if self.opens_at is not None and now < self.opens_at:
-            return "not_open"
-        if self.closes_at is not None and now >= self.closes_at:
-            return "closed"
-        return "open"
+        return window_state(self.opens_at, self.closes_at, now)
 
 
 class CountryQuota(SQLModel, table=True):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
 from tests.helpers import csrf_token, redemption_code, text_body
-from wellness_perks.models import Claim, Code, OutboundEmail
+from wellness_perks.models import AuditEvent, Claim, Code, OutboundEmail
 
 
 def _claim(client, slug="headspace-6m"):
@@ -182,6 +183,36 @@ def test_unknown_program_is_404(client, factory, signed_in):
     factory.creators(program, ["ayesha@example.com"])
     signed_in("ayesha@example.com")
     assert client.get("/programs/nope").status_code == 404
+    token = csrf_token(client.get("/programs/headspace-6m").text)
+    assert client.post("/programs/nope/claim", data={"csrf_token": token}).status_code == 404
+
+
+def test_claim_request_returns_the_claim_as_it_stands(app, factory, session):
+    from wellness_perks.db import get_session
+    from wellness_perks.services import claims as claim_service
+    from wellness_perks.services.errors import NotFound, ProgramNotFound
+
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    other = factory.program(slug="other-6m", name="Other")
+    with app.app_context():
+        first = claim_service.request_claim(get_session(), program="headspace-6m", creator_id=1)
+        again = claim_service.request_claim(get_session(), program=program, creator_id=1)
+        refused = claim_service.request_claim(get_session(), program=other, creator_id=1)
+        with pytest.raises(ProgramNotFound):
+            claim_service.request_claim(get_session(), program="nope", creator_id=1)
+        with pytest.raises(NotFound, match="no creator"):
+            claim_service.request_claim(get_session(), program=program, creator_id=999)
+    assert (first.state, first.reason) == ("pending", None)  # as recorded; allocation follows
+    assert again.id == first.id
+    assert (refused.state, refused.reason) == ("refused", "not eligible")
+    assert sorted(c.id for c in _claims(session)) == sorted({first.id, refused.id})
+    session.rollback()
+    events = session.exec(select(AuditEvent).where(AuditEvent.object_type == "claim")
+                          .order_by(AuditEvent.id)).all()
+    assert [(e.action, e.object_id, e.actor) for e in events] == [
+        ("claim.requested", first.id, "creator:1"), ("claim.refused", refused.id, "creator:1")]
+    assert events[0].at.tzinfo is not None and events[1].detail == '{"reason": "not eligible"}'
 
 
 def test_claims_are_stored_when_the_broker_is_down(app_config, factory, session):

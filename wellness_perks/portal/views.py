@@ -59,12 +59,11 @@ def program(slug: str):
 @bp.route("/programs/<slug>/claim", methods=["POST"])
 @login_required
 def claim(slug: str):
-    prog = _program_or_404(slug)
-    form = ClaimForm()
-    if not form.validate_on_submit():
-        abort(400)
+    # The form has no fields: CSRFProtect has checked its token before this view runs.
     try:
-        claims.request_claim(get_session(), program=prog, creator_id=current_user.creator_id)
+        claims.request_claim(get_session(), program=slug, creator_id=current_user.creator_id)
+    except ProgramNotFound:
+        abort(404)
     except ClaimWindowNotOpen as exc:
         flash(str(exc), "error")
     return redirect(url_for("portal.program", slug=slug))

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from .. import dispatch
 from ..db import write_transaction
@@ -111,18 +111,11 @@ def _allocate_batch(session: Session, program_id: int,
     now = datetime.now(UTC)
     result = AllocationResult(program_id)
     with write_transaction(session):
-        program = session.exec(
-            select(Program).where(Program.id == program_id).with_for_update()
-            .execution_options(populate_existing=True)
-        ).one()
-        room = program.quota - program.allocated_count
-        country_room = {
-            cq.country: cq.quota - cq.allocated_count
-            for cq in session.exec(
-                select(CountryQuota).where(CountryQuota.program_id == program_id)
-                .execution_options(populate_existing=True)
-            )
-        }
+        conn = session.connection()
+        quota, allocated_count = conn.execute(_LOCK_PROGRAM, {"b_program": program_id}).one()
+        room = quota - allocated_count
+        country_room = {country: left for country, left in
+                        conn.execute(_COUNTRY_ROOM, {"b_program": program_id})}
         if room <= 0:
             result.waitlisted += _waitlist_pending(session, program_id, REASON_QUOTA, now)
             _relabel_waitlist(session, program_id, REASON_QUOTA)
@@ -132,30 +125,20 @@ def _allocate_batch(session: Session, program_id: int,
             result.waitlisted += _waitlist_pending(session, program_id, REASON_COUNTRY_QUOTA,
                                                    now, countries=full)
             _relabel_waitlist(session, program_id, REASON_COUNTRY_QUOTA, countries=full)
-        claims = session.execute(
-            sa.select(Claim.id, Claim.country, Claim.creator_id, Claim.state)
-            .where(Claim.program_id == program_id, Claim.state.in_(WAITING),
-                   Claim.country.not_in(full))
-            .order_by(Claim.id)
-            .limit(batch_size)
-            .with_for_update()
-        ).all()
+        claims = conn.execute(_WAITING_CLAIMS, {"b_program": program_id, "b_full": full,
+                                                "b_limit": batch_size}).all()
         if not claims:
             return result, False
-        code_ids = session.execute(
-            sa.select(Code.id)
-            .where(Code.program_id == program_id, Code.status == CodeStatus.available)
-            .order_by(Code.id)
-            .limit(min(room, len(claims)))
-            .with_for_update(skip_locked=True)
-        ).scalars().all()
+        code_ids = conn.execute(_AVAILABLE_CODES, {"b_program": program_id,
+                                                   "b_limit": min(room, len(claims))}
+                                ).scalars().all()
 
-        pairs: list[tuple[int, int, int]] = []  # (claim id, code id, creator id)
+        pairs: list[_Pair] = []
         per_country: Counter[str] = Counter()
         country_full: list[int] = []
         codes = iter(code_ids)
         exhausted = None  # the reason nobody else can be served this round, once known
-        for claim_id, country, creator_id, state in claims:
+        for claim_id, country, creator_id, email, state in claims:
             if country in country_room and country_room[country] <= 0:
                 if state == ClaimState.pending:
                     country_full.append(claim_id)
@@ -167,14 +150,14 @@ def _allocate_batch(session: Session, program_id: int,
             if code_id is None:
                 exhausted = REASON_OUT_OF_STOCK
                 break
-            pairs.append((claim_id, code_id, creator_id))
+            pairs.append(_Pair(claim_id, code_id, creator_id, email))
             per_country[country] += 1
             if country in country_room:
                 country_room[country] -= 1
 
         if pairs:
-            result.outbound_ids = _assign(session, program, pairs, per_country, now)
-            result.allocated = [claim_id for claim_id, _code, _creator in pairs]
+            result.outbound_ids = _assign(conn, program_id, pairs, per_country, now)
+            result.allocated = [pair.claim_id for pair in pairs]
         if country_full:
             _waitlist(session, country_full, REASON_COUNTRY_QUOTA, now)
             result.waitlisted += country_full
@@ -189,61 +172,96 @@ def _allocate_batch(session: Session, program_id: int,
     return result, more
 
 
-def _assign(session: Session, program: Program, pairs: list[tuple[int, int, int]],
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    claim_id: int
+    code_id: int
+    creator_id: int
+    email: str
+
+
+def _assign(conn: sa.Connection, program_id: int, pairs: list[_Pair],
             per_country: Counter[str], now: datetime) -> list[int]:
-    program_id = program.id
     count = len(pairs)
-    code_ids = [code_id for _claim, code_id, _creator in pairs]
-    taken = session.execute(
-        sa.update(Code)
-        .where(Code.id.in_(code_ids), Code.status == CodeStatus.available)
-        .values(status=CodeStatus.assigned, assigned_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    taken = conn.execute(_TAKE_CODES, {"b_codes": [p.code_id for p in pairs], "b_now": now}
+                         ).rowcount
     if taken != count:  # our row locks make this impossible; never hand out a taken code
         raise RuntimeError(f"program {program_id}: {count - taken} codes were taken under lock")
-    session.execute(
-        sa.update(Claim).execution_options(synchronize_session=False),
-        [{"id": claim_id, "state": ClaimState.allocated.value, "reason": None,
-          "code_id": code_id, "decided_at": now} for claim_id, code_id, _creator in pairs],
-    )
-    session.execute(sa.insert(CodeAssignment), [
-        {"code_id": code_id, "claim_id": claim_id, "program_id": program_id, "assigned_at": now}
-        for claim_id, code_id, _creator in pairs
-    ])
-    raised = session.execute(
-        sa.update(Program)
-        .where(Program.id == program_id, Program.allocated_count + count <= Program.quota)
-        .values(allocated_count=Program.allocated_count + count)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    conn.execute(_ALLOCATE_CLAIM, [{"b_id": p.claim_id, "b_code": p.code_id, "b_now": now}
+                                   for p in pairs])
+    conn.execute(_INSERT_ASSIGNMENT, [
+        {"code_id": p.code_id, "claim_id": p.claim_id, "program_id": program_id,
+         "assigned_at": now} for p in pairs])
+    raised = conn.execute(_RAISE_COUNT, {"b_program": program_id, "b_count": count}).rowcount
     if raised != 1:
         raise RuntimeError(f"program {program_id}: quota counter moved under lock")
     for country, n in per_country.items():
-        session.execute(
-            sa.update(CountryQuota)
-            .where(CountryQuota.program_id == program_id, CountryQuota.country == country)
-            .values(allocated_count=CountryQuota.allocated_count + n)
-            .execution_options(synchronize_session=False)
-        )
-    emails = dict(session.execute(
-        sa.select(Creator.id, Creator.email)
-        .where(Creator.id.in_({creator for _claim, _code, creator in pairs}))
-    ).all())
-    outbound_ids = session.execute(
-        sa.insert(OutboundEmail).returning(OutboundEmail.id, sort_by_parameter_order=True),
-        [{"kind": MailKind.redemption.value, "to_email": emails[creator_id],
-          "creator_id": creator_id, "claim_id": claim_id, "code_id": code_id,
-          "status": "queued", "attempts": 0, "created_at": now}
-         for claim_id, code_id, creator_id in pairs],
-    ).scalars().all()
-    session.execute(sa.insert(AuditEvent), [
+        conn.execute(_RAISE_COUNTRY_COUNT,
+                     {"b_program": program_id, "b_country": country, "b_count": n})
+    outbound_ids = conn.execute(_INSERT_MAIL, [
+        {"kind": MailKind.redemption.value, "to_email": p.email, "creator_id": p.creator_id,
+         "claim_id": p.claim_id, "code_id": p.code_id, "status": "queued", "attempts": 0,
+         "created_at": now} for p in pairs]).scalars().all()
+    conn.execute(_INSERT_AUDIT, [
         {"at": now, "actor": "system", "action": "claim.allocated", "object_type": "claim",
-         "object_id": claim_id, "program_id": program_id,
-         "detail": f'{{"code_id": {code_id}}}'}
-        for claim_id, code_id, _creator in pairs
-    ])
+         "object_id": p.claim_id, "program_id": program_id,
+         "detail": f'{{"code_id": {p.code_id}}}'} for p in pairs])
     return list(outbound_ids)
+
+
+# The statements of a batch, built once (building a statement costs more than running it).
+_program, _country = Program.__table__.c, CountryQuota.__table__.c
+_claim, _code, _creator = Claim.__table__.c, Code.__table__.c, Creator.__table__.c
+_LOCK_PROGRAM = (sa.select(_program.quota, _program.allocated_count)
+                 .where(_program.id == sa.bindparam("b_program")).with_for_update())
+_COUNTRY_ROOM = (sa.select(_country.country, _country.quota - _country.allocated_count)
+                 .where(_country.program_id == sa.bindparam("b_program")))
+_WAITING_CLAIMS = (
+    sa.select(_claim.id, _claim.country, _claim.creator_id, _creator.email, _claim.state)
+    .join_from(Claim.__table__, Creator.__table__, _creator.id == _claim.creator_id)
+    .where(_claim.program_id == sa.bindparam("b_program"),
+           _claim.state.in_([state.value for state in WAITING]),
+           _claim.country.not_in(sa.bindparam("b_full", expanding=True)))
+    .order_by(_claim.id)
+    .limit(sa.bindparam("b_limit"))
+    .with_for_update(of=Claim.__table__)
+)
+_AVAILABLE_CODES = (
+    sa.select(_code.id)
+    .where(_code.program_id == sa.bindparam("b_program"),
+           _code.status == CodeStatus.available.value)
+    .order_by(_code.id)
+    .limit(sa.bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+)
+_TAKE_CODES = (
+    sa.update(Code.__table__)
+    .where(_code.id.in_(sa.bindparam("b_codes", expanding=True)),
+           _code.status == CodeStatus.available.value)
+    .values(status=CodeStatus.assigned.value, assigned_at=sa.bindparam("b_now"))
+)
+_ALLOCATE_CLAIM = (
+    sa.update(Claim.__table__)
+    .where(_claim.id == sa.bindparam("b_id"))
+    .values(state=ClaimState.allocated.value, reason=None, code_id=sa.bindparam("b_code"),
+            decided_at=sa.bindparam("b_now"))
+)
+_INSERT_ASSIGNMENT = sa.insert(CodeAssignment.__table__)
+_RAISE_COUNT = (
+    sa.update(Program.__table__)
+    .where(_program.id == sa.bindparam("b_program"),
+           _program.allocated_count + sa.bindparam("b_count") <= _program.quota)
+    .values(allocated_count=_program.allocated_count + sa.bindparam("b_count"))
+)
+_RAISE_COUNTRY_COUNT = (
+    sa.update(CountryQuota.__table__)
+    .where(_country.program_id == sa.bindparam("b_program"),
+           _country.country == sa.bindparam("b_country"))
+    .values(allocated_count=_country.allocated_count + sa.bindparam("b_count"))
+)
+_INSERT_MAIL = sa.insert(OutboundEmail.__table__).returning(
+    OutboundEmail.__table__.c.id, sort_by_parameter_order=True)
+_INSERT_AUDIT = sa.insert(AuditEvent.__table__)
 
 
 def _waitlist(session: Session, claim_ids: list[int], reason: str, now: datetime) -> None:

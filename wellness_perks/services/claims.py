@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -11,9 +12,18 @@ from sqlmodel import Session, select
 from .. import dispatch
 from ..db import write_transaction
 from ..logs import log_event
-from ..models import Claim, ClaimState, Code, CodeBatch, Creator, Eligibility, Program
+from ..models import (
+    Claim,
+    ClaimState,
+    Code,
+    CodeBatch,
+    Creator,
+    Eligibility,
+    Program,
+    window_state,
+)
 from . import audit
-from .errors import ClaimWindowNotOpen
+from .errors import ClaimWindowNotOpen, NotFound, ProgramNotFound
 
 REASON_NOT_ELIGIBLE = "not eligible"
 REASON_WINDOW_CLOSED = "claim window closed"
@@ -51,52 +61,73 @@ def get_claim(session: Session, *, program_id: int, creator_id: int) -> Claim | 
     ).first()
 
 
+@dataclass(frozen=True)
+class ClaimRequested:
+    """What a claim request left behind: the creator's claim, as it stands."""
+
+    id: int
+    state: str
+    reason: str | None
+
+
 def request_claim(
-    session: Session, *, program: Program, creator_id: int, now: datetime | None = None
-) -> Claim:
-    """Record the creator's claim (once) and hand it to allocation.
+    session: Session, *, program: Program | str, creator_id: int, now: datetime | None = None
+) -> ClaimRequested:
+    """Record the creator's claim (once) and hand it to allocation. ``program`` is a Program or
+    a slug (ProgramNotFound if there is none).
 
     A second request changes nothing. A claim refused earlier is looked at again, so a creator
     added to the list or a reopened window is not locked out. Before the window opens nothing is
     recorded (ClaimWindowNotOpen).
+
+    This is the launch-day hot path: one query reads everything the decision needs, and the
+    writes are single Core statements (no ORM unit of work).
     """
     now = now or datetime.now(UTC)
     try:
         with write_transaction(session):
-            claim, changed = _record_claim(session, program, creator_id, now)
+            claim, program_id, changed = _record_claim(session, program, creator_id, now)
     except IntegrityError:
         # A concurrent request stored this creator's claim first: that one stands.
-        return get_claim(session, program_id=program.id, creator_id=creator_id)
+        program_id = program.id if isinstance(program, Program) else _program_id(session, program)
+        existing = get_claim(session, program_id=program_id, creator_id=creator_id)
+        return ClaimRequested(existing.id, existing.state, existing.reason)
     if changed:
-        log_event("claim.requested", claim_id=claim.id, program_id=program.id,
+        log_event("claim.requested", claim_id=claim.id, program_id=program_id,
                   creator_id=creator_id, state=claim.state, reason=claim.reason)
         if claim.state == ClaimState.pending:
-            dispatch.schedule_allocation(program.id)
+            dispatch.schedule_allocation(program_id)
     return claim
 
 
-def _record_claim(
-    session: Session, program: Program, creator_id: int, now: datetime
-) -> tuple[Claim, bool]:
-    # One query: the creator's country, whether they are on the list, and any earlier claim.
-    country, eligibility_id, existing = session.execute(
-        sa.select(Creator.country, Eligibility.id, Claim)
-        .select_from(Creator)
-        .outerjoin(Eligibility, sa.and_(Eligibility.creator_id == Creator.id,
-                                        Eligibility.program_id == program.id))
-        .outerjoin(Claim, sa.and_(Claim.creator_id == Creator.id,
-                                  Claim.program_id == program.id))
-        .where(Creator.id == creator_id)
-        .execution_options(populate_existing=True)
-    ).one()
-    if existing is not None and existing.state != ClaimState.refused:
-        return existing, False
+def _program_id(session: Session, slug: str) -> int:
+    program_id = session.execute(sa.select(Program.id).where(Program.slug == slug)).scalar()
+    if program_id is None:
+        raise ProgramNotFound(slug)
+    return program_id
 
-    window = program.window_state(now)
+
+def _record_claim(
+    session: Session, program: Program | str, creator_id: int, now: datetime
+) -> tuple[ClaimRequested, int, bool]:
+    conn = session.connection()
+    by_slug = not isinstance(program, Program)
+    row = conn.execute(
+        _CLAIM_CONTEXT_BY_SLUG if by_slug else _CLAIM_CONTEXT_BY_ID,
+        {"program": program if by_slug else program.id, "creator_id": creator_id},
+    ).first()
+    if row is None:
+        if isinstance(program, Program) or _program_exists(conn, program):
+            raise NotFound(f"no creator with id {creator_id}")
+        raise ProgramNotFound(program)
+    (program_id, name, opens_at, closes_at, country, eligibility_id,
+     claim_id, claim_state, claim_reason) = row
+    if claim_id is not None and claim_state != ClaimState.refused:
+        return ClaimRequested(claim_id, claim_state, claim_reason), program_id, False
+
+    window = window_state(opens_at, closes_at, now)
     if window == "not_open":
-        raise ClaimWindowNotOpen(
-            f"claims for {program.name} open on {program.opens_at:%Y-%m-%d %H:%M} UTC"
-        )
+        raise ClaimWindowNotOpen(f"claims for {name} open on {opens_at:%Y-%m-%d %H:%M} UTC")
     if eligibility_id is None:
         state, reason = ClaimState.refused, REASON_NOT_ELIGIBLE
     elif window == "closed":
@@ -104,23 +135,51 @@ def _record_claim(
     else:
         state, reason = ClaimState.pending, None
 
-    if existing is not None:
+    if claim_id is not None:
         # Only a refused claim gets here; it moves on only if the refusal no longer holds.
         if state == ClaimState.refused:
-            return existing, False
-        claim = existing
-        claim.state, claim.reason, claim.requested_at, claim.decided_at = state, None, now, None
+            return ClaimRequested(claim_id, claim_state, claim_reason), program_id, False
+        conn.execute(
+            sa.update(Claim.__table__).where(Claim.__table__.c.id == claim_id)
+            .values(state=state.value, reason=None, requested_at=now, decided_at=None)
+        )
     else:
-        claim = Claim(program_id=program.id, creator_id=creator_id, country=country,
-                      state=state, reason=reason, requested_at=now,
-                      decided_at=now if state == ClaimState.refused else None)
-        session.add(claim)
-    session.flush()
-    audit.record(session, actor=f"creator:{creator_id}",
+        claim_id = conn.execute(_INSERT_CLAIM, {
+            "program_id": program_id, "creator_id": creator_id, "country": country,
+            "state": state.value, "reason": reason, "requested_at": now,
+            "decided_at": now if state == ClaimState.refused else None,
+        }).scalar_one()
+    audit.insert(conn, actor=f"creator:{creator_id}",
                  action="claim.requested" if state == ClaimState.pending else "claim.refused",
-                 object_type="claim", object_id=claim.id, program_id=program.id,
-                 detail={"reason": reason} if reason else None)
-    return claim, True
+                 object_type="claim", object_id=claim_id, program_id=program_id,
+                 detail={"reason": reason} if reason else None, at=now)
+    return ClaimRequested(claim_id, state.value, reason), program_id, True
+
+
+def _claim_context(program_matches) -> sa.Select:
+    """One query: the program, the creator's country, whether they are on its list, and their
+    earlier claim. Built once; executed with ``program`` and ``creator_id`` parameters."""
+    claim = Claim.__table__.c
+    return (
+        sa.select(Program.id, Program.name, Program.opens_at, Program.closes_at,
+                  Creator.country, Eligibility.id, claim.id, claim.state, claim.reason)
+        .select_from(Program)
+        .join(Creator, Creator.id == sa.bindparam("creator_id"))
+        .outerjoin(Eligibility, sa.and_(Eligibility.creator_id == Creator.id,
+                                        Eligibility.program_id == Program.id))
+        .outerjoin(Claim, sa.and_(claim.creator_id == Creator.id,
+                                  claim.program_id == Program.id))
+        .where(program_matches)
+    )
+
+
+_CLAIM_CONTEXT_BY_ID = _claim_context(Program.id == sa.bindparam("program"))
+_CLAIM_CONTEXT_BY_SLUG = _claim_context(Program.slug == sa.bindparam("program"))
+_INSERT_CLAIM = sa.insert(Claim.__table__).returning(Claim.__table__.c.id)
+
+
+def _program_exists(conn: sa.Connection, slug: str) -> bool:
+    return conn.execute(sa.select(Program.id).where(Program.slug == slug)).first() is not None
 
 
 def waitlist_position(session: Session, claim: Claim) -> int | None:

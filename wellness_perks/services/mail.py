@@ -16,7 +16,8 @@ import smtplib
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -116,86 +117,110 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
 
     outgoing = _prepare(session, sorted(taken), outcome)
     session.commit()
+    if not outgoing:
+        return outcome
 
     # The batch took its rows at once; each message renews its lease just before it goes, so
     # the sweeper counts an attempt as interrupted from when it really began, and a message the
     # sweeper took back meanwhile (another worker may hold it now) is skipped. The next
-    # message's renewal shares the commit that records this one.
+    # message's renewal follows the statement that records this one.
     following = {a.outbound_id: b for a, b in zip(outgoing, outgoing[1:], strict=False)}
     renewed_ahead: dict[int, bool] = {}
 
-    def renew(item: Outgoing) -> bool:
-        _fast_commit(session)
-        return bool(session.execute(
-            sa.update(OutboundEmail)
-            .where(OutboundEmail.id == item.outbound_id, OutboundEmail.status == MailStatus.sending,
-                   OutboundEmail.attempts == item.attempts)
-            .values(sending_started_at=datetime.now(UTC))
-            .execution_options(synchronize_session=False)
-        ).rowcount)
+    with _bookkeeping(session) as book:
+        def renew(item: Outgoing) -> bool:
+            return book(_RENEW_LEASE, {"b_id": item.outbound_id, "b_attempts": item.attempts,
+                                       "b_now": datetime.now(UTC)}) == 1
 
-    def still_ours(item: Outgoing) -> bool:
-        if item.outbound_id in renewed_ahead:
-            return renewed_ahead.pop(item.outbound_id)
-        ours = renew(item)
-        session.commit()
-        return ours
+        def still_ours(item: Outgoing) -> bool:
+            if item.outbound_id in renewed_ahead:
+                return renewed_ahead.pop(item.outbound_id)
+            return renew(item)
 
-    def record(item: Outgoing, error: Exception | None) -> None:
-        # Each message is recorded the moment the server has taken it (or refused it), so a
-        # worker killed mid-batch leaves at most the one message in flight without an outcome.
-        if error is None:
-            _mark_sent(session, item)
-            outcome.sent.append(item.outbound_id)
-            log_event("mail.sent", outbound_id=item.outbound_id, kind=item.kind,
-                      claim_id=item.claim_id, attempts=item.attempts)
-        else:
-            _record_failure(session, item, error, outcome)
-        if (upcoming := following.get(item.outbound_id)) is not None:
-            renewed_ahead[upcoming.outbound_id] = renew(upcoming)
-        session.commit()
+        def record(item: Outgoing, error: Exception | None) -> None:
+            # Each message is recorded the moment the server has taken it (or refused it), so a
+            # worker killed mid-batch leaves at most the one message in flight without an
+            # outcome.
+            if error is None:
+                book(_MARK_SENT, {"b_id": item.outbound_id, "b_now": datetime.now(UTC),
+                                  "b_message_id": item.message_id})
+                outcome.sent.append(item.outbound_id)
+                log_event("mail.sent", outbound_id=item.outbound_id, kind=item.kind,
+                          claim_id=item.claim_id, attempts=item.attempts)
+            else:
+                _record_failure(book, item, error, outcome)
+            if (upcoming := following.get(item.outbound_id)) is not None:
+                renewed_ahead[upcoming.outbound_id] = renew(upcoming)
 
-    deliver_all(outgoing, still_ours, record)
+        deliver_all(outgoing, still_ours, record)
     return outcome
 
 
-def _fast_commit(session: Session) -> None:
-    """The per-message bookkeeping commits without waiting for the disk flush: durable against
-    a worker dying (the risk here), and cheap; a database crash could at worst cause a resend."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+_outbound = OutboundEmail.__table__.c
+_RENEW_LEASE = (
+    sa.update(OutboundEmail.__table__)
+    .where(_outbound.id == sa.bindparam("b_id"), _outbound.status == MailStatus.sending.value,
+           _outbound.attempts == sa.bindparam("b_attempts"))
+    .values(sending_started_at=sa.bindparam("b_now"))
+)
+_MARK_SENT = (
+    sa.update(OutboundEmail.__table__)
+    .where(_outbound.id == sa.bindparam("b_id"), _outbound.status == MailStatus.sending.value)
+    .values(status=MailStatus.sent.value, sent_at=sa.bindparam("b_now"),
+            message_id=sa.bindparam("b_message_id"), last_error=None, next_attempt_at=None)
+)
+_RECORD_FAILURE = (
+    sa.update(OutboundEmail.__table__)
+    .where(_outbound.id == sa.bindparam("b_id"), _outbound.status == MailStatus.sending.value)
+    .values(status=sa.bindparam("b_status"), next_attempt_at=sa.bindparam("b_next_attempt_at"),
+            last_error=sa.bindparam("b_error"))
+)
+
+Book = Callable[[sa.Executable, dict], int]
 
 
-def _mark_sent(session: Session, item: Outgoing) -> None:
-    _fast_commit(session)
-    session.execute(
-        sa.update(OutboundEmail)
-        .where(OutboundEmail.id == item.outbound_id, OutboundEmail.status == MailStatus.sending)
-        .values(status=MailStatus.sent, sent_at=datetime.now(UTC), message_id=item.message_id,
-                last_error=None, next_attempt_at=None)
-        .execution_options(synchronize_session=False)
-    )
+@contextmanager
+def _bookkeeping(session: Session) -> Iterator[Book]:
+    """A function that runs one prepared statement of the per-message bookkeeping, committed on
+    its own, and returns its row count.
+
+    On PostgreSQL it runs on a connection of its own in autocommit mode with
+    ``synchronous_commit`` off: one round trip a statement, and no wait for the disk flush. That
+    is durable against a worker dying (the risk here); a database crash could at worst cause a
+    resend. The two statements a message costs touch different rows, so nothing needs them in
+    one transaction.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        def book_in_session(statement: sa.Executable, params: dict) -> int:
+            rowcount = session.connection().execute(statement, params).rowcount
+            session.commit()
+            return rowcount
+        yield book_in_session
+        return
+    with session.get_bind().connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql("SET synchronous_commit TO OFF")
+        try:
+            yield lambda statement, params: connection.execute(statement, params).rowcount
+        finally:
+            if not connection.invalidated:
+                connection.exec_driver_sql("RESET synchronous_commit")
 
 
-def _record_failure(session: Session, item: Outgoing, exc: Exception,
-                    outcome: BatchOutcome) -> None:
+def _record_failure(book: Book, item: Outgoing, exc: Exception, outcome: BatchOutcome) -> None:
     config = current_app.config
     error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
     countdown = None
     if isinstance(exc, PermanentMailError) or item.attempts >= config["MAIL_MAX_ATTEMPTS"]:
-        values = {"status": MailStatus.failed, "next_attempt_at": None}
+        status, next_attempt_at = MailStatus.failed, None
         outcome.failed.append(item.outbound_id)
     else:
         countdown = retry_delay(item.attempts)
-        values = {"status": MailStatus.queued,
-                  "next_attempt_at": datetime.now(UTC) + timedelta(seconds=countdown)}
+        status = MailStatus.queued
+        next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
         outcome.retry[item.outbound_id] = countdown
-    session.execute(
-        sa.update(OutboundEmail)
-        .where(OutboundEmail.id == item.outbound_id, OutboundEmail.status == MailStatus.sending)
-        .values(last_error=error, **values)
-        .execution_options(synchronize_session=False)
-    )
+    book(_RECORD_FAILURE, {"b_id": item.outbound_id, "b_status": status.value,
+                           "b_next_attempt_at": next_attempt_at, "b_error": error})
     log_event("mail.failed" if countdown is None else "mail.retry_scheduled", logging.WARNING,
               outbound_id=item.outbound_id, kind=item.kind, claim_id=item.claim_id,
               attempts=item.attempts, error=type(exc).__name__, retry_in=countdown)
@@ -233,7 +258,8 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
         try:
             item.message_id, item.raw = render(outbound, creator, code, batch, program)
         except Exception as exc:  # noqa: BLE001 - recorded on the row like a failed send
-            _record_failure(session, item, exc, outcome)
+            _record_failure(lambda statement, params: session.connection().execute(
+                statement, params).rowcount, item, exc, outcome)
             continue
         outgoing.append(item)
     if cancelled:
