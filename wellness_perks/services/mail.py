@@ -103,13 +103,8 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
     outcome = BatchOutcome()
     now = datetime.now(UTC)
     session.commit()
-    taken = set(session.execute(
-        sa.update(OutboundEmail)
-        .where(OutboundEmail.id.in_(outbound_ids), OutboundEmail.status == MailStatus.queued)
-        .values(status=MailStatus.sending, attempts=OutboundEmail.attempts + 1,
-                sending_started_at=now)
-        .returning(OutboundEmail.id)
-    ).scalars())
+    taken = set(session.connection().execute(
+        _TAKE, {"b_ids": list(outbound_ids), "b_now": now}).scalars())
     session.commit()
     outcome.not_taken = [i for i in outbound_ids if i not in taken]
     if not taken:
@@ -122,15 +117,16 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
 
     # The batch took its rows at once; each message renews its lease just before it goes, so
     # the sweeper counts an attempt as interrupted from when it really began, and a message the
-    # sweeper took back meanwhile (another worker may hold it now) is skipped. The next
-    # message's renewal follows the statement that records this one.
+    # sweeper took back meanwhile (another worker may hold it now) is skipped. The statement
+    # that records a message also renews the next one's lease.
     following = {a.outbound_id: b for a, b in zip(outgoing, outgoing[1:], strict=False)}
     renewed_ahead: dict[int, bool] = {}
 
     with _bookkeeping(session) as book:
         def renew(item: Outgoing) -> bool:
-            return book(_RENEW_LEASE, {"b_id": item.outbound_id, "b_attempts": item.attempts,
-                                       "b_now": datetime.now(UTC)}) == 1
+            return bool(book(_RENEW_LEASE, {"b_id": item.outbound_id,
+                                            "b_attempts": item.attempts,
+                                            "b_now": datetime.now(UTC)}))
 
         def still_ours(item: Outgoing) -> bool:
             if item.outbound_id in renewed_ahead:
@@ -141,15 +137,22 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
             # Each message is recorded the moment the server has taken it (or refused it), so a
             # worker killed mid-batch leaves at most the one message in flight without an
             # outcome.
+            upcoming = following.get(item.outbound_id)
             if error is None:
-                book(_MARK_SENT, {"b_id": item.outbound_id, "b_now": datetime.now(UTC),
-                                  "b_message_id": item.message_id})
+                # One statement records this message and renews the next one's lease.
+                changed = book(_MARK_SENT_AND_RENEW, {
+                    "b_id": item.outbound_id, "b_now": datetime.now(UTC),
+                    "b_message_id": item.message_id,
+                    "b_next": upcoming.outbound_id if upcoming else None,
+                    "b_next_attempts": upcoming.attempts if upcoming else None})
                 outcome.sent.append(item.outbound_id)
                 log_event("mail.sent", outbound_id=item.outbound_id, kind=item.kind,
                           claim_id=item.claim_id, attempts=item.attempts)
-            else:
-                _record_failure(book, item, error, outcome)
-            if (upcoming := following.get(item.outbound_id)) is not None:
+                if upcoming is not None:
+                    renewed_ahead[upcoming.outbound_id] = upcoming.outbound_id in changed
+                return
+            _record_failure(book, item, error, outcome)
+            if upcoming is not None:
                 renewed_ahead[upcoming.outbound_id] = renew(upcoming)
 
         deliver_all(outgoing, still_ours, record)
@@ -157,32 +160,57 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
 
 
 _outbound = OutboundEmail.__table__.c
+_TAKE = (
+    sa.update(OutboundEmail.__table__)
+    .where(_outbound.id.in_(sa.bindparam("b_ids", expanding=True)),
+           _outbound.status == MailStatus.queued.value)
+    .values(status=MailStatus.sending.value, attempts=_outbound.attempts + 1,
+            sending_started_at=sa.bindparam("b_now"))
+    .returning(_outbound.id)
+)
+_LEASE_OURS = sa.and_(_outbound.id == sa.bindparam("b_next"),
+                      _outbound.attempts == sa.bindparam("b_next_attempts"))
 _RENEW_LEASE = (
     sa.update(OutboundEmail.__table__)
     .where(_outbound.id == sa.bindparam("b_id"), _outbound.status == MailStatus.sending.value,
            _outbound.attempts == sa.bindparam("b_attempts"))
     .values(sending_started_at=sa.bindparam("b_now"))
+    .returning(_outbound.id)
 )
-_MARK_SENT = (
+
+
+def _if_sent(value, otherwise):
+    return sa.case((_outbound.id == sa.bindparam("b_id"), value), else_=otherwise)
+
+
+_MARK_SENT_AND_RENEW = (
     sa.update(OutboundEmail.__table__)
-    .where(_outbound.id == sa.bindparam("b_id"), _outbound.status == MailStatus.sending.value)
-    .values(status=MailStatus.sent.value, sent_at=sa.bindparam("b_now"),
-            message_id=sa.bindparam("b_message_id"), last_error=None, next_attempt_at=None)
+    .where(_outbound.status == MailStatus.sending.value,
+           sa.or_(_outbound.id == sa.bindparam("b_id"), _LEASE_OURS))
+    .values(status=_if_sent(MailStatus.sent.value, _outbound.status),
+            sent_at=_if_sent(sa.bindparam("b_now"), _outbound.sent_at),
+            message_id=_if_sent(sa.bindparam("b_message_id"), _outbound.message_id),
+            last_error=_if_sent(sa.null(), _outbound.last_error),
+            next_attempt_at=_if_sent(sa.null(), _outbound.next_attempt_at),
+            sending_started_at=sa.case((_LEASE_OURS, sa.bindparam("b_now")),
+                                       else_=_outbound.sending_started_at))
+    .returning(_outbound.id)
 )
 _RECORD_FAILURE = (
     sa.update(OutboundEmail.__table__)
     .where(_outbound.id == sa.bindparam("b_id"), _outbound.status == MailStatus.sending.value)
     .values(status=sa.bindparam("b_status"), next_attempt_at=sa.bindparam("b_next_attempt_at"),
             last_error=sa.bindparam("b_error"))
+    .returning(_outbound.id)
 )
 
-Book = Callable[[sa.Executable, dict], int]
+Book = Callable[[sa.Executable, dict], set[int]]
 
 
 @contextmanager
 def _bookkeeping(session: Session) -> Iterator[Book]:
     """A function that runs one prepared statement of the per-message bookkeeping, committed on
-    its own, and returns its row count.
+    its own, and returns the ids of the rows it changed.
 
     On PostgreSQL it runs on a connection of its own in autocommit mode with
     ``synchronous_commit`` off: one round trip a statement, and no wait for the disk flush. That
@@ -191,17 +219,17 @@ def _bookkeeping(session: Session) -> Iterator[Book]:
     one transaction.
     """
     if session.get_bind().dialect.name != "postgresql":
-        def book_in_session(statement: sa.Executable, params: dict) -> int:
-            rowcount = session.connection().execute(statement, params).rowcount
+        def book_in_session(statement: sa.Executable, params: dict) -> set[int]:
+            ids = set(session.connection().execute(statement, params).scalars())
             session.commit()
-            return rowcount
+            return ids
         yield book_in_session
         return
     with session.get_bind().connect() as connection:
         connection = connection.execution_options(isolation_level="AUTOCOMMIT")
         connection.exec_driver_sql("SET synchronous_commit TO OFF")
         try:
-            yield lambda statement, params: connection.execute(statement, params).rowcount
+            yield lambda statement, params: set(connection.execute(statement, params).scalars())
         finally:
             if not connection.invalidated:
                 connection.exec_driver_sql("RESET synchronous_commit")
@@ -258,8 +286,8 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
         try:
             item.message_id, item.raw = render(outbound, creator, code, batch, program)
         except Exception as exc:  # noqa: BLE001 - recorded on the row like a failed send
-            _record_failure(lambda statement, params: session.connection().execute(
-                statement, params).rowcount, item, exc, outcome)
+            _record_failure(lambda statement, params: set(session.connection().execute(
+                statement, params).scalars()), item, exc, outcome)
             continue
         outgoing.append(item)
     if cancelled:

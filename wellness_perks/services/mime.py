@@ -9,12 +9,9 @@ parse what it writes with the ``email`` package and compare it with what that pa
 
 from __future__ import annotations
 
+import binascii
 import secrets
-from email.charset import QP, Charset
 from email.header import Header
-
-_UTF8_QP = Charset("utf-8")
-_UTF8_QP.body_encoding = QP
 
 
 def encode_header(value: str) -> str:
@@ -28,7 +25,9 @@ def _body_part(subtype: str, body: str) -> bytes:
     if text.isascii() and all(len(line) <= 990 for line in text.split("\n")):
         encoding, payload = "7bit", text
     else:
-        encoding, payload = "quoted-printable", _UTF8_QP.body_encode(text)
+        # binascii's quoted-printable (C) rather than the email package's (Python, 7x slower).
+        payload = binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii")
+        encoding = "quoted-printable"
     if not payload.endswith("\n"):
         payload += "\n"
     head = (f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
