@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from tests.helpers import redemption_code
 from wellness_perks.db import get_session
-from wellness_perks.models import Claim, Code, Creator, OutboundEmail, Program
+from wellness_perks.models import AuditEvent, Claim, Code, Creator, OutboundEmail, Program
 from wellness_perks.services import allocation, claims, programs
 from wellness_perks.services.verify import verify_program
 
@@ -227,14 +227,19 @@ def test_concurrent_claims_by_one_creator_make_one_claim(app, factory, session, 
     creator_id = session.exec(select(Creator.id)).one()
     session.rollback()  # end this read: SQLite would keep showing the database as it is now
     barrier = threading.Barrier(6)
+    answers = []
 
     def claim(s):
         barrier.wait(timeout=10)
-        claims.request_claim(s, program=s.get(Program, program.id), creator_id=creator_id)
+        answers.append(claims.request_claim(s, program=s.get(Program, program.id),
+                                            creator_id=creator_id).id)
 
     _run_in_threads(app, [claim] * 6, threads=6)
     _verified(app, program)
-    assert session.exec(select(sa.func.count()).select_from(Claim)).one() == 1
+    [only] = session.exec(select(Claim.id)).all()
+    assert answers == [only] * 6  # every request answers with the one claim
+    assert session.exec(select(AuditEvent.action).where(AuditEvent.object_type == "claim")
+                        ).all() == ["claim.requested", "claim.allocated"]
     assert len(smtp_server.messages) == 1
 
 

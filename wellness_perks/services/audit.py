@@ -29,7 +29,7 @@ def record(
         object_type=object_type,
         object_id=object_id,
         program_id=program_id,
-        detail=json.dumps(detail, sort_keys=True, default=str) if detail else None,
+        detail=detail_text(detail),
     )
     session.add(event)
     return event
@@ -55,8 +55,13 @@ def insert(
         "object_type": object_type,
         "object_id": object_id,
         "program_id": program_id,
-        "detail": json.dumps(detail, sort_keys=True, default=str) if detail else None,
+        "detail": detail_text(detail),
     })
+
+
+def detail_text(detail: dict[str, Any] | None) -> str | None:
+    """How an event's detail is stored: JSON text, keys sorted."""
+    return json.dumps(detail, sort_keys=True, default=str) if detail else None
 
 
 _INSERT = sa.insert(AuditEvent.__table__)

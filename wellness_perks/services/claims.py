@@ -6,13 +6,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from .. import dispatch
-from ..db import write_transaction
+from ..db import is_postgresql, write_transaction
 from ..logs import log_event
 from ..models import (
+    AuditEvent,
     Claim,
     ClaimState,
     Code,
@@ -80,18 +82,26 @@ def request_claim(
     added to the list or a reopened window is not locked out. Before the window opens nothing is
     recorded (ClaimWindowNotOpen).
 
-    This is the launch-day hot path: one query reads everything the decision needs, and the
-    writes are single Core statements (no ORM unit of work).
+    This is the launch-day hot path. One query reads everything the decision needs. On
+    PostgreSQL a new claim is then written, with its audit event, by one more statement, each
+    committing on its own (no BEGIN/COMMIT round trips); a concurrent duplicate loses on the
+    unique constraint and changes nothing. Anything else (SQLite, a refused claim reconsidered,
+    a lost race) takes the general path: read and write in one transaction.
     """
     now = now or datetime.now(UTC)
+    result = None
     try:
-        with write_transaction(session):
-            claim, program_id, changed = _record_claim(session, program, creator_id, now)
+        if is_postgresql(session):
+            result = _record_new_claim_autocommit(session, program, creator_id, now)
+        if result is None:
+            with write_transaction(session):
+                result = _record_claim(session.connection(), program, creator_id, now)
     except IntegrityError:
         # A concurrent request stored this creator's claim first: that one stands.
         program_id = program.id if isinstance(program, Program) else _program_id(session, program)
         existing = get_claim(session, program_id=program_id, creator_id=creator_id)
         return ClaimRequested(existing.id, existing.state, existing.reason)
+    claim, program_id, changed = result
     if changed:
         log_event("claim.requested", claim_id=claim.id, program_id=program_id,
                   creator_id=creator_id, state=claim.state, reason=claim.reason)
@@ -107,10 +117,18 @@ def _program_id(session: Session, slug: str) -> int:
     return program_id
 
 
-def _record_claim(
-    session: Session, program: Program | str, creator_id: int, now: datetime
-) -> tuple[ClaimRequested, int, bool]:
-    conn = session.connection()
+@dataclass(frozen=True)
+class _Decision:
+    program_id: int
+    country: str
+    existing: ClaimRequested | None  # the creator's claim as it stands, if any
+    state: ClaimState | None = None  # what to record; None: nothing changes
+    reason: str | None = None
+
+
+def _decide(conn: sa.Connection, program: Program | str, creator_id: int,
+            now: datetime) -> _Decision:
+    """Read the claim's context (one query) and decide what to record."""
     by_slug = not isinstance(program, Program)
     row = conn.execute(
         _CLAIM_CONTEXT_BY_SLUG if by_slug else _CLAIM_CONTEXT_BY_ID,
@@ -122,8 +140,10 @@ def _record_claim(
         raise ProgramNotFound(program)
     (program_id, name, opens_at, closes_at, country, eligibility_id,
      claim_id, claim_state, claim_reason) = row
-    if claim_id is not None and claim_state != ClaimState.refused:
-        return ClaimRequested(claim_id, claim_state, claim_reason), program_id, False
+    existing = (ClaimRequested(claim_id, claim_state, claim_reason)
+                if claim_id is not None else None)
+    if existing is not None and claim_state != ClaimState.refused:
+        return _Decision(program_id, country, existing)
 
     window = window_state(opens_at, closes_at, now)
     if window == "not_open":
@@ -134,26 +154,69 @@ def _record_claim(
         state, reason = ClaimState.refused, REASON_WINDOW_CLOSED
     else:
         state, reason = ClaimState.pending, None
-
-    if claim_id is not None:
+    if existing is not None and state == ClaimState.refused:
         # Only a refused claim gets here; it moves on only if the refusal no longer holds.
-        if state == ClaimState.refused:
-            return ClaimRequested(claim_id, claim_state, claim_reason), program_id, False
+        return _Decision(program_id, country, existing)
+    return _Decision(program_id, country, existing, state, reason)
+
+
+def _record_new_claim_autocommit(
+    session: Session, program: Program | str, creator_id: int, now: datetime
+) -> tuple[ClaimRequested, int, bool] | None:
+    """PostgreSQL: the common cases in two statements outside a transaction. None when the
+    general path must decide (a refused claim to reconsider, or a concurrent duplicate)."""
+    with session.get_bind().connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        decision = _decide(conn, program, creator_id, now)
+        if decision.state is None:
+            return decision.existing, decision.program_id, False
+        if decision.existing is not None:
+            return None
+        claim_id = conn.execute(_INSERT_CLAIM_WITH_AUDIT, {
+            **_claim_row(decision, creator_id, now),
+            "b_actor": f"creator:{creator_id}", "b_action": _audit_action(decision.state),
+            "b_detail": _audit_detail(decision.reason),
+        }).scalar()
+    if claim_id is None:  # a concurrent request stored this creator's claim first
+        return None
+    return (ClaimRequested(claim_id, decision.state.value, decision.reason),
+            decision.program_id, True)
+
+
+def _record_claim(
+    conn: sa.Connection, program: Program | str, creator_id: int, now: datetime
+) -> tuple[ClaimRequested, int, bool]:
+    decision = _decide(conn, program, creator_id, now)
+    if decision.state is None:
+        return decision.existing, decision.program_id, False
+    state = decision.state
+    if decision.existing is not None:
+        claim_id = decision.existing.id
         conn.execute(
             sa.update(Claim.__table__).where(Claim.__table__.c.id == claim_id)
             .values(state=state.value, reason=None, requested_at=now, decided_at=None)
         )
     else:
-        claim_id = conn.execute(_INSERT_CLAIM, {
-            "program_id": program_id, "creator_id": creator_id, "country": country,
-            "state": state.value, "reason": reason, "requested_at": now,
-            "decided_at": now if state == ClaimState.refused else None,
-        }).scalar_one()
-    audit.insert(conn, actor=f"creator:{creator_id}",
-                 action="claim.requested" if state == ClaimState.pending else "claim.refused",
-                 object_type="claim", object_id=claim_id, program_id=program_id,
-                 detail={"reason": reason} if reason else None, at=now)
-    return ClaimRequested(claim_id, state.value, reason), program_id, True
+        claim_id = conn.execute(_INSERT_CLAIM, _claim_row(decision, creator_id, now)).scalar_one()
+    audit.insert(conn, actor=f"creator:{creator_id}", action=_audit_action(state),
+                 object_type="claim", object_id=claim_id, program_id=decision.program_id,
+                 detail={"reason": decision.reason} if decision.reason else None, at=now)
+    return ClaimRequested(claim_id, state.value, decision.reason), decision.program_id, True
+
+
+def _claim_row(decision: _Decision, creator_id: int, now: datetime) -> dict:
+    return {"b_program_id": decision.program_id, "b_creator_id": creator_id,
+            "b_country": decision.country, "b_state": decision.state.value,
+            "b_reason": decision.reason, "b_now": now,
+            "b_decided_at": now if decision.state == ClaimState.refused else None}
+
+
+def _audit_action(state: ClaimState) -> str:
+    return "claim.requested" if state == ClaimState.pending else "claim.refused"
+
+
+def _audit_detail(reason: str | None) -> str | None:
+    return audit.detail_text({"reason": reason}) if reason else None
 
 
 def _claim_context(program_matches) -> sa.Select:
@@ -175,7 +238,44 @@ def _claim_context(program_matches) -> sa.Select:
 
 _CLAIM_CONTEXT_BY_ID = _claim_context(Program.id == sa.bindparam("program"))
 _CLAIM_CONTEXT_BY_SLUG = _claim_context(Program.slug == sa.bindparam("program"))
-_INSERT_CLAIM = sa.insert(Claim.__table__).returning(Claim.__table__.c.id)
+_claim = Claim.__table__.c
+_CLAIM_VALUES = {
+    "program_id": sa.bindparam("b_program_id"), "creator_id": sa.bindparam("b_creator_id"),
+    "country": sa.bindparam("b_country"), "state": sa.bindparam("b_state"),
+    "reason": sa.bindparam("b_reason"), "requested_at": sa.bindparam("b_now"),
+    "decided_at": sa.bindparam("b_decided_at"),
+}
+_INSERT_CLAIM = sa.insert(Claim.__table__).values(_CLAIM_VALUES).returning(_claim.id)
+
+
+def _insert_claim_with_audit() -> sa.Insert:
+    """PostgreSQL: the claim (unless the creator has one: then nothing) and its audit event in
+    one statement; returns the new claim's id, or no row."""
+    new_claim = (
+        pg_insert(Claim.__table__).values(_CLAIM_VALUES)
+        .on_conflict_do_nothing(index_elements=["program_id", "creator_id"])
+        .returning(_claim.id, _claim.program_id)
+        .cte("new_claim")
+    )
+    event = AuditEvent.__table__.c
+
+    def param(name: str, column: sa.Column) -> sa.Cast:
+        return sa.cast(sa.bindparam(name), column.type)
+
+    return (
+        sa.insert(AuditEvent.__table__)
+        .from_select(
+            ["at", "actor", "action", "object_type", "object_id", "program_id", "detail"],
+            sa.select(param("b_now", event.at), param("b_actor", event.actor),
+                      param("b_action", event.action), sa.literal("claim", sa.String),
+                      new_claim.c.id, new_claim.c.program_id,
+                      param("b_detail", event.detail)),
+        )
+        .returning(event.object_id)
+    )
+
+
+_INSERT_CLAIM_WITH_AUDIT = _insert_claim_with_audit()
 
 
 def _program_exists(conn: sa.Connection, slug: str) -> bool:
