@@ -98,7 +98,8 @@ def request_claim(
                 result = _record_claim(session.connection(), program, creator_id, now)
     except IntegrityError:
         # A concurrent request stored this creator's claim first: that one stands.
-        program_id = program.id if isinstance(program, Program) else _program_id(session, program)
+        program_id = (program.id if isinstance(program, Program)
+                      else _program_id(session.connection(), program))
         existing = get_claim(session, program_id=program_id, creator_id=creator_id)
         return ClaimRequested(existing.id, existing.state, existing.reason)
     claim, program_id, changed = result
@@ -110,8 +111,9 @@ def request_claim(
     return claim
 
 
-def _program_id(session: Session, slug: str) -> int:
-    program_id = session.execute(sa.select(Program.id).where(Program.slug == slug)).scalar()
+def _program_id(conn: sa.Connection, slug: str) -> int:
+    """The id of the program with this slug; ProgramNotFound if there is none."""
+    program_id = conn.execute(_PROGRAM_ID, {"b_slug": slug}).scalar()
     if program_id is None:
         raise ProgramNotFound(slug)
     return program_id
@@ -135,9 +137,9 @@ def _decide(conn: sa.Connection, program: Program | str, creator_id: int,
         {"program": program if by_slug else program.id, "creator_id": creator_id},
     ).first()
     if row is None:
-        if isinstance(program, Program) or _program_exists(conn, program):
-            raise NotFound(f"no creator with id {creator_id}")
-        raise ProgramNotFound(program)
+        if by_slug:
+            _program_id(conn, program)  # ProgramNotFound, unless the creator is what is missing
+        raise NotFound(f"no creator with id {creator_id}")
     (program_id, name, opens_at, closes_at, country, eligibility_id,
      claim_id, claim_state, claim_reason) = row
     existing = (ClaimRequested(claim_id, claim_state, claim_reason)
@@ -236,6 +238,7 @@ def _claim_context(program_matches) -> sa.Select:
     )
 
 
+_PROGRAM_ID = sa.select(Program.id).where(Program.slug == sa.bindparam("b_slug"))
 _CLAIM_CONTEXT_BY_ID = _claim_context(Program.id == sa.bindparam("program"))
 _CLAIM_CONTEXT_BY_SLUG = _claim_context(Program.slug == sa.bindparam("program"))
 _claim = Claim.__table__.c
@@ -276,10 +279,6 @@ def _insert_claim_with_audit() -> sa.Insert:
 
 
 _INSERT_CLAIM_WITH_AUDIT = _insert_claim_with_audit()
-
-
-def _program_exists(conn: sa.Connection, slug: str) -> bool:
-    return conn.execute(sa.select(Program.id).where(Program.slug == slug)).first() is not None
 
 
 def waitlist_position(session: Session, claim: Claim) -> int | None:
