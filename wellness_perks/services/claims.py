@@ -177,7 +177,7 @@ def _record_new_claim_autocommit(
         claim_id = conn.execute(_INSERT_CLAIM_WITH_AUDIT, {
             **_claim_row(decision, creator_id, now),
             "b_actor": f"creator:{creator_id}", "b_action": _audit_action(decision.state),
-            "b_detail": _audit_detail(decision.reason),
+            "b_detail": audit.detail_text(_audit_detail(decision.reason)),
         }).scalar()
     if claim_id is None:  # a concurrent request stored this creator's claim first
         return None
@@ -202,7 +202,7 @@ def _record_claim(
         claim_id = conn.execute(_INSERT_CLAIM, _claim_row(decision, creator_id, now)).scalar_one()
     audit.insert(conn, actor=f"creator:{creator_id}", action=_audit_action(state),
                  object_type="claim", object_id=claim_id, program_id=decision.program_id,
-                 detail={"reason": decision.reason} if decision.reason else None, at=now)
+                 detail=_audit_detail(decision.reason), at=now)
     return ClaimRequested(claim_id, state.value, decision.reason), decision.program_id, True
 
 
@@ -217,8 +217,8 @@ def _audit_action(state: ClaimState) -> str:
     return "claim.requested" if state == ClaimState.pending else "claim.refused"
 
 
-def _audit_detail(reason: str | None) -> str | None:
-    return audit.detail_text({"reason": reason}) if reason else None
+def _audit_detail(reason: str | None) -> dict | None:
+    return {"reason": reason} if reason else None
 
 
 def _claim_context(program_matches) -> sa.Select:

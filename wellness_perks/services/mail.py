@@ -220,7 +220,7 @@ def _bookkeeping(session: Session) -> Iterator[Book]:
     """
     if session.get_bind().dialect.name != "postgresql":
         def book_in_session(statement: sa.Executable, params: dict) -> set[int]:
-            ids = set(session.connection().execute(statement, params).scalars())
+            ids = _in_session(session)(statement, params)
             session.commit()
             return ids
         yield book_in_session
@@ -233,6 +233,11 @@ def _bookkeeping(session: Session) -> Iterator[Book]:
         finally:
             if not connection.invalidated:
                 connection.exec_driver_sql("RESET synchronous_commit")
+
+
+def _in_session(session: Session) -> Book:
+    """A Book that runs in the session's transaction, leaving the commit to the caller."""
+    return lambda statement, params: set(session.connection().execute(statement, params).scalars())
 
 
 def _record_failure(book: Book, item: Outgoing, exc: Exception, outcome: BatchOutcome) -> None:
@@ -286,8 +291,7 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
         try:
             item.message_id, item.raw = render(outbound, creator, code, batch, program)
         except Exception as exc:  # noqa: BLE001 - recorded on the row like a failed send
-            _record_failure(lambda statement, params: set(session.connection().execute(
-                statement, params).scalars()), item, exc, outcome)
+            _record_failure(_in_session(session), item, exc, outcome)
             continue
         outgoing.append(item)
     if cancelled:
