@@ -104,7 +104,8 @@ INSERT INTO auditevent (at, actor, action, object_type, object_id, program_id, d
   SELECT now(), 'system', 'claim.allocated', 'claim', cl.id, %(p)s,
          '{"code_id": ' || cl.code_id || '}'
   FROM claim cl JOIN seeded s ON s.code_id = cl.code_id;
-UPDATE program SET allocated_count = allocated_count + (SELECT count(*) FROM seeded)
+UPDATE program SET allocated_count = allocated_count + (SELECT count(*) FROM seeded),
+                   in_stock_count = in_stock_count - (SELECT count(*) FROM seeded)
   WHERE id = %(p)s;
 """
 

@@ -18,6 +18,8 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
+from wellness_perks.models import Code, CodeStatus, Program
+
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 # Where the tests find the services (test harness settings, not app settings).
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL",
@@ -86,6 +88,18 @@ def drop_pg_database(url: str) -> None:
     with engine.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+def stock(session, program_id: int) -> tuple[int, int]:
+    """(the program's counter of codes in stock, its available codes counted one by one), read
+    afresh."""
+    session.rollback()
+    counter = session.execute(sa.select(Program.in_stock_count)
+                              .where(Program.id == program_id)).scalar_one()
+    counted = session.execute(sa.select(sa.func.count()).select_from(Code).where(
+        Code.program_id == program_id, Code.status == CodeStatus.available)).scalar_one()
+    session.rollback()
+    return counter, counted
 
 
 # --------------------------------------------------------------------------- Redis

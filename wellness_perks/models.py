@@ -84,6 +84,7 @@ class Program(SQLModel, table=True):
         # I2 held by the database too: the counter can never pass the quota.
         sa.CheckConstraint("allocated_count <= quota", name="ck_program_quota_room"),
         sa.CheckConstraint("quota >= 0", name="ck_program_quota_positive"),
+        sa.CheckConstraint("in_stock_count >= 0", name="ck_program_stock_positive"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -94,6 +95,12 @@ class Program(SQLModel, table=True):
     # Codes handed out so far. Allocation raises it with a conditional UPDATE
     # (allocated_count < quota), which is what keeps the quota exact under concurrency.
     allocated_count: int = Field(default=0, nullable=False)
+    # Codes in stock (status available), so that the stock number costs one row read however
+    # many codes there are. Moved in the transaction of every change of stock, under the
+    # program's row lock: raised by an import, lowered with allocated_count by allocation, by
+    # voiding a code in stock and by a reissue, raised by a restore. ``verify`` checks it (I2).
+    in_stock_count: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     opens_at: datetime | None = Field(default=None, sa_column=_ts())
     closes_at: datetime | None = Field(default=None, sa_column=_ts())
     redeem_url: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))

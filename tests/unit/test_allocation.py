@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from tests.helpers import redemption_code
+from tests.helpers import redemption_code, stock
 from wellness_perks.db import get_session
 from wellness_perks.models import AuditEvent, Claim, Code, Creator, OutboundEmail, Program
 from wellness_perks.services import allocation, claims, programs
@@ -195,6 +195,25 @@ def test_the_database_refuses_an_overrun_counter(app, factory, session):
     session.rollback()
 
 
+def test_the_database_refuses_a_negative_stock_counter(app, factory, session):
+    program = factory.program(quota=1)
+    with pytest.raises(sa.exc.IntegrityError):
+        session.execute(sa.update(Program).where(Program.id == program.id)
+                        .values(in_stock_count=-1))
+        session.commit()
+    session.rollback()
+
+
+def test_the_stock_counter_follows_allocation(app, factory, session, smtp_server):
+    program, claim_ids = _stocked_program(app, factory, session, quota=8, creators=10, codes=6)
+    assert stock(session, program.id) == (6, 6)
+    _allocate_each(app, claim_ids)  # 6 served (in parallel batches), 4 wait for stock
+    assert stock(session, program.id) == (0, 0)
+    factory.codes(program, [f"HS-MORE-{i:04d}" for i in range(5)])  # serves 2: the quota is 8
+    assert stock(session, program.id) == (3, 3)
+    _verified(app, program)
+
+
 def test_same_claim_allocated_from_many_threads_once(app, factory, session, smtp_server):
     program, [claim_id] = _stocked_program(app, factory, session, quota=10, creators=1,
                                            codes=10)
@@ -272,6 +291,18 @@ def test_verify_reports_each_broken_invariant(app, factory, session, smtp_server
     assert "3 allocated, counter says 2" in text
     assert "I4: pending since" in text and f"claim={stuck.id}" in text
     assert f"I5: allocated, but no mail for its code (claim={second.id}" in text
+
+
+def test_verify_reports_a_wrong_stock_counter(app, factory, session, smtp_server):
+    program, claim_ids = _stocked_program(app, factory, session, quota=5, creators=3, codes=5)
+    _allocate_each(app, claim_ids)
+    _verified(app, program)
+    session.execute(sa.update(Program).where(Program.id == program.id)
+                    .values(in_stock_count=Program.in_stock_count + 1))
+    session.commit()
+    with app.app_context():
+        found = verify_program(get_session(), program_id=program.id)
+    assert [str(v) for v in found] == ["I2: 2 codes in stock, counter says 3"]
 
 
 def test_waitlist_reason_follows_what_holds_it(app, factory, session, smtp_server):

@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlmodel import select
 from werkzeug.security import check_password_hash
 
+from tests.helpers import stock
 from wellness_perks.db import get_session
 from wellness_perks.migrate import alembic_config
 from wellness_perks.models import (
@@ -26,7 +27,7 @@ from wellness_perks.models import (
     Manager,
     Program,
 )
-from wellness_perks.services import claims
+from wellness_perks.services import claims, codes
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CREATORS_SAMPLE = DATA / "creators-sample.csv"
@@ -732,6 +733,29 @@ def test_import_codes_is_all_or_nothing_across_write_chunks(runner, session, pro
     assert _count(session, Code) == 0 and _count(session, CodeBatch) == 0
 
 
+def test_import_codes_moves_the_stock_counter_by_the_codes_inserted(
+        runner, session, program, tmp_path):
+    _ok(_run(runner, "import-codes", SLUG,
+             _write(tmp_path, "first.txt", "HS-AAAA-0001\nHS-AAAA-0002\n")))
+    assert stock(session, program.id) == (2, 2)
+    # One new code; one already in stock and one repeated in the file are not counted.
+    _ok(_run(runner, "import-codes", SLUG,
+             _write(tmp_path, "second.txt", "HS-AAAA-0003\nHS-AAAA-0002\nHS-AAAA-0003\n")))
+    assert stock(session, program.id) == (3, 3)
+    # All or nothing: rejected after two chunks were written, the counter rolls back with them.
+    lines = [f"HS-BULK-{i:05d}" for i in range(2500)]
+    lines[2399] = "not a code"
+    _error(_run(runner, "import-codes", SLUG, _write(tmp_path, "bad.txt", "\n".join(lines))))
+    assert stock(session, program.id) == (3, 3)
+    # A file rejected as a whole (not UTF-8) after a written chunk: the same.
+    _error(_run(runner, "import-codes", SLUG, _write(
+        tmp_path, "latin1.txt", "\n".join(lines[:1500]).encode() + b"\nHS-\xc7-0001\n"),
+        "--skip-invalid"))
+    assert stock(session, program.id) == (3, 3)
+    _ok(_run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--skip-invalid"))
+    assert stock(session, program.id) == (33, 33)
+
+
 def test_import_codes_batch_name_too_long(runner, session, program):
     result = _run(runner, "import-codes", SLUG, CODES_SAMPLE, "--batch-name", "b" * 201)
     _error(result, "Error: batch name is longer than 200 characters")
@@ -810,6 +834,39 @@ def test_quota_counts_claims_by_state(app, runner, session, factory, tmp_path):
     assert summary["claims"] == {"pending": 1, "allocated": 2, "waitlisted": 1, "refused": 1}
     assert _json(_ok(_run(runner, "quota", "calm-1y", "--json")))["claims"] == {
         "pending": 0, "allocated": 0, "waitlisted": 0, "refused": 0}
+
+
+def test_quota_json_matches_a_direct_count(app, runner, session, factory, tmp_path):
+    program = factory.program(slug=SLUG, quota=3)
+    other = factory.program(slug="calm-1y", quota=5)
+    factory.creators(program, [f"{c}@example.com" for c in "abcde"])
+    factory.creators(other, ["outsider@example.com"])
+    factory.codes(program, [f"HS-DIRECT-{i:04d}" for i in range(7)])
+    factory.codes(other, ["CALM-0001", "CALM-0002"])
+    with app.app_context():
+        db = get_session()
+        ids = dict(db.exec(select(Creator.email, Creator.id)).all())
+        for email in ("a@example.com", "b@example.com", "c@example.com", "d@example.com",
+                      "outsider@example.com"):
+            claims.request_claim(db, program=program, creator_id=ids[email])
+        claims.request_claim(db, program=other, creator_id=ids["outsider@example.com"])
+        db.add(Claim(program_id=program.id, creator_id=ids["e@example.com"], country="PK"))
+        db.commit()
+        codes.void_code(db, program_id=program.id, value="HS-DIRECT-0006", reason="x",
+                        actor="test")
+        codes.reissue_claim(db, program_id=program.id, creator_email="a@example.com",
+                            reason="x", actor="test")
+
+    summary = _json(_ok(_run(runner, "quota", SLUG, "--json")))
+    by_state = dict(_all(session, select(Claim.state, sa.func.count())
+                         .where(Claim.program_id == program.id).group_by(Claim.state)))
+    assert summary["claims"] == {state: by_state.get(state, 0)
+                                 for state in ("pending", "allocated", "waitlisted", "refused")}
+    assert summary["claims"] == {"pending": 1, "allocated": 3, "waitlisted": 1, "refused": 1}
+    in_stock = _count(session, Code, Code.program_id == program.id, Code.status == "available")
+    assert (summary["allocated"], summary["remaining"], summary["in_stock"]) == (3, 0, in_stock)
+    assert in_stock == 2  # 7 imported, 3 given out, 1 voided, 1 given in a reissue
+    assert _json(_ok(_run(runner, "quota", "calm-1y", "--json")))["in_stock"] == 1
 
 
 @pytest.mark.parametrize("options", [[], ["--json"]])

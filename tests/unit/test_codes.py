@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from tests.helpers import redemption_code, text_body
+from tests.helpers import redemption_code, stock, text_body
 from wellness_perks.db import get_session
 from wellness_perks.models import Claim, Code, CodeAssignment, MailStatus, OutboundEmail
 from wellness_perks.services import claims, codes, mail
@@ -86,6 +86,7 @@ def test_reissue_without_stock_changes_nothing(app, served, session):
             codes.void_code(get_session(), program_id=served.id, value="HS-A1-0001",
                             reason="x", actor="test")
     assert _code(session, "HS-A1-0001").status == "assigned"
+    assert stock(session, served.id) == (0, 0)
     _verified(app, served)
 
 
@@ -115,7 +116,29 @@ def test_restoring_a_never_used_code_serves_the_waitlist(app, factory, session, 
     session.rollback()
     assert session.get(Claim, claim.id).state == "allocated"
     assert redemption_code(smtp_server.to("a@example.com", "code")[0]) == "HS-ONLY-0001"
+    assert stock(session, program.id) == (0, 0)  # back in stock, then given out
     _verified(app, program)
+
+
+def test_the_stock_counter_follows_voids_reissues_and_restores(app, served, session):
+    assert stock(session, served.id) == (2, 2)  # 4 imported, 2 given out
+    with app.app_context():
+        codes.void_code(get_session(), program_id=served.id, value="HS-A3-0003", reason="x",
+                        actor="test")
+    assert stock(session, served.id) == (1, 1)
+    with app.app_context():  # held: the claim is given HS-A4-0004
+        codes.void_code(get_session(), program_id=served.id, value="HS-A1-0001", reason="x",
+                        actor="test")
+    assert stock(session, served.id) == (0, 0)
+    with app.app_context():
+        codes.restore_code(get_session(), program_id=served.id, value="HS-A3-0003",
+                           actor="test")
+    assert stock(session, served.id) == (1, 1)
+    with app.app_context():  # by the creator: the claim is given HS-A3-0003
+        codes.reissue_claim(get_session(), program_id=served.id, creator_email="b@example.com",
+                            reason="x", actor="test")
+    assert stock(session, served.id) == (0, 0)
+    _verified(app, served)
 
 
 def test_unknown_or_already_void_code(app, served):

@@ -12,14 +12,15 @@ one transaction per batch:
 3. Take the oldest waiting claims (skipping countries with no room) and as many available codes
    (``FOR UPDATE SKIP LOCKED``) as there is room for.
 4. Pair them in claim order; record each pair in ``codeassignment`` (``code_id`` unique: a code
-   is assigned once, ever), raise the counters, and write each claim's redemption mail as an
-   ``OutboundEmail`` row, all in the same transaction.
+   is assigned once, ever), raise the allocation counters and lower the stock counter, and
+   write each claim's redemption mail as an ``OutboundEmail`` row, all in the same transaction.
 5. Claims that cannot be served are (or stay) waitlisted, with the reason.
 6. After the commit, the batch's mails are handed to send tasks of ``MAIL_BATCH_SIZE``.
 
-The counters carry CHECK constraints (``allocated_count <= quota``): even a bug here could not
-overrun a quota. On SQLite the transaction begins with BEGIN IMMEDIATE and the ``FOR UPDATE``
-clauses compile to nothing: the same code, serialised by SQLite's single writer.
+The counters carry CHECK constraints (``allocated_count <= quota``, ``in_stock_count >= 0``):
+even a bug here could not overrun a quota. On SQLite the transaction begins with BEGIN IMMEDIATE
+and the ``FOR UPDATE`` clauses compile to nothing: the same code, serialised by SQLite's single
+writer.
 
 Every entry point is idempotent: it serves whoever is waiting now, and re-running it when nobody
 is waiting changes nothing.
@@ -247,11 +248,13 @@ _ALLOCATE_CLAIM = (
             decided_at=sa.bindparam("b_now"))
 )
 _INSERT_ASSIGNMENT = sa.insert(CodeAssignment.__table__)
+# The codes leave the stock as they are allocated: one statement moves both counters.
 _RAISE_COUNT = (
     sa.update(Program.__table__)
     .where(_program.id == sa.bindparam("b_program"),
            _program.allocated_count + sa.bindparam("b_count") <= _program.quota)
-    .values(allocated_count=_program.allocated_count + sa.bindparam("b_count"))
+    .values(allocated_count=_program.allocated_count + sa.bindparam("b_count"),
+            in_stock_count=_program.in_stock_count - sa.bindparam("b_count"))
 )
 _RAISE_COUNTRY_COUNT = (
     sa.update(CountryQuota.__table__)

@@ -3,7 +3,8 @@
 A code that was ever assigned is never handed out again (``codeassignment.code_id`` is unique).
 Voiding an available code takes it out of stock; voiding an assigned one reissues: its claim gets
 the next available code and a mail about it, and keeps its place in the quota. Restoring puts a
-voided code that was never assigned back in stock, which serves the waitlist.
+voided code that was never assigned back in stock, which serves the waitlist. Each moves the
+program's stock counter in its transaction, under the program's row lock.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..models import (
 )
 from . import audit
 from .errors import Conflict, NotFound
+from .programs import move_stock
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ def void_code(session: Session, *, program_id: int, value: str, reason: str,
             raise Conflict(f"code #{code.id} is already void")
         if code.status == CodeStatus.available:
             code.status = CodeStatus.void
+            move_stock(session, program_id, -1)
             audit.record(session, actor=actor, action="code.voided", object_type="code",
                          object_id=code.id, program_id=program_id, detail={"reason": reason})
             result = VoidResult(code.id)
@@ -117,6 +120,7 @@ def _reissue(session: Session, program_id: int, claim: Claim, old: Code, reason:
         .values(status=CodeStatus.assigned, assigned_at=now)
         .execution_options(synchronize_session=False)
     )
+    move_stock(session, program_id, -1)  # the old code was held, not in stock
     claim.code_id = new_code_id
     session.add(CodeAssignment(code_id=new_code_id, claim_id=claim.id, program_id=program_id,
                                assigned_at=now))
@@ -142,6 +146,7 @@ def restore_code(session: Session, *, program_id: int, value: str, actor: str) -
         if session.exec(select(CodeAssignment.id).where(CodeAssignment.code_id == code.id)).first():
             raise Conflict(f"code #{code.id} was given to a creator once: it can't be reused")
         code.status = CodeStatus.available
+        move_stock(session, program_id, 1)
         audit.record(session, actor=actor, action="code.restored", object_type="code",
                      object_id=code.id, program_id=program_id)
         code_id = code.id

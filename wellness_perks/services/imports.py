@@ -36,6 +36,7 @@ from . import audit
 from .countries import COUNTRY_CODES
 from .emails import normalise_email
 from .errors import InvalidInput
+from .programs import move_stock
 
 WRITE_CHUNK = 1000
 MAX_CODE_LENGTH = 64
@@ -361,7 +362,8 @@ def import_codes(
     """Import one batch of codes: a CSV with a ``code`` column, or one code per line.
 
     Codes are stripped of surrounding white space and never altered otherwise. A code already
-    held by this program, or repeated in the file, counts as a duplicate.
+    held by this program, or repeated in the file, counts as a duplicate. The program's stock
+    counter goes up by the codes inserted, in the import's transaction.
     """
     today = today or datetime.now(UTC).date()
     if expires_on is not None and expires_on < today:
@@ -433,6 +435,10 @@ def import_codes(
                      detail={"file": Path(filename).name, "batch": batch.name,
                              "imported": report.imported, "duplicate": report.duplicate,
                              "invalid": report.invalid, "expires_on": expires_on})
+    if report.imported and writer.writing:
+        # The import commits (no invalid row, or they are skipped). Last, just before the
+        # commit: the program's row stays locked only this long.
+        move_stock(session, program_id, report.imported)
     _finish(session, report, skip_invalid)
     if report.committed and report.imported:
         dispatch.allocate_program(program_id)  # new stock serves the waitlist

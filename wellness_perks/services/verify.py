@@ -1,7 +1,8 @@
 """``verify``: check the invariants I1-I5 of a program against the database.
 
 I1 a code is assigned to at most one claim, ever;
-I2 allocations never exceed the quota, global or per country;
+I2 allocations never exceed the quota, global or per country, and the counters (allocations,
+   global and per country, and codes in stock) match the rows they count;
 I3 at most one claim per creator per program;
 I4 every accepted claim ends allocated, waitlisted or refused (with a reason); none stays
    pending longer than ``grace``;
@@ -96,6 +97,11 @@ def verify_program(session: Session, *, program_id: int, now: datetime | None = 
     if allocated != program.allocated_count:
         out.append(Violation("I2", f"{allocated} allocated, counter says "
                                    f"{program.allocated_count}"))
+    in_stock = q(sa.select(sa.func.count()).select_from(Code).where(
+        Code.program_id == program_id, Code.status == CodeStatus.available)).scalar_one()
+    if in_stock != program.in_stock_count:
+        out.append(Violation("I2", f"{in_stock} codes in stock, counter says "
+                                   f"{program.in_stock_count}"))
     for country, quota, counter in q(sa.select(CountryQuota.country, CountryQuota.quota,
                                                CountryQuota.allocated_count)
                                      .where(CountryQuota.program_id == program_id)):
