@@ -128,6 +128,7 @@ class MailCatcher:
     refuse_with: str | None = None  # e.g. "451 4.3.0 try later": refuse every DATA
     refused: int = 0
     connections: int = 0  # SMTP sessions opened (EHLO seen)
+    pipelining: bool = False  # offer PIPELINING (RFC 2920) in the EHLO reply
     _lock: threading.Lock = field(default_factory=threading.Lock)
     controller: Controller | None = None
 
@@ -135,6 +136,8 @@ class MailCatcher:
         with self._lock:
             self.connections += 1
         session.host_name = hostname
+        if self.pipelining:  # aiosmtpd serves pipelined commands; it just doesn't offer it
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
@@ -166,6 +169,7 @@ class MailCatcher:
             self.refused = 0
             self.connections = 0
             self.refuse_with = None
+            self.pipelining = False
 
     def to(self, address: str, subject_contains: str = "") -> list[EmailMessage]:
         with self._lock:

@@ -84,8 +84,10 @@ def _statuses(session):
                         .execution_options(populate_existing=True)).all()
 
 
-def test_a_batch_goes_over_one_connection(app, stocked, session, smtp_server):
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_a_batch_goes_over_one_connection(app, stocked, session, smtp_server, pipelining):
     smtp_server.clear()
+    smtp_server.pipelining = pipelining
     with app.app_context():
         mail.close_pools()
         outcome = mail.send_batch(get_session(), outbound_ids=stocked)

@@ -10,8 +10,10 @@ Without SMTP_HOST, mail goes to ``OUTBOX_DIR`` as one RFC 5322 ``.eml`` file per
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import smtplib
 import tempfile
 import threading
@@ -381,9 +383,14 @@ def _email_message(outbound, subject, text, html, message_id) -> EmailMessage:
 def make_message_id(outbound: OutboundEmail, from_addr: str) -> str:
     """The same Message-ID for every attempt at one mail: if an attempt whose outcome we could
     not record is repeated, mail systems that de-duplicate by Message-ID show it once."""
-    domain = parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
+    domain = _domain_of(from_addr)
     created = outbound.created_at.strftime("%Y%m%d%H%M%S")
     return f"<wellness-perks.{outbound.id}.{created}@{domain}>"
+
+
+@functools.lru_cache(maxsize=16)
+def _domain_of(from_addr: str) -> str:
+    return parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
 
 
 # --------------------------------------------------------------------------- delivering
@@ -444,7 +451,7 @@ class SmtpPool:
             try:
                 if fresh:
                     self.connection = self._connect()
-                self.connection.sendmail(self.from_addr, [item.to_email], item.raw)
+                transact(self.connection, self.from_addr, item.to_email, item.raw)
                 return
             except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError):
                 self.close()
@@ -478,6 +485,58 @@ class SmtpPool:
                 self.connection.close()
             finally:
                 self.connection = None
+
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def transact(connection: smtplib.SMTP, from_addr: str, to_addr: str, raw: bytes) -> None:
+    """Send one message over an open connection; raises what ``smtplib.SMTP.sendmail`` raises,
+    so failures are classified the same way.
+
+    Where the server offers PIPELINING (RFC 2920; every large provider does), MAIL, RCPT and
+    DATA go in one write and the message in a second: two round trips instead of smtplib's
+    four, and half the wake-ups on both ends. Elsewhere (or for an internationalised address)
+    this is ``sendmail``.
+    """
+    connection.ehlo_or_helo_if_needed()
+    if not (connection.has_extn("pipelining") and from_addr.isascii() and to_addr.isascii()):
+        connection.sendmail(from_addr, [to_addr], raw)
+        return
+    size = f" SIZE={len(raw)}" if connection.has_extn("size") else ""
+    connection.send(f"MAIL FROM:<{from_addr}>{size}\r\nRCPT TO:<{to_addr}>\r\nDATA\r\n"
+                    .encode("ascii"))
+    (mail_code, mail_reply), (rcpt_code, rcpt_reply), (data_code, data_reply) = (
+        connection.getreply(), connection.getreply(), connection.getreply())
+    if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
+        connection.send(b".\r\n")  # a server that took DATA anyway: end it empty (RFC 2920)
+        connection.getreply()
+    if mail_code != 250:
+        _abandon(connection, mail_code)
+        raise smtplib.SMTPSenderRefused(mail_code, mail_reply, from_addr)
+    if rcpt_code not in (250, 251):
+        _abandon(connection, rcpt_code)
+        raise smtplib.SMTPRecipientsRefused({to_addr: (rcpt_code, rcpt_reply)})
+    if data_code != 354:
+        _abandon(connection, data_code)
+        raise smtplib.SMTPDataError(data_code, data_reply)
+    body = _LEADING_DOT.sub(b"..", raw)
+    connection.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
+    code, reply = connection.getreply()
+    if code != 250:
+        _abandon(connection, code)
+        raise smtplib.SMTPDataError(code, reply)
+
+
+def _abandon(connection: smtplib.SMTP, code: int) -> None:
+    """After a refusal: as smtplib does, close on 421 (the server is closing), else RSET."""
+    if code == 421:
+        connection.close()
+        return
+    try:
+        connection.rset()
+    except smtplib.SMTPServerDisconnected:
+        pass
 
 
 _pools: dict[tuple, SmtpPool] = {}
