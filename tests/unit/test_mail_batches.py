@@ -111,16 +111,33 @@ def test_a_dropped_connection_is_reopened(app, stocked, session, smtp_server):
     assert len(smtp_server.messages) == 20
 
 
-def test_a_mail_taken_back_meanwhile_is_not_sent(app, stocked, session, smtp_server):
-    """The sweeper re-queued one mail of a batch in progress (and another worker re-took it):
-    the batch must skip it rather than send it a second time."""
+@pytest.fixture
+def slow_batch(app_config, stocked):
+    """An app whose batches renew their leases before every message, as a batch does once it
+    has run for a third of MAIL_SENDING_TIMEOUT_SECONDS (a slow server, a low rate limit)."""
+    app_config["MAIL_SENDING_TIMEOUT_SECONDS"] = 0
+    app = create_app(app_config)
+    yield app
+    app.extensions["db_engine"].dispose()
+
+
+@pytest.mark.parametrize("lease", ["fresh", "renewed"])
+@pytest.mark.parametrize("taken_back", ["requeued", "retaken"])
+def test_a_mail_taken_back_meanwhile_is_not_sent(request, stocked, session, smtp_server,
+                                                 taken_back, lease):
+    """The sweeper re-queued one mail of a batch in progress (and maybe another worker re-took
+    it): the batch must skip it rather than send it a second time, whether it checks the
+    message alone (a fresh lease) or renews the lease of all it has left."""
+    app = request.getfixturevalue("app" if lease == "fresh" else "slow_batch")
     victim = stocked[3]
     real_send_all = mail.SmtpPool.send_all
 
     def send_all(pool, outgoing, still_ours, record):
         session.rollback()
+        took_back = {"status": "queued"} if taken_back == "requeued" else {
+            "status": "sending", "attempts": OutboundEmail.attempts + 1}
         session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == victim)
-                        .values(status="sending", attempts=OutboundEmail.attempts + 1))
+                        .values(**took_back))
         session.commit()
         real_send_all(pool, outgoing, still_ours, record)
 
@@ -166,3 +183,50 @@ def test_outbox_batches_write_one_file_per_mail(app_config, factory, session, tm
     assert len(files) == 1
     assert redemption_code(_parse(files[0].read_bytes())) == "HS-CODE-0001"
     app.extensions["db_engine"].dispose()
+
+
+def _outbound_updates(app):
+    """The statements that write outboundemail while the block runs."""
+    engine = app.extensions["db_engine"]
+    seen: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if "UPDATE OUTBOUNDEMAIL" in statement.upper():
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    return seen, lambda: sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def _leases(session, ids):
+    session.rollback()
+    return session.exec(select(OutboundEmail.sending_started_at)
+                        .where(OutboundEmail.id.in_(ids))
+                        .execution_options(populate_existing=True)).all()
+
+
+def test_a_healthy_batch_writes_each_mail_once(app, stocked, session, smtp_server):
+    """The take's lease lasts the batch: no renewal, just the take and one record a message
+    (on PostgreSQL the same statement reads whether the next message is still ours)."""
+    seen, stop = _outbound_updates(app)
+    try:
+        with app.app_context():
+            outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    finally:
+        stop()
+    assert len(outcome.sent) == 20
+    assert len(seen) == 1 + 20
+    assert len(set(_leases(session, stocked))) == 1  # every lease as the take stamped it
+
+
+def test_an_old_lease_is_renewed_for_the_rest_of_the_batch(slow_batch, stocked, session,
+                                                           smtp_server):
+    seen, stop = _outbound_updates(slow_batch)
+    try:
+        with slow_batch.app_context():
+            outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    finally:
+        stop()
+    assert len(outcome.sent) == 20
+    assert len(seen) == 1 + 20 + 20  # the take; before each message a renewal; each record
+    assert len(set(_leases(session, stocked))) == 20  # each renewed last just before it went

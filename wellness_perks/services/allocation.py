@@ -37,7 +37,7 @@ from flask import current_app
 from sqlmodel import Session
 
 from .. import dispatch
-from ..db import write_transaction
+from ..db import found_by_key, plan_each_execution, write_transaction
 from ..logs import log_event
 from ..models import (
     AuditEvent,
@@ -112,6 +112,7 @@ def _allocate_batch(session: Session, program_id: int,
     now = datetime.now(UTC)
     result = AllocationResult(program_id)
     with write_transaction(session):
+        plan_each_execution(session)
         conn = session.connection()
         quota, allocated_count = conn.execute(_LOCK_PROGRAM, {"b_program": program_id}).one()
         room = quota - allocated_count
@@ -238,7 +239,7 @@ _AVAILABLE_CODES = (
 _TAKE_CODES = (
     sa.update(Code.__table__)
     .where(_code.id.in_(sa.bindparam("b_codes", expanding=True)),
-           _code.status == CodeStatus.available.value)
+           found_by_key(_code.status == CodeStatus.available.value))
     .values(status=CodeStatus.assigned.value, assigned_at=sa.bindparam("b_now"))
 )
 _ALLOCATE_CLAIM = (

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlmodel import Session
 
+from ..db import found_by_key, is_postgresql, plan_each_execution
 from ..logs import log_event
 from ..models import (
     Claim,
@@ -105,6 +106,7 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
     outcome = BatchOutcome()
     now = datetime.now(UTC)
     session.commit()
+    plan_each_execution(session)
     taken = set(session.connection().execute(
         _TAKE, {"b_ids": list(outbound_ids), "b_now": now}).scalars())
     session.commit()
@@ -112,50 +114,68 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
     if not taken:
         return outcome
 
+    plan_each_execution(session)
     outgoing = _prepare(session, sorted(taken), outcome)
     session.commit()
     if not outgoing:
         return outcome
 
-    # The batch took its rows at once; each message renews its lease just before it goes, so
-    # the sweeper counts an attempt as interrupted from when it really began, and a message the
-    # sweeper took back meanwhile (another worker may hold it now) is skipped. The statement
-    # that records a message also renews the next one's lease.
+    # The take stamped every message of the batch with a lease (``sending_started_at``): the
+    # sweeper puts a message back in the queue only once its lease is MAIL_SENDING_TIMEOUT old,
+    # so a lease a third that old is renewed, for all the batch has left, in one statement. And
+    # right before each message goes, we check it is still ours: a message the sweeper took
+    # back (another worker may hold it now) is skipped, not sent twice. The statement that
+    # records a message also reads whether the next one is still ours, so on a healthy server
+    # a message costs one bookkeeping statement, which writes one row.
+    renew_every = current_app.config["MAIL_SENDING_TIMEOUT_SECONDS"] / 3
+    ours = {item.outbound_id: item.attempts for item in outgoing}  # not yet sent, still ours
     following = {a.outbound_id: b for a, b in zip(outgoing, outgoing[1:], strict=False)}
-    renewed_ahead: dict[int, bool] = {}
+    checked_ahead: dict[int, bool] = {}
+    leased_at = time.monotonic()
+    record_sent_and_check = (_MARK_SENT_AND_CHECK_NEXT if is_postgresql(session)
+                             else None)  # SQLite has no UPDATE in a WITH: two statements
 
     with _bookkeeping(session) as book:
-        def renew(item: Outgoing) -> bool:
-            return bool(book(_RENEW_LEASE, {"b_id": item.outbound_id,
-                                            "b_attempts": item.attempts,
-                                            "b_now": datetime.now(UTC)}))
+        def check(item: Outgoing) -> bool:
+            return bool(book(_STILL_OURS, {"b_next": item.outbound_id,
+                                           "b_next_attempts": item.attempts}))
 
         def still_ours(item: Outgoing) -> bool:
-            if item.outbound_id in renewed_ahead:
-                return renewed_ahead.pop(item.outbound_id)
-            return renew(item)
+            nonlocal ours, leased_at
+            if time.monotonic() - leased_at >= renew_every:
+                leased_at = time.monotonic()
+                renewed = book(_RENEW_LEASES, {"b_held": list(ours.items()),
+                                                "b_now": datetime.now(UTC)})
+                ours = {i: attempts for i, attempts in ours.items() if i in renewed}
+                checked_ahead.clear()
+            if item.outbound_id not in ours:
+                return False
+            if item.outbound_id in checked_ahead:
+                return checked_ahead.pop(item.outbound_id)
+            return check(item)
 
         def record(item: Outgoing, error: Exception | None) -> None:
             # Each message is recorded the moment the server has taken it (or refused it), so a
             # worker killed mid-batch leaves at most the one message in flight without an
             # outcome.
-            upcoming = following.get(item.outbound_id)
-            if error is None:
-                # One statement records this message and renews the next one's lease.
-                changed = book(_MARK_SENT_AND_RENEW, {
-                    "b_id": item.outbound_id, "b_now": datetime.now(UTC),
-                    "b_message_id": item.message_id,
-                    "b_next": upcoming.outbound_id if upcoming else None,
-                    "b_next_attempts": upcoming.attempts if upcoming else None})
-                outcome.sent.append(item.outbound_id)
-                log_event("mail.sent", outbound_id=item.outbound_id, kind=item.kind,
-                          claim_id=item.claim_id, attempts=item.attempts)
-                if upcoming is not None:
-                    renewed_ahead[upcoming.outbound_id] = upcoming.outbound_id in changed
+            ours.pop(item.outbound_id, None)
+            if error is not None:
+                _record_failure(book, item, error, outcome)
                 return
-            _record_failure(book, item, error, outcome)
-            if upcoming is not None:
-                renewed_ahead[upcoming.outbound_id] = renew(upcoming)
+            upcoming = following.get(item.outbound_id)
+            params = {"b_id": item.outbound_id, "b_now": datetime.now(UTC),
+                      "b_message_id": item.message_id,
+                      "b_next": upcoming.outbound_id if upcoming else None,
+                      "b_next_attempts": upcoming.attempts if upcoming else None}
+            if upcoming is not None and record_sent_and_check is not None:
+                checked_ahead[upcoming.outbound_id] = bool(book(record_sent_and_check, params))
+            else:
+                book(_MARK_SENT, params)
+                if upcoming is not None:
+                    checked_ahead[upcoming.outbound_id] = check(upcoming)
+            outcome.sent.append(item.outbound_id)
+            log_event("mail.sent", outbound_id=item.outbound_id, kind=item.kind,
+                      claim_id=item.claim_id, attempts=item.attempts)
 
         deliver_all(outgoing, still_ours, record)
     return outcome
@@ -165,42 +185,39 @@ _outbound = OutboundEmail.__table__.c
 _TAKE = (
     sa.update(OutboundEmail.__table__)
     .where(_outbound.id.in_(sa.bindparam("b_ids", expanding=True)),
-           _outbound.status == MailStatus.queued.value)
+           found_by_key(_outbound.status == MailStatus.queued.value))
     .values(status=MailStatus.sending.value, attempts=_outbound.attempts + 1,
             sending_started_at=sa.bindparam("b_now"))
     .returning(_outbound.id)
 )
-_LEASE_OURS = sa.and_(_outbound.id == sa.bindparam("b_next"),
-                      _outbound.attempts == sa.bindparam("b_next_attempts"))
-_RENEW_LEASE = (
+_RENEW_LEASES = (
     sa.update(OutboundEmail.__table__)
-    .where(_outbound.id == sa.bindparam("b_id"), _outbound.status == MailStatus.sending.value,
-           _outbound.attempts == sa.bindparam("b_attempts"))
+    .where(sa.tuple_(_outbound.id, _outbound.attempts).in_(
+               sa.bindparam("b_held", expanding=True)),
+           found_by_key(_outbound.status == MailStatus.sending.value))
     .values(sending_started_at=sa.bindparam("b_now"))
     .returning(_outbound.id)
 )
-
-
-def _if_sent(value, otherwise):
-    return sa.case((_outbound.id == sa.bindparam("b_id"), value), else_=otherwise)
-
-
-_MARK_SENT_AND_RENEW = (
+_MARK_SENT = (
     sa.update(OutboundEmail.__table__)
-    .where(_outbound.status == MailStatus.sending.value,
-           sa.or_(_outbound.id == sa.bindparam("b_id"), _LEASE_OURS))
-    .values(status=_if_sent(MailStatus.sent.value, _outbound.status),
-            sent_at=_if_sent(sa.bindparam("b_now"), _outbound.sent_at),
-            message_id=_if_sent(sa.bindparam("b_message_id"), _outbound.message_id),
-            last_error=_if_sent(sa.null(), _outbound.last_error),
-            next_attempt_at=_if_sent(sa.null(), _outbound.next_attempt_at),
-            sending_started_at=sa.case((_LEASE_OURS, sa.bindparam("b_now")),
-                                       else_=_outbound.sending_started_at))
+    .where(_outbound.id == sa.bindparam("b_id"),
+           found_by_key(_outbound.status == MailStatus.sending.value))
+    .values(status=MailStatus.sent.value, sent_at=sa.bindparam("b_now"),
+            message_id=sa.bindparam("b_message_id"), last_error=None, next_attempt_at=None)
     .returning(_outbound.id)
 )
+_STILL_OURS = (
+    sa.select(_outbound.id)
+    .where(_outbound.id == sa.bindparam("b_next"),
+           found_by_key(_outbound.status == MailStatus.sending.value),
+           _outbound.attempts == sa.bindparam("b_next_attempts"))
+)
+# PostgreSQL: one statement records a message sent and reads whether the next is still ours.
+_MARK_SENT_AND_CHECK_NEXT = _STILL_OURS.add_cte(_MARK_SENT.cte("recorded"))
 _RECORD_FAILURE = (
     sa.update(OutboundEmail.__table__)
-    .where(_outbound.id == sa.bindparam("b_id"), _outbound.status == MailStatus.sending.value)
+    .where(_outbound.id == sa.bindparam("b_id"),
+           found_by_key(_outbound.status == MailStatus.sending.value))
     .values(status=sa.bindparam("b_status"), next_attempt_at=sa.bindparam("b_next_attempt_at"),
             last_error=sa.bindparam("b_error"))
     .returning(_outbound.id)
@@ -217,8 +234,8 @@ def _bookkeeping(session: Session) -> Iterator[Book]:
     On PostgreSQL it runs on a connection of its own in autocommit mode with
     ``synchronous_commit`` off: one round trip a statement, and no wait for the disk flush. That
     is durable against a worker dying (the risk here); a database crash could at worst cause a
-    resend. The two statements a message costs touch different rows, so nothing needs them in
-    one transaction.
+    resend. Each statement stands alone (a message's record, or a batch's lease renewal), so
+    nothing needs them in one transaction.
     """
     if session.get_bind().dialect.name != "postgresql":
         def book_in_session(statement: sa.Executable, params: dict) -> set[int]:
