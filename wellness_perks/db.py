@@ -142,20 +142,26 @@ def is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def plan_each_execution(session: Session) -> None:
-    """PostgreSQL: plan each statement of the session's transaction for its own parameters and
-    the tables as they are now (``SET LOCAL plan_cache_mode = force_custom_plan``).
+@contextmanager
+def planned_each_execution(session: Session):
+    """PostgreSQL: plan each statement run inside the block, in the session's transaction, for
+    its own parameters and the tables as they are now (``plan_cache_mode = force_custom_plan``);
+    statements after the block go back to the plans the server keeps.
 
     The driver prepares a statement run five times, and PostgreSQL may then keep one generic
     plan for it. Made while the tables were small (a new program, a launch's first minutes),
-    that plan scans what has since grown: the take of a mail batch scanned every mail, the codes
-    taken by allocation every code (allocation ran at half the rate with 1,000,000 codes in
-    stock). Allocation batches and mail batches run a few statements for dozens or hundreds of
-    rows, so planning each costs little; the per-message and per-claim statements, looked up
-    by key, keep their prepared plans.
+    that plan scans what has since grown: the waiting claims were read by walking every claim
+    of the program, the take of a mail batch scanned every mail. So the few statements of a
+    batch that find its rows (for dozens or hundreds of rows each) are planned each time; the
+    per-row writes that follow, found by key, keep their prepared plans (planning each of those
+    cost PostgreSQL more than the reads saved).
     """
-    if is_postgresql(session):
+    postgresql = is_postgresql(session)
+    if postgresql:
         session.connection().exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+    yield
+    if postgresql:
+        session.connection().exec_driver_sql("SET LOCAL plan_cache_mode = DEFAULT")
 
 
 def found_by_key(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:

@@ -54,7 +54,7 @@ def fresh_engine():
 def generic_plan(engine: sa.Engine, statement: sa.Executable, custom: bool = False,
                  **params) -> str:
     """EXPLAIN of ``statement`` prepared server-side and planned once for all parameters (or,
-    ``custom``, for these parameters, as ``plan_each_execution`` has it)."""
+    ``custom``, for these parameters, as ``planned_each_execution`` has it)."""
     sent: list[tuple[str, dict]] = []
 
     def capture(_conn, _cursor, text, parameters, *_args):
@@ -160,9 +160,9 @@ def test_key_list_lookups_are_planned_for_the_tables_as_they_are(grown_engine, n
     assert "Seq Scan" not in plan and "ix_outbound_status" not in plan, plan
 
 
-@pytest.mark.parametrize("work", ["allocation", "mail"])
-def test_batches_plan_each_execution(tmp_path, smtp_server, work):
-    """Allocation and mail batches ask PostgreSQL for a plan per execution."""
+def test_batches_plan_their_reads_each_time_and_their_row_writes_once(tmp_path, smtp_server):
+    """Allocation and mail batches have PostgreSQL plan the statements that find their rows at
+    each execution; the per-row writes after them keep their prepared plans."""
     smtp_server.clear()
     with _migrated_database() as engine:
         app = create_app({"TESTING": True, "DATABASE_URL": engine.url.render_as_string(False),
@@ -171,25 +171,38 @@ def test_batches_plan_each_execution(tmp_path, smtp_server, work):
                           "SMTP_HOST": "127.0.0.1", "SMTP_PORT": smtp_server.port})
         factory = Factory(app)
         program = factory.program(quota=5)
-        factory.creators(program, ["a@example.com"])
-        factory.codes(program, ["HS-PLAN-0001"])
-        sent: list[str] = []
+        factory.creators(program, ["a@example.com", "b@example.com"])
+        factory.codes(program, ["HS-PLAN-0001", "HS-PLAN-0002"])
+        planned: list[tuple[str, str]] = []  # (plan mode in force, statement)
+        mode = ["DEFAULT"]
 
         def capture(_conn, _cursor, text, *_args):
-            sent.append(text)
+            if "plan_cache_mode" in text:
+                mode[0] = text.rsplit(" ", 1)[1]
+            else:
+                planned.append((mode[0], " ".join(text.split())))
 
         app_engine = app.extensions["db_engine"]
         sa.event.listen(app_engine, "before_cursor_execute", capture)
         try:
             with app.app_context():
                 session = get_session()
-                creator_id = session.execute(sa.select(Creator.id)).scalar_one()
-                claims.request_claim(session, program=program, creator_id=creator_id)
+                for creator_id in session.execute(sa.select(Creator.id)).scalars().all():
+                    claims.request_claim(session, program=program, creator_id=creator_id)
         finally:
             sa.event.remove(app_engine, "before_cursor_execute", capture)
             app_engine.dispose()
-    assert len(smtp_server.to("a@example.com", "code")) == 1
-    first = "UPDATE code" if work == "allocation" else "UPDATE outboundemail"
-    index = next(i for i, text in enumerate(sent) if text.startswith(first))
-    settings = [text for text in sent[:index] if "plan_cache_mode" in text]
-    assert settings and settings[-1] == "SET LOCAL plan_cache_mode = force_custom_plan"
+    assert len(smtp_server.messages) == 2
+
+    def modes(*fragments: str) -> set[str]:
+        found = {m for m, text in planned if all(f in text for f in fragments)}
+        assert found, fragments
+        return found
+
+    custom, cached = {"force_custom_plan"}, {"DEFAULT"}
+    assert modes("FROM claim JOIN creator", "FOR UPDATE OF claim") == custom  # waiting claims
+    assert modes("FROM code", "SKIP LOCKED") == custom  # codes in stock
+    assert modes("UPDATE claim SET state") == cached  # each claim allocated
+    assert modes("UPDATE outboundemail SET status", "attempts") == custom  # take a mail batch
+    assert modes("WHERE outboundemail.id IN") == custom  # what the mails say
+    assert modes("UPDATE outboundemail SET status", "sent_at") == cached  # each mail recorded

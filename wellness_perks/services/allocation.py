@@ -37,7 +37,7 @@ from flask import current_app
 from sqlmodel import Session
 
 from .. import dispatch
-from ..db import found_by_key, plan_each_execution, write_transaction
+from ..db import found_by_key, planned_each_execution, write_transaction
 from ..logs import log_event
 from ..models import (
     AuditEvent,
@@ -112,28 +112,29 @@ def _allocate_batch(session: Session, program_id: int,
     now = datetime.now(UTC)
     result = AllocationResult(program_id)
     with write_transaction(session):
-        plan_each_execution(session)
         conn = session.connection()
-        quota, allocated_count = conn.execute(_LOCK_PROGRAM, {"b_program": program_id}).one()
-        room = quota - allocated_count
-        country_room = {country: left for country, left in
-                        conn.execute(_COUNTRY_ROOM, {"b_program": program_id})}
-        if room <= 0:
-            result.waitlisted += _waitlist_pending(session, program_id, REASON_QUOTA, now)
-            _relabel_waitlist(session, program_id, REASON_QUOTA)
-            return result, False
-        full = [country for country, left in country_room.items() if left <= 0]
-        if full:
-            result.waitlisted += _waitlist_pending(session, program_id, REASON_COUNTRY_QUOTA,
-                                                   now, countries=full)
-            _relabel_waitlist(session, program_id, REASON_COUNTRY_QUOTA, countries=full)
-        claims = conn.execute(_WAITING_CLAIMS, {"b_program": program_id, "b_full": full,
-                                                "b_limit": batch_size}).all()
-        if not claims:
-            return result, False
-        code_ids = conn.execute(_AVAILABLE_CODES, {"b_program": program_id,
-                                                   "b_limit": min(room, len(claims))}
-                                ).scalars().all()
+        with planned_each_execution(session):  # the reads that find the batch's rows
+            quota, allocated_count = conn.execute(_LOCK_PROGRAM,
+                                                  {"b_program": program_id}).one()
+            room = quota - allocated_count
+            country_room = {country: left for country, left in
+                            conn.execute(_COUNTRY_ROOM, {"b_program": program_id})}
+            if room <= 0:
+                result.waitlisted += _waitlist_pending(session, program_id, REASON_QUOTA, now)
+                _relabel_waitlist(session, program_id, REASON_QUOTA)
+                return result, False
+            full = [country for country, left in country_room.items() if left <= 0]
+            if full:
+                result.waitlisted += _waitlist_pending(session, program_id,
+                                                       REASON_COUNTRY_QUOTA, now, countries=full)
+                _relabel_waitlist(session, program_id, REASON_COUNTRY_QUOTA, countries=full)
+            claims = conn.execute(_WAITING_CLAIMS, {"b_program": program_id, "b_full": full,
+                                                    "b_limit": batch_size}).all()
+            if not claims:
+                return result, False
+            code_ids = conn.execute(_AVAILABLE_CODES, {"b_program": program_id,
+                                                       "b_limit": min(room, len(claims))}
+                                    ).scalars().all()
 
         pairs: list[_Pair] = []
         per_country: Counter[str] = Counter()

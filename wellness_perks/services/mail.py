@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlmodel import Session
 
-from ..db import found_by_key, is_postgresql, plan_each_execution
+from ..db import found_by_key, is_postgresql, planned_each_execution
 from ..logs import log_event
 from ..models import (
     Claim,
@@ -106,16 +106,16 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
     outcome = BatchOutcome()
     now = datetime.now(UTC)
     session.commit()
-    plan_each_execution(session)
-    taken = set(session.connection().execute(
-        _TAKE, {"b_ids": list(outbound_ids), "b_now": now}).scalars())
+    with planned_each_execution(session):
+        taken = set(session.connection().execute(
+            _TAKE, {"b_ids": list(outbound_ids), "b_now": now}).scalars())
     session.commit()
     outcome.not_taken = [i for i in outbound_ids if i not in taken]
     if not taken:
         return outcome
 
-    plan_each_execution(session)
-    outgoing = _prepare(session, sorted(taken), outcome)
+    with planned_each_execution(session):
+        outgoing = _prepare(session, sorted(taken), outcome)
     session.commit()
     if not outgoing:
         return outcome
