@@ -206,3 +206,37 @@ def test_batches_plan_their_reads_each_time_and_their_row_writes_once(tmp_path, 
     assert modes("UPDATE outboundemail SET status", "attempts") == custom  # take a mail batch
     assert modes("WHERE outboundemail.id IN") == custom  # what the mails say
     assert modes("UPDATE outboundemail SET status", "sent_at") == cached  # each mail recorded
+
+
+@pytest.fixture(scope="module")
+def stale_engine():
+    """A launch half-way: the statistics were taken when every claim was pending; since then
+    most claims were allocated."""
+    with _migrated_database() as engine:
+        with engine.begin() as conn:
+            for statement in (
+                "INSERT INTO program (id, slug, name, perk_months, quota, allocated_count, "
+                "code_pattern, created_at) VALUES (1, 'p', 'P', 6, 100000, 0, '.*', now())",
+                "INSERT INTO creator (id, email, handle, country, login_nonce, created_at) "
+                "SELECT g, 'c' || g || '@example.com', 'h', 'PK', 0, now() "
+                "FROM generate_series(1, 20000) g",
+                "INSERT INTO claim (program_id, creator_id, country, state, requested_at) "
+                "SELECT 1, g, 'PK', 'pending', now() FROM generate_series(1, 2000) g",
+            ):
+                conn.exec_driver_sql(statement)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE claim")
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE claim SET state = 'allocated'")
+            conn.exec_driver_sql(
+                "INSERT INTO claim (program_id, creator_id, country, state, requested_at) "
+                "SELECT 1, g, 'PK', CASE WHEN g <= 15000 THEN 'allocated' ELSE 'pending' END, "
+                "now() FROM generate_series(2001, 15500) g")
+        yield engine
+
+
+def test_allocation_reads_the_waiting_line_from_its_index_whatever_the_statistics(
+        stale_engine):
+    plan = generic_plan(stale_engine, allocation._WAITING_CLAIMS, custom=True, b_program=1,
+                        b_full=[], b_limit=200)
+    assert "ix_claim_waiting" in plan and "claim_pkey" not in plan, plan
