@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 from psycopg import sql
+from sqlmodel import Session
 
 from tests.conftest import Factory
 from tests.helpers import create_pg_database, drop_pg_database, postgres_available, service_missing
@@ -55,6 +56,11 @@ def generic_plan(engine: sa.Engine, statement: sa.Executable, custom: bool = Fal
                  **params) -> str:
     """EXPLAIN of ``statement`` prepared server-side and planned once for all parameters (or,
     ``custom``, for these parameters, as ``planned_each_execution`` has it)."""
+    return plan_of(engine, lambda conn: conn.execute(statement, params), custom)
+
+
+def plan_of(engine: sa.Engine, run, custom: bool = False) -> str:
+    """The plan of the one statement ``run(connection)`` sends, prepared as the driver does."""
     sent: list[tuple[str, dict]] = []
 
     def capture(_conn, _cursor, text, parameters, *_args):
@@ -62,7 +68,7 @@ def generic_plan(engine: sa.Engine, statement: sa.Executable, custom: bool = Fal
 
     with engine.connect() as conn:
         sa.event.listen(conn, "before_cursor_execute", capture)
-        conn.execute(statement, params)  # the SQL and values as the driver gets them
+        run(conn)  # the SQL and values as the driver gets them
         sa.event.remove(conn, "before_cursor_execute", capture)
         conn.rollback()
         (text, values), = sent
@@ -240,3 +246,26 @@ def test_allocation_reads_the_waiting_line_from_its_index_whatever_the_statistic
     plan = generic_plan(stale_engine, allocation._WAITING_CLAIMS, custom=True, b_program=1,
                         b_full=[], b_limit=200)
     assert "ix_claim_waiting" in plan and "claim_pkey" not in plan, plan
+
+
+CLAIM_LOOKUPS = {
+    "claim request, by slug": lambda conn: conn.execute(
+        claims._CLAIM_CONTEXT_BY_SLUG, {"program": "launch", "creator_id": 2}),
+    "claim request, by id": lambda conn: conn.execute(
+        claims._CLAIM_CONTEXT_BY_ID, {"program": 1, "creator_id": 2}),
+    "a creator's claim": lambda conn: claims.get_claim(Session(bind=conn), program_id=1,
+                                                       creator_id=2),
+    "is a creator on the list": lambda conn: claims.is_eligible(Session(bind=conn), program_id=1,
+                                                                creator_id=2),
+}
+
+
+@pytest.mark.parametrize("name", CLAIM_LOOKUPS)
+def test_a_creators_claim_and_eligibility_are_found_by_creator_in_a_generic_plan(
+        fresh_engine, name):
+    """Not by walking the program's claims (or list) for the creator's: each claim request
+    would cost more than the last."""
+    plan = plan_of(fresh_engine, CLAIM_LOOKUPS[name])
+    assert "ix_claim_program_state" not in plan and "uq_claim_program_creator" not in plan, plan
+    assert "uq_eligibility" not in plan and "ix_claim_waiting" not in plan, plan
+    assert "ix_claim_creator_id" in plan or "ix_eligibility_creator_id" in plan, plan

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from .. import dispatch
-from ..db import is_postgresql, write_transaction
+from ..db import found_by_key, is_postgresql, write_transaction
 from ..logs import log_event
 from ..models import (
     AuditEvent,
@@ -34,7 +34,8 @@ REASON_WINDOW_CLOSED = "claim window closed"
 def is_eligible(session: Session, *, program_id: int, creator_id: int) -> bool:
     return session.exec(
         select(Eligibility.id).where(
-            Eligibility.program_id == program_id, Eligibility.creator_id == creator_id
+            found_by_key(Eligibility.program_id == program_id),
+            Eligibility.creator_id == creator_id,
         )
     ).first() is not None
 
@@ -58,7 +59,7 @@ def programs_for_creator(
 def get_claim(session: Session, *, program_id: int, creator_id: int) -> Claim | None:
     return session.exec(
         select(Claim)
-        .where(Claim.program_id == program_id, Claim.creator_id == creator_id)
+        .where(found_by_key(Claim.program_id == program_id), Claim.creator_id == creator_id)
         .execution_options(populate_existing=True)
     ).first()
 
@@ -230,10 +231,12 @@ def _claim_context(program_matches) -> sa.Select:
                   Creator.country, Eligibility.id, claim.id, claim.state, claim.reason)
         .select_from(Program)
         .join(Creator, Creator.id == sa.bindparam("creator_id"))
+        # Found by the creator (a creator has a row per program at most), whatever the plan:
+        # see ``found_by_key``.
         .outerjoin(Eligibility, sa.and_(Eligibility.creator_id == Creator.id,
-                                        Eligibility.program_id == Program.id))
+                                        found_by_key(Eligibility.program_id == Program.id)))
         .outerjoin(Claim, sa.and_(claim.creator_id == Creator.id,
-                                  claim.program_id == Program.id))
+                                  found_by_key(claim.program_id == Program.id)))
         .where(program_matches)
     )
 
