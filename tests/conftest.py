@@ -12,11 +12,8 @@ from sqlmodel import Session, SQLModel
 
 from tests.helpers import (
     MailCatcher,
-    create_pg_database,
     csrf_token,
-    drop_pg_database,
-    postgres_available,
-    service_missing,
+    migrated_pg_database,
     sign_in_link,
 )
 from wellness_perks import create_app
@@ -41,15 +38,8 @@ def database_url(request, tmp_path_factory):
         upgrade(url)
         yield url
         return
-    why = postgres_available()
-    if why:
-        service_missing("PostgreSQL", why)
-    url = create_pg_database()
-    try:
-        upgrade(url)
+    with migrated_pg_database() as url:
         yield url
-    finally:
-        drop_pg_database(url)
 
 
 def _empty_tables(engine: sa.Engine) -> None:

@@ -10,7 +10,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -80,6 +81,23 @@ def create_pg_database() -> str:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+@contextmanager
+def migrated_pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database at the migrations' head; dropped afterwards. Without
+    PostgreSQL the test is skipped with the reason (failed under REQUIRE_SERVICES=1)."""
+    from wellness_perks.migrate import upgrade
+
+    why = postgres_available()
+    if why:
+        service_missing("PostgreSQL", why)
+    url = create_pg_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(url)
 
 
 def drop_pg_database(url: str) -> None:

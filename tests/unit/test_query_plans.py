@@ -20,10 +20,9 @@ from psycopg import sql
 from sqlmodel import Session
 
 from tests.conftest import Factory
-from tests.helpers import create_pg_database, drop_pg_database, postgres_available, service_missing
+from tests.helpers import migrated_pg_database
 from wellness_perks import create_app
 from wellness_perks.db import get_session, make_engine
-from wellness_perks.migrate import upgrade
 from wellness_perks.models import Creator
 from wellness_perks.services import allocation, claims, mail
 
@@ -32,17 +31,10 @@ NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 @contextmanager
 def _migrated_database():
-    why = postgres_available()
-    if why:
-        service_missing("PostgreSQL", why)
-    url = create_pg_database()
-    try:
-        upgrade(url)
+    with migrated_pg_database() as url:
         engine = make_engine(url)
         yield engine
         engine.dispose()
-    finally:
-        drop_pg_database(url)
 
 
 @pytest.fixture(scope="module")
