@@ -205,9 +205,17 @@ def _leases(session, ids):
                         .execution_options(populate_existing=True)).all()
 
 
-def test_a_healthy_batch_writes_each_mail_once(app, stocked, session, smtp_server):
-    """The take's lease lasts the batch: no renewal, just the take and one record a message
-    (on PostgreSQL the same statement reads whether the next message is still ours)."""
+@pytest.mark.parametrize(("lease", "writes", "leases"), [
+    # A healthy batch: the take's lease lasts it; the take, then one record a message (on
+    # PostgreSQL the same statement reads whether the next message is still ours).
+    ("fresh", 1 + 20, 1),
+    # A batch whose lease grew old: before each message a renewal for the rest of the batch,
+    # so each message's lease was renewed last just before it went.
+    ("renewed", 1 + 20 + 20, 20),
+])
+def test_the_writes_a_batch_costs(request, stocked, session, smtp_server, lease, writes,
+                                  leases):
+    app = request.getfixturevalue("app" if lease == "fresh" else "slow_batch")
     seen, stop = _outbound_updates(app)
     try:
         with app.app_context():
@@ -215,18 +223,5 @@ def test_a_healthy_batch_writes_each_mail_once(app, stocked, session, smtp_serve
     finally:
         stop()
     assert len(outcome.sent) == 20
-    assert len(seen) == 1 + 20
-    assert len(set(_leases(session, stocked))) == 1  # every lease as the take stamped it
-
-
-def test_an_old_lease_is_renewed_for_the_rest_of_the_batch(slow_batch, stocked, session,
-                                                           smtp_server):
-    seen, stop = _outbound_updates(slow_batch)
-    try:
-        with slow_batch.app_context():
-            outcome = mail.send_batch(get_session(), outbound_ids=stocked)
-    finally:
-        stop()
-    assert len(outcome.sent) == 20
-    assert len(seen) == 1 + 20 + 20  # the take; before each message a renewal; each record
-    assert len(set(_leases(session, stocked))) == 20  # each renewed last just before it went
+    assert len(seen) == writes
+    assert len(set(_leases(session, stocked))) == leases
