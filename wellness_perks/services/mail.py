@@ -237,7 +237,7 @@ def _bookkeeping(session: Session) -> Iterator[Book]:
     resend. Each statement stands alone (a message's record, or a batch's lease renewal), so
     nothing needs them in one transaction.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    if not is_postgresql(session):
         def book_in_session(statement: sa.Executable, params: dict) -> set[int]:
             ids = _in_session(session)(statement, params)
             session.commit()
@@ -372,15 +372,11 @@ def _content(outbound, creator, code, batch, program) -> tuple[str, str, str]:
             env.get_template(f"{template}.html").render(context))
 
 
-_from_cache: dict[str, str] = {}
-
-
+@functools.lru_cache(maxsize=16)
 def _encoded_from(from_addr: str) -> str:
-    if from_addr not in _from_cache:
-        message = EmailMessage(policy=SMTP)
-        message["From"] = from_addr
-        _from_cache[from_addr] = message.as_string().split(":", 1)[1].strip()
-    return _from_cache[from_addr]
+    message = EmailMessage(policy=SMTP)
+    message["From"] = from_addr
+    return message.as_string().split(":", 1)[1].strip()
 
 
 def _email_message(outbound, subject, text, html, message_id) -> EmailMessage:
