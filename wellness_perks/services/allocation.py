@@ -4,9 +4,10 @@ A claim waits while it is ``pending`` (just made) or ``waitlisted`` (no code or 
 when it was looked at). Allocation serves a program's waiting claims in claim order, in batches,
 one transaction per batch:
 
-1. Lock the program row (``FOR UPDATE``). Allocations of one program are serialised on it, and
-   so are quota changes, voids and reissues; a batch of claims shares one lock, so the lock is
-   taken once per batch, not once per claim.
+1. Lock the program row (``FOR NO KEY UPDATE``). Allocations of one program are serialised on
+   it, and so are quota changes, voids and reissues; a batch of claims shares one lock, so the
+   lock is taken once per batch, not once per claim. New claims don't wait for it (see
+   ``programs.lock_program``).
 2. Read the room left: the global quota minus ``allocated_count``, and the same per country
    with a country quota.
 3. Take the oldest waiting claims (skipping countries with no room) and as many available codes
@@ -215,8 +216,10 @@ def _assign(conn: sa.Connection, program_id: int, pairs: list[_Pair],
 # The statements of a batch, built once (building a statement costs more than running it).
 _program, _country = Program.__table__.c, CountryQuota.__table__.c
 _claim, _code, _creator = Claim.__table__.c, Code.__table__.c, Creator.__table__.c
+# FOR NO KEY UPDATE: see ``programs.lock_program``.
 _LOCK_PROGRAM = (sa.select(_program.quota, _program.allocated_count)
-                 .where(_program.id == sa.bindparam("b_program")).with_for_update())
+                 .where(_program.id == sa.bindparam("b_program"))
+                 .with_for_update(key_share=True))
 _COUNTRY_ROOM = (sa.select(_country.country, _country.quota - _country.allocated_count)
                  .where(_country.program_id == sa.bindparam("b_program")))
 _WAITING_CLAIMS = (

@@ -27,11 +27,10 @@ from ..models import (
     Creator,
     MailKind,
     OutboundEmail,
-    Program,
 )
 from . import audit
 from .errors import Conflict, NotFound
-from .programs import move_stock
+from .programs import lock_program, move_stock
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,6 @@ class VoidResult:
     reissued_claim_id: int | None = None
     new_code_id: int | None = None
     outbound_id: int | None = None
-
-
-def _lock_program(session: Session, program_id: int) -> Program:
-    return session.exec(
-        select(Program).where(Program.id == program_id).with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
 
 
 def _code_by_value(session: Session, program_id: int, value: str) -> Code:
@@ -63,7 +55,7 @@ def void_code(session: Session, *, program_id: int, value: str, reason: str,
               actor: str) -> VoidResult:
     """Take a code out of use; if a claim holds it, give that claim a new code."""
     with write_transaction(session):
-        _lock_program(session, program_id)
+        lock_program(session, program_id)
         code = _code_by_value(session, program_id, value)
         if code.status == CodeStatus.void:
             raise Conflict(f"code #{code.id} is already void")
@@ -85,7 +77,7 @@ def reissue_claim(session: Session, *, program_id: int, creator_email: str, reas
                   actor: str) -> VoidResult:
     """Void the code a creator holds in a program and give them the next one."""
     with write_transaction(session):
-        _lock_program(session, program_id)
+        lock_program(session, program_id)
         claim = session.exec(
             select(Claim).join(Creator, Creator.id == Claim.creator_id)
             .where(Claim.program_id == program_id, Creator.email == creator_email.strip().lower())
@@ -139,7 +131,7 @@ def _reissue(session: Session, program_id: int, claim: Claim, old: Code, reason:
 def restore_code(session: Session, *, program_id: int, value: str, actor: str) -> int:
     """Put a voided code that was never assigned back in stock."""
     with write_transaction(session):
-        _lock_program(session, program_id)
+        lock_program(session, program_id)
         code = _code_by_value(session, program_id, value)
         if code.status != CodeStatus.void:
             raise Conflict(f"code #{code.id} is not void")

@@ -31,6 +31,21 @@ def get_program(session: Session, slug: str) -> Program:
     return program
 
 
+def lock_program(session: Session, program_id: int) -> Program:
+    """The program, read fresh and locked for the rest of the transaction: allocation, quota
+    changes, voids and reissues of one program take turns on this lock.
+
+    ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: every new claim (and its audit event) refers to
+    the program, and PostgreSQL checks such a reference by taking ``FOR KEY SHARE`` on the
+    program's row, which conflicts with ``FOR UPDATE`` but not with ``FOR NO KEY UPDATE``. With
+    ``FOR UPDATE`` every claim request waited for the allocation batch running at the time.
+    """
+    return session.exec(
+        select(Program).where(Program.id == program_id).with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).one()
+
+
 def create_program(
     session: Session,
     *,
@@ -127,10 +142,7 @@ def set_quota(
     A quota can't go below what is already allocated. Raising one serves the waitlist.
     """
     with write_transaction(session):
-        program = session.exec(
-            select(Program).where(Program.id == program_id).with_for_update()
-            .execution_options(populate_existing=True)
-        ).one()
+        program = lock_program(session, program_id)
         changes: dict = {}
         if quota is not None:
             _quota_number(quota, "the")
