@@ -38,12 +38,36 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine: sa.Engine = make_engine(_url())
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            _sqlite_foreign_keys(connection, on=False)
         context.configure(connection=connection, target_metadata=target_metadata,
-                          render_item=render_item,
-                          render_as_batch=connection.dialect.name == "sqlite")
+                          render_item=render_item, render_as_batch=sqlite,
+                          on_version_apply=_check_sqlite_foreign_keys if sqlite else ())
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            _sqlite_foreign_keys(connection, on=True)
     engine.dispose()
+
+
+def _sqlite_foreign_keys(connection: sa.Connection, *, on: bool) -> None:
+    """SQLite changes a table by rebuilding it (batch mode: copy, drop, rename), and with
+    foreign keys enforced, dropping a table that rows of another table refer to fails. So they
+    are off while the migrations run (the pragma only takes effect outside a transaction: it is
+    sent on the driver's connection, which SQLAlchemy has not begun one on)."""
+    connection.connection.driver_connection.execute(
+        f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def _check_sqlite_foreign_keys(*, ctx, step, **_kw) -> None:
+    """After each step, before it commits: every reference still points at a row."""
+    broken = ctx.connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        shown = "; ".join(f"{table} row {rowid} -> {parent}"
+                          for table, rowid, parent, _fk in broken[:10])
+        raise RuntimeError(f"migration {step.up_revision_id} left {len(broken)} broken "
+                           f"references: {shown}")
 
 
 if context.is_offline_mode():

@@ -72,3 +72,72 @@ def test_upgrade_to_0003_counts_each_programs_codes_in_stock(empty_database):
             assert counters.all() == [(1, 2), (2, 0), (3, 0)]
         command.downgrade(config, "0002")
     engine.dispose()
+
+
+def test_upgrade_from_0001_keeps_a_programs_rows(empty_database):
+    """A database made by the first release, with a claim served and mailed, upgrades to head
+    with every row kept. On SQLite the batch migrations rebuild ``program``, ``claim`` and
+    ``outboundemail`` (copy, drop, rename), which rows of other tables refer to."""
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0001")
+    engine = make_engine(empty_database)
+    now = "CURRENT_TIMESTAMP"
+    with engine.begin() as conn:
+        for statement in (
+            "INSERT INTO creator (id, email, handle, country, login_nonce, created_at) "
+            f"VALUES (1, 'a@example.com', 'a', 'PK', 0, {now}), "
+            f"(2, 'b@example.com', 'b', 'GB', 0, {now})",
+            "INSERT INTO program (id, slug, name, perk_months, quota, allocated_count, "
+            f"code_pattern, created_at) VALUES (1, 'p1', 'P', 6, 10, 1, '.*', {now})",
+            f"INSERT INTO eligibility (program_id, creator_id, created_at) VALUES (1, 1, {now}), "
+            f"(1, 2, {now})",
+            f"INSERT INTO codebatch (id, program_id, name, code_count, created_at) "
+            f"VALUES (1, 1, 'b', 2, {now})",
+            f"INSERT INTO code (id, program_id, batch_id, value, status, assigned_at) "
+            f"VALUES (1, 1, 1, 'C-1', 'assigned', {now}), (2, 1, 1, 'C-2', 'available', NULL)",
+            "INSERT INTO claim (id, program_id, creator_id, state, code_id, requested_at, "
+            f"decided_at) VALUES (1, 1, 1, 'allocated', 1, {now}, {now}), "
+            f"(2, 1, 2, 'pending', NULL, {now}, NULL)",
+            "INSERT INTO outboundemail (kind, to_email, creator_id, claim_id, status, attempts, "
+            f"created_at) VALUES ('redemption', 'a@example.com', 1, 1, 'sent', 1, {now})",
+            "INSERT INTO auditevent (at, actor, action, object_type, object_id, program_id) "
+            f"VALUES ({now}, 'system', 'claim.allocated', 'claim', 1, 1)",
+        ):
+            conn.execute(sa.text(statement))
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        def rows(sql):
+            return [tuple(row) for row in conn.execute(sa.text(sql))]
+
+        assert rows("SELECT id, allocated_count, in_stock_count FROM program") == [(1, 1, 1)]
+        assert rows("SELECT id, state, code_id, country FROM claim ORDER BY id") == [
+            (1, "allocated", 1, "PK"), (2, "pending", None, "GB")]
+        assert rows("SELECT code_id, claim_id, program_id FROM codeassignment") == [(1, 1, 1)]
+        assert rows("SELECT claim_id, code_id, status FROM outboundemail") == [(1, 1, "sent")]
+        assert rows("SELECT count(*) FROM eligibility") == [(2,)]
+        assert rows("SELECT count(*) FROM auditevent WHERE program_id = 1") == [(1,)]
+        if engine.dialect.name == "sqlite":
+            assert rows("PRAGMA foreign_key_check") == []
+    engine.dispose()
+
+
+def test_sqlite_upgrade_that_would_leave_broken_references_changes_nothing(tmp_path):
+    """Foreign keys are off while SQLite's migrations rebuild tables, and checked before they
+    commit: a reference to no row stops the upgrade, and the database stays at its revision."""
+    import sqlite3
+
+    path = tmp_path / "broken.db"
+    config = alembic_config(f"sqlite:///{path}")
+    command.upgrade(config, "0003")
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA foreign_keys=OFF")
+    raw.execute("INSERT INTO creator (id, email, handle, country, login_nonce, created_at) "
+                "VALUES (1, 'a@example.com', 'a', 'PK', 0, CURRENT_TIMESTAMP)")
+    raw.execute("INSERT INTO eligibility (program_id, creator_id, created_at) "
+                "VALUES (99, 1, CURRENT_TIMESTAMP)")  # program 99 does not exist
+    raw.commit()
+    with pytest.raises(RuntimeError, match="migration 0004 left 1 broken references: "
+                                           "eligibility row 1 -> program"):
+        command.upgrade(config, "head")
+    assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+    raw.close()
