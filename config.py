@@ -88,6 +88,9 @@ class Config:
         self.CELERY_BROKER_URL = _env("CELERY_BROKER_URL", "")
         # After a failed publish, skip publishing this long (the sweeper picks up the rows).
         self.BROKER_RETRY_AFTER_SECONDS = _env_int("BROKER_RETRY_AFTER_SECONDS", 15)
+        # CPU niceness of Celery workers (0-19). On a machine that also serves the web, 10 lets
+        # a claim burst take the CPU first; allocation and mail catch up as it ebbs.
+        self.WORKER_NICENESS = _env_int("WORKER_NICENESS", 0)
         # Waiting claims served per allocation transaction (one program lock per batch).
         self.ALLOCATION_BATCH_SIZE = _env_int("ALLOCATION_BATCH_SIZE", 200)
         # The sweeper: how often it runs (beat), and when work counts as lost.

@@ -6,7 +6,10 @@ app is eager: tasks run in-process, which is the embedded default for ``make run
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery, Task
+from celery.signals import worker_init
 from flask import Flask
 from kombu import Queue
 
@@ -61,6 +64,17 @@ def celery_init_app(app: Flask) -> Celery:
                       "schedule": float(app.config["SWEEP_INTERVAL_SECONDS"])},
         },
     )
+    celery_app.conf.wp_worker_niceness = app.config["WORKER_NICENESS"]
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app
+
+
+@worker_init.connect
+def _lower_worker_priority(sender=None, **_kw) -> None:
+    """``WORKER_NICENESS``: the worker (and the pool processes it forks) runs at this CPU
+    niceness. Where web and workers share cores, a claim burst then gets the CPU first and
+    allocation and mail catch up as it ebbs; the claims wait as ``pending`` rows meanwhile."""
+    niceness = getattr(sender.app.conf, "wp_worker_niceness", 0) if sender else 0
+    if niceness:
+        os.nice(niceness)

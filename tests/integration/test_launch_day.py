@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import secrets
 import threading
@@ -28,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
@@ -60,6 +62,24 @@ _worker_names = (f"w{n}" for n in itertools.count(1))
 
 # --------------------------------------------------------------------------- the stack
 
+WORKER_NICENESS = 5
+
+
+def worker_pids(st: Stack) -> list[int]:
+    """The Celery worker processes and the pool processes each has forked."""
+    parents = [worker.proc.pid for worker in st.workers()]
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rsplit(")", 1)[1].split()[1]) in parents:
+                children.append(int(entry))
+    assert len(children) >= len(parents), (parents, children)
+    return parents + children
+
 
 @pytest.fixture(scope="module")
 def launch_stack(mail_catcher, tmp_path_factory):
@@ -71,7 +91,9 @@ def launch_stack(mail_catcher, tmp_path_factory):
     try:
         # As deployed: beat runs the sweeper (here every 2 s, taking 5 s of pending for lost),
         # which serves what a web process did not publish while its broker circuit was open.
-        settings = {"SWEEP_INTERVAL_SECONDS": "2", "SWEEP_PENDING_AFTER_SECONDS": "5"}
+        # Workers at a lower CPU priority than the web, as on a machine the two share.
+        settings = {"SWEEP_INTERVAL_SECONDS": "2", "SWEEP_PENDING_AFTER_SECONDS": "5",
+                    "WORKER_NICENESS": str(WORKER_NICENESS)}
         with running_stack(mail_catcher, tmp, broker_url=broker.url(0), web_workers=3,
                            settings=settings,
                            workers=[(next(_worker_names), 1), (next(_worker_names), 1)]) as st:
@@ -311,7 +333,9 @@ def test_launch_rush_300_creators_250_codes_two_workers(launch, tmp_path):
     summary = launch.quota(slug)
     assert (summary["allocated"], summary["remaining"], summary["in_stock"]) == (250, 0, 0)
     assert summary["claims"] == {"pending": 0, "allocated": 250, "waitlisted": 50, "refused": 0}
-    # Both worker processes took part.
+    # Both worker processes took part, they and their pool processes at WORKER_NICENESS.
+    assert {pid: os.getpriority(os.PRIO_PROCESS, pid) for pid in worker_pids(launch)} == {
+        pid: WORKER_NICENESS for pid in worker_pids(launch)}
     tasks_after = received_tasks(launch)
     assert all(tasks_after[name] > tasks_before.get(name, 0) for name in tasks_after), tasks_after
     verify(launch, slug)
