@@ -78,3 +78,18 @@ def _lower_worker_priority(sender=None, **_kw) -> None:
     niceness = getattr(sender.app.conf, "wp_worker_niceness", 0) if sender else 0
     if niceness:
         os.nice(niceness)
+        if os.getsid(0) == os.getpid():
+            _lower_session_priority(niceness)
+
+
+def _lower_session_priority(niceness: int) -> None:
+    """Linux's autogroup scheduling (on by default) shares the CPU equally among sessions
+    first, and a process's own niceness counts only within its session. A worker started as a
+    service leads a session of its own, so its niceness alone changed nothing against the web
+    server's session: the session's (autogroup's) niceness is set too. Only for a session
+    leader: a worker started from a terminal would lower the whole terminal session."""
+    try:
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write(str(niceness))
+    except OSError:  # no autogroup scheduling (or not Linux): the process niceness is it
+        pass

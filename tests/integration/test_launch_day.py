@@ -336,6 +336,10 @@ def test_launch_rush_300_creators_250_codes_two_workers(launch, tmp_path):
     # Both worker processes took part, they and their pool processes at WORKER_NICENESS.
     assert {pid: os.getpriority(os.PRIO_PROCESS, pid) for pid in worker_pids(launch)} == {
         pid: WORKER_NICENESS for pid in worker_pids(launch)}
+    for worker in launch.workers():  # each leads its session; so does its scheduling group
+        autogroup = Path(f"/proc/{worker.proc.pid}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-2:] == ["nice", str(WORKER_NICENESS)]
     tasks_after = received_tasks(launch)
     assert all(tasks_after[name] > tasks_before.get(name, 0) for name in tasks_after), tasks_after
     verify(launch, slug)
