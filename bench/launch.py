@@ -307,7 +307,7 @@ class LaunchBench(Harness):
         cpu = cpu_between(cpu_before, self.watch.cpu())
         time.sleep(1.0)  # PostgreSQL publishes a backend's counters within a second
         db = {k: v - db_before[k] for k, v in self.db_stats().items()}
-        self.watch.sample()
+        self.watch.sample(pss=True)
         memory = self.watch.peaks()
         time.sleep(1.0)  # anything more (a repeated mail) arrives now, to be counted below
         self.results["launch"] = self._figures(result, cpu, memory)
@@ -498,7 +498,7 @@ class LaunchBench(Harness):
         except BenchError as exc:
             self.check("capacity: mail drained", False, str(exc))
             out["mail"] = {"seconds": None, "per_s": None}
-        self.watch.sample()
+        self.watch.sample(pss=True)
         out["memory"] = self.watch.peaks()
         time.sleep(1.0)
         figures = {"mail": {}}
