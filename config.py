@@ -91,6 +91,9 @@ class Config:
         # CPU niceness of Celery workers (0-19). On a machine that also serves the web, 10 lets
         # a claim burst take the CPU first; allocation and mail catch up as it ebbs.
         self.WORKER_NICENESS = _env_int("WORKER_NICENESS", 0)
+        if not 0 <= self.WORKER_NICENESS <= 19:
+            raise RuntimeError("environment variable WORKER_NICENESS must be from 0 (as the "
+                               f"web) to 19 (lowest priority), got {self.WORKER_NICENESS}")
         # Waiting claims served per allocation transaction (one program lock per batch).
         self.ALLOCATION_BATCH_SIZE = _env_int("ALLOCATION_BATCH_SIZE", 200)
         # The sweeper: how often it runs (beat), and when work counts as lost.
