@@ -3,6 +3,8 @@ refused (with the reason) outside the window or the list."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +12,9 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from tests.helpers import csrf_token, redemption_code, text_body
+from wellness_perks.db import get_session
 from wellness_perks.models import AuditEvent, Claim, Code, OutboundEmail
+from wellness_perks.services import allocation, claims, programs
 
 
 def _claim(client, slug="headspace-6m"):
@@ -241,49 +245,22 @@ def test_claims_are_stored_when_the_broker_is_down(app_config, factory, session)
     assert [c.state for c in _claims(session)] == ["pending", "pending"]
 
 
-def _program_locks(app, program_id):
-    """Each way the services lock a program's row for a while, as a context manager."""
-    from contextlib import contextmanager
-
-    from wellness_perks.db import get_session
-    from wellness_perks.services import allocation, programs
-
-    @contextmanager
-    def allocation_batch():
-        with app.app_context():
-            session = get_session()
-            session.connection().execute(allocation._LOCK_PROGRAM, {"b_program": program_id})
-            try:
-                yield
-            finally:
-                session.rollback()
-
-    @contextmanager
-    def manager_change():  # quota changes, voids, reissues
-        with app.app_context():
-            session = get_session()
-            programs.lock_program(session, program_id)
-            try:
-                yield
-            finally:
-                session.rollback()
-
-    return {"allocation batch": allocation_batch, "manager change": manager_change}
+# Each way the services lock a program's row for a while (in the session given).
+PROGRAM_LOCKS = {
+    "allocation batch": lambda session, program_id: session.connection().execute(
+        allocation._LOCK_PROGRAM, {"b_program": program_id}),
+    # quota changes, voids, reissues, restores
+    "manager change": lambda session, program_id: programs.lock_program(session, program_id),
+}
 
 
-@pytest.mark.parametrize("holder", ["allocation batch", "manager change"])
+@pytest.mark.parametrize("holder", sorted(PROGRAM_LOCKS))
 def test_claims_are_recorded_while_the_program_row_is_locked(app, factory, session, backend,
                                                             holder):
     """On launch day allocation locks the program's row for each batch. A new claim (whose row
     refers to the program) must not wait for that lock: FOR UPDATE would make every claim
     queue behind every batch; the services take FOR NO KEY UPDATE, which a reference doesn't
     conflict with."""
-    import threading
-    import time
-
-    from wellness_perks.db import get_session
-    from wellness_perks.services import claims as claim_service
-
     if backend != "postgresql":
         pytest.skip("row locks are PostgreSQL's; SQLite serialises writers by design")
     program = factory.program()
@@ -294,17 +271,22 @@ def test_claims_are_recorded_while_the_program_row_is_locked(app, factory, sessi
     def claim():  # with no broker, allocation then runs here, and waits for the lock
         try:
             with app.app_context():
-                claim_service.request_claim(get_session(), program=program, creator_id=1)
+                claims.request_claim(get_session(), program=program, creator_id=1)
         except Exception as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
 
     thread = threading.Thread(target=claim)
-    with _program_locks(app, program.id)[holder]():
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not _claims(session) and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.02)
-        recorded_under_lock = [c.state for c in _claims(session)]
+    with app.app_context():
+        lock_holder = get_session()
+        PROGRAM_LOCKS[holder](lock_holder, program.id)
+        try:
+            thread.start()
+            deadline = time.monotonic() + 10
+            while not _claims(session) and time.monotonic() < deadline and thread.is_alive():
+                time.sleep(0.02)
+            recorded_under_lock = [c.state for c in _claims(session)]
+        finally:
+            lock_holder.rollback()
     thread.join(timeout=30)
     assert errors == []
     assert recorded_under_lock == ["pending"], (
