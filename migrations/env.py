@@ -40,24 +40,21 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
         if sqlite:
-            _sqlite_foreign_keys(connection, on=False)
+            _sqlite_foreign_keys_off(connection)
         context.configure(connection=connection, target_metadata=target_metadata,
                           render_item=render_item, render_as_batch=sqlite,
                           on_version_apply=_check_sqlite_foreign_keys if sqlite else ())
         with context.begin_transaction():
             context.run_migrations()
-        if sqlite:
-            _sqlite_foreign_keys(connection, on=True)
-    engine.dispose()
+    engine.dispose()  # the connection goes with it: nothing else ever uses it
 
 
-def _sqlite_foreign_keys(connection: sa.Connection, *, on: bool) -> None:
+def _sqlite_foreign_keys_off(connection: sa.Connection) -> None:
     """SQLite changes a table by rebuilding it (batch mode: copy, drop, rename), and with
     foreign keys enforced, dropping a table that rows of another table refer to fails. So they
     are off while the migrations run (the pragma only takes effect outside a transaction: it is
     sent on the driver's connection, which SQLAlchemy has not begun one on)."""
-    connection.connection.driver_connection.execute(
-        f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
 
 
 def _check_sqlite_foreign_keys(*, ctx, step, **_kw) -> None:
