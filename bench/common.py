@@ -7,6 +7,7 @@ Nothing here imports the product: it is run through its commands and its HTTP en
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -739,14 +740,38 @@ def git_info() -> dict:
     return {}
 
 
-def write_results(name: str, data: dict) -> Path:
-    """``bench/results/<name>.json``, written whole (via a .tmp file, then renamed)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
+def write_results(name: str, data: dict, directory: Path = RESULTS_DIR) -> Path:
+    """``bench/results/<name>.json``, written whole (via a .tmp file, then linked in place).
+
+    An earlier run's file is never replaced: a second run of the same name (the same day and
+    N) is written as ``<name>-<commit>.json``, further ones ``<name>-<commit>-2.json`` and on
+    (``<name>-2.json`` outside git). The link fails if the name is taken, so two runs finishing
+    at once cannot take the same one either.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    commit = (data.get("git") or {}).get("commit", "")[:7]
+    stem = f"{name}-{commit}" if commit else name
+    tmp = directory / f".{name}.{os.getpid()}.json.tmp"
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    try:
+        for candidate in _result_names(name, stem):
+            path = directory / f"{candidate}.json"
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                continue
+            return path
+    finally:
+        tmp.unlink()
+    raise AssertionError("unreachable: _result_names does not end")
+
+
+def _result_names(name: str, stem: str) -> Iterator[str]:
+    yield name
+    if stem != name:
+        yield stem
+    for number in itertools.count(2):
+        yield f"{stem}-{number}"
 
 
 def today() -> str:
