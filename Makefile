@@ -24,8 +24,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## lint: ruff, and the import rules of the layout (import-linter contracts in pyproject.toml)
 lint: $(STAMP)
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/lint-imports --no-cache
 
 ## worker: a Celery worker for all queues (needs CELERY_BROKER_URL)
 worker: $(STAMP)

@@ -70,14 +70,21 @@ def _secret_key(instance_path: Path) -> str:
 
 
 class Config:
-    """Settings as attributes, so ``app.config.from_object(Config())`` picks them up."""
+    """Settings as attributes, so ``app.config.from_object(Config())`` picks them up.
 
-    def __init__(self) -> None:
+    ``overrides`` (the tests' settings) win over the environment. The instance folder and the
+    secret key are settled first, so an overridden instance folder is where the defaults point
+    and a given SECRET_KEY writes no key file.
+    """
+
+    def __init__(self, overrides: dict | None = None) -> None:
+        overrides = dict(overrides or {})
         default_instance = str(PROJECT_ROOT / "instance")
-        self.INSTANCE_PATH = str(Path(_env("INSTANCE_PATH", default_instance)).resolve())
+        self.INSTANCE_PATH = str(Path(overrides.pop("INSTANCE_PATH", None)
+                                      or _env("INSTANCE_PATH", default_instance)).resolve())
         instance = Path(self.INSTANCE_PATH)
         self.PORT = _env_int("PORT", 5000)
-        self.SECRET_KEY = _secret_key(instance)
+        self.SECRET_KEY = overrides.pop("SECRET_KEY", None) or _secret_key(instance)
         self.DATABASE_URL = normalise_database_url(
             _env("DATABASE_URL", f"sqlite:///{instance / 'wellness_perks.db'}")
         )
@@ -124,3 +131,6 @@ class Config:
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session
+        for key, value in overrides.items():
+            setattr(self, key, value)
+        self.DATABASE_URL = normalise_database_url(self.DATABASE_URL)

@@ -4,10 +4,14 @@ and helpers to make programs, creators and codes through the real services."""
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings as hypothesis_settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from sqlmodel import Session, SQLModel
 
 from tests.helpers import (
@@ -21,6 +25,26 @@ from wellness_perks.db import get_session
 from wellness_perks.migrate import upgrade
 
 BACKENDS = ("sqlite", "postgresql")
+
+# Tests write nothing into the checkout: hypothesis keeps no example database, and its caches
+# go to a temporary folder.
+hypothesis_settings.register_profile("wellness-perks", database=None)
+hypothesis_settings.load_profile("wellness-perks")
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="wellness-perks-hypothesis-"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _instance_outside_the_checkout(tmp_path_factory):
+    """Whatever builds its settings from the environment alone (a command run in-process, the
+    migrations' own environment) keeps its instance folder, and any key it makes, out of the
+    checkout."""
+    previous = os.environ.get("INSTANCE_PATH")
+    os.environ["INSTANCE_PATH"] = str(tmp_path_factory.mktemp("instance"))
+    yield
+    if previous is None:
+        os.environ.pop("INSTANCE_PATH", None)
+    else:
+        os.environ["INSTANCE_PATH"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,24 @@
-"""wellness-perks: creator wellness perk distribution."""
+"""wellness-perks: creator wellness perk distribution.
+
+``create_app`` is the one place that wires the surfaces (web, jobs, the command line) to the
+core; ``main`` is the ``wellness-perks`` command.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from flask import Flask
+from flask.cli import FlaskGroup
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from config import PROJECT_ROOT, Config
 
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app. ``test_config`` overrides settings read from the environment."""
-    from config import Config
+    from . import cli, db, jobs, logs, web
 
-    from . import auth, cli, db, errors, logs, ops, portal, tasking
-    from .extensions import csrf, login_manager
-
-    config = Config()
-    if test_config:
-        for key, value in test_config.items():
-            setattr(config, key, value)
+    config = Config(test_config)
     app = Flask(
         __name__,
         instance_path=config.INSTANCE_PATH,
@@ -31,12 +30,17 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     logs.configure(app.config["LOG_LEVEL"])
     db.init_app(app)
-    csrf.init_app(app)
-    login_manager.init_app(app)
-    tasking.celery_init_app(app)
-    errors.init_app(app)
+    jobs.init_app(app)
+    web.init_app(app)
     cli.init_app(app)
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(portal.bp)
-    app.register_blueprint(ops.bp)
     return app
+
+
+main = FlaskGroup(
+    name="wellness-perks",
+    help="Run and manage wellness-perks.",
+    create_app=create_app,
+    add_version_option=False,
+    load_dotenv=False,
+    set_debug_flag=False,
+)

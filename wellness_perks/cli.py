@@ -1,7 +1,7 @@
 """The ``wellness-perks`` command line: each command a thin call into the services.
 
-Installed as a console script; it is a Flask CLI group, so ``flask --app wellness_perks ...``
-runs the same commands.
+Installed as the ``wellness-perks`` console script (``wellness_perks.main``, a Flask CLI group),
+so ``flask --app wellness_perks ...`` runs the same commands.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import with_appcontext
 from sqlmodel import select
 
 from .db import get_session
@@ -399,19 +399,3 @@ COMMANDS = (
 def init_app(app: Flask) -> None:
     for command in COMMANDS:
         app.cli.add_command(command)
-
-
-def _create_app():
-    from . import create_app
-
-    return create_app()
-
-
-main = FlaskGroup(
-    name="wellness-perks",
-    help="Run and manage wellness-perks.",
-    create_app=_create_app,
-    add_version_option=False,
-    load_dotenv=False,
-    set_debug_flag=False,
-)

@@ -6,6 +6,11 @@ lost: the sweeper finds it there. After a failed publish this process stops tryi
 ``BROKER_RETRY_AFTER_SECONDS`` (a circuit breaker), so a broker that hangs costs one slow request
 per process, not one per request; the sweeper covers what was not sent meanwhile.
 
+Each task is named once, here; ``jobs`` defines the tasks under these names and routes them to
+their queues. Publishing goes through the Celery app's registry of the current Flask app
+(``app.extensions["celery"]``), so this module never imports the tasks: the web process loads
+no worker code.
+
 Claims don't get a task each. ``schedule_allocation`` publishes an allocation task for the
 program only if none is queued yet: a Redis key (``SET NX``, with a time to live) marks "queued",
 and the task deletes it as it starts, *before* it reads the waiting claims. A claim committed
@@ -24,6 +29,12 @@ from flask import current_app
 
 from .logs import log_event
 
+# The task names: the only place they are spelled.
+ALLOCATE_PROGRAM = "wellness_perks.allocate_program"
+SEND_EMAIL = "wellness_perks.send_email"
+SEND_EMAILS = "wellness_perks.send_emails"
+SWEEP = "wellness_perks.sweep"
+
 SCHEDULED_KEY = "wellness-perks:allocation-queued:{}"
 SCHEDULED_TTL_SECONDS = 30
 
@@ -34,8 +45,8 @@ _redis_clients: dict[str, object] = {}
 
 def schedule_allocation(program_id: int) -> None:
     """Make sure an allocation task for this program will run after this point."""
-    if _eager() or _circuit_open("allocate_program", program_id=program_id):
-        _enqueue("allocate_program", program_id, program_id=program_id)
+    if _eager() or _circuit_open(ALLOCATE_PROGRAM, program_id=program_id):
+        _enqueue(ALLOCATE_PROGRAM, program_id, program_id=program_id)
         return
     client = _redis()
     key = SCHEDULED_KEY.format(program_id)
@@ -44,9 +55,9 @@ def schedule_allocation(program_id: int) -> None:
             if not client.set(key, "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
                 return  # a queued task, not yet started, will read this claim
         except Exception as exc:  # noqa: BLE001 - the broker's Redis is down
-            _trip("allocate_program", exc, program_id=program_id)
+            _trip(ALLOCATE_PROGRAM, exc, program_id=program_id)
             return
-    if not _enqueue("allocate_program", program_id, program_id=program_id) and client:
+    if not _enqueue(ALLOCATE_PROGRAM, program_id, program_id=program_id) and client:
         try:
             client.delete(key)
         except Exception:  # noqa: BLE001, S110 - the key expires by itself
@@ -54,7 +65,8 @@ def schedule_allocation(program_id: int) -> None:
 
 
 def allocation_starting(program_id: int) -> None:
-    """Called by the allocation task before it reads claims: later claims queue a new task."""
+    """Called by the allocation task before the service reads claims: claims committed from
+    now on queue a new task."""
     client = None if _eager() else _redis()
     if client is not None:
         try:
@@ -64,11 +76,11 @@ def allocation_starting(program_id: int) -> None:
 
 
 def allocate_program(program_id: int) -> None:
-    _enqueue("allocate_program", program_id, program_id=program_id)
+    _enqueue(ALLOCATE_PROGRAM, program_id, program_id=program_id)
 
 
 def send_email(outbound_id: int, countdown: int | None = None) -> None:
-    _enqueue("send_email", outbound_id, countdown=countdown, outbound_id=outbound_id)
+    _enqueue(SEND_EMAIL, outbound_id, countdown=countdown, outbound_id=outbound_id)
 
 
 def send_emails(outbound_ids: list[int]) -> None:
@@ -76,7 +88,7 @@ def send_emails(outbound_ids: list[int]) -> None:
     size = current_app.config["MAIL_BATCH_SIZE"]
     for start in range(0, len(outbound_ids), size):
         chunk = outbound_ids[start:start + size]
-        _enqueue("send_emails", chunk, first_outbound_id=chunk[0], count=len(chunk))
+        _enqueue(SEND_EMAILS, chunk, first_outbound_id=chunk[0], count=len(chunk))
 
 
 def _eager() -> bool:
@@ -114,12 +126,11 @@ def _trip(task_name: str, exc: Exception, **log_fields) -> None:
 
 def _enqueue(task_name: str, *args, countdown: int | None = None, **log_fields) -> bool:
     """Publish; False when the broker could not take it (the rows wait for the sweeper)."""
-    from worker import tasks  # the worker package imports the app, not the other way round
-
     if not _eager() and _circuit_open(task_name, **log_fields):
         return False
+    task = current_app.extensions["celery"].tasks[task_name]
     try:
-        getattr(tasks, task_name).apply_async(args=args, countdown=countdown)
+        task.apply_async(args=args, countdown=countdown)
     except Exception as exc:  # broker down: the row waits in the database for the sweeper
         _trip(task_name, exc, **log_fields)
         return False

@@ -1,6 +1,8 @@
-"""The tables of wellness-perks (SQLModel on SQLAlchemy 2).
+"""The tables of wellness-perks (SQLModel on SQLAlchemy 2), and the stable codes they hold.
 
 The schema itself is owned by Alembic (``migrations/``); these classes describe it for the ORM.
+States, reasons and languages are stored as the codes below, never as words: templates and mail
+rendering turn them into words in the reader's language.
 """
 
 from __future__ import annotations
@@ -47,6 +49,22 @@ class ClaimState(enum.StrEnum):
     refused = "refused"
 
 
+class ClaimReason(enum.StrEnum):
+    """Why a claim waits (``waitlisted``) or was turned down (``refused``)."""
+
+    not_eligible = "not_eligible"                    # refused: not on the program's list
+    window_closed = "window_closed"                  # refused: claimed after the window closed
+    quota_reached = "quota_reached"                  # waits: the program's quota is full
+    country_quota_reached = "country_quota_reached"  # waits: the creator's country is full
+    out_of_stock = "out_of_stock"                    # waits: no code in stock
+
+
+class WindowState(enum.StrEnum):
+    not_open = "not_open"
+    open = "open"
+    closed = "closed"
+
+
 class CodeStatus(enum.StrEnum):
     available = "available"
     assigned = "assigned"
@@ -61,10 +79,29 @@ class MailStatus(enum.StrEnum):
     cancelled = "cancelled"  # its code was voided before it went out (a reissue mail follows)
 
 
+class MailProblem(enum.StrEnum):
+    """What the outbox itself records as a mail's ``last_error`` (a transport's errors are
+    recorded as the exception says them)."""
+
+    code_voided = "code_voided"  # cancelled: its code was voided before it was sent
+    interrupted = "interrupted"  # its attempt was cut off mid-send (its worker stopped)
+
+
 class MailKind(enum.StrEnum):
     sign_in = "sign_in"
     redemption = "redemption"   # the first code of a claim
     reissue = "reissue"         # a replacement code, after the first was voided
+
+
+# The languages pages and mails are rendered in (ISO 639-1); a creator reads in their own.
+DEFAULT_LOCALE = "en"
+SUPPORTED_LOCALES = ("en",)
+RIGHT_TO_LEFT_LOCALES = frozenset({"ur"})
+
+
+def text_direction(locale: str) -> str:
+    """``rtl`` for a language written right to left (Urdu), else ``ltr``."""
+    return "rtl" if locale in RIGHT_TO_LEFT_LOCALES else "ltr"
 
 
 DEFAULT_CODE_PATTERN = r"[A-Za-z0-9-]{4,64}"
@@ -72,13 +109,14 @@ DEFAULT_CODE_PATTERN = r"[A-Za-z0-9-]{4,64}"
 WAITING = "state IN ('pending', 'waitlisted')"
 
 
-def window_state(opens_at: datetime | None, closes_at: datetime | None, now: datetime) -> str:
-    """'not_open', 'open' or 'closed' at ``now``, for a claim window (either end may be open)."""
+def window_state(opens_at: datetime | None, closes_at: datetime | None,
+                 now: datetime) -> WindowState:
+    """The state of a claim window at ``now`` (either end may be open)."""
     if opens_at is not None and now < opens_at:
-        return "not_open"
+        return WindowState.not_open
     if closes_at is not None and now >= closes_at:
-        return "closed"
-    return "open"
+        return WindowState.closed
+    return WindowState.open
 
 
 class Program(SQLModel, table=True):
@@ -118,8 +156,7 @@ class Program(SQLModel, table=True):
 
         return self.redeem_url.replace("{code}", quote(code, safe=""))
 
-    def window_state(self, now: datetime) -> str:
-        """'not_open', 'open' or 'closed' at ``now``."""
+    def window_state(self, now: datetime) -> WindowState:
         return window_state(self.opens_at, self.closes_at, now)
 
 
@@ -146,6 +183,9 @@ class Creator(SQLModel, table=True):
     handle: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
     name: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
     country: str = Field(sa_column=sa.Column(sa.String(2), nullable=False))
+    # The language they read pages and mails in (one of SUPPORTED_LOCALES).
+    locale: str = Field(default=DEFAULT_LOCALE, sa_column=sa.Column(
+        sa.String(8), nullable=False, server_default=DEFAULT_LOCALE))
     # Bumped each time a sign-in link is used: a link carries the value it was minted with,
     # so every link is usable once.
     login_nonce: int = Field(default=0, nullable=False)
@@ -196,11 +236,6 @@ class Code(SQLModel, table=True):
     )
     assigned_at: datetime | None = Field(default=None, sa_column=_ts())
 
-    def masked(self) -> str:
-        """What a manager may see of a code."""
-        v = self.value
-        return ("•" * max(len(v) - 4, 4)) + v[-4:] if len(v) > 4 else "••••"
-
 
 class Claim(SQLModel, table=True):
     __table_args__ = (
@@ -225,7 +260,7 @@ class Claim(SQLModel, table=True):
         default=ClaimState.pending,
         sa_column=sa.Column(sa.String(16), nullable=False, default=ClaimState.pending.value),
     )
-    reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    reason: ClaimReason | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
     code_id: int | None = Field(
         default=None, sa_column=sa.Column(sa.ForeignKey("code.id"), unique=True, nullable=True)
     )
@@ -264,6 +299,9 @@ class OutboundEmail(SQLModel, table=True):
     creator_id: int | None = Field(default=None, foreign_key="creator.id", index=True)
     claim_id: int | None = Field(default=None, foreign_key="claim.id")
     code_id: int | None = Field(default=None, foreign_key="code.id")
+    # The language the mail is rendered in: its creator's when it was owed.
+    locale: str = Field(default=DEFAULT_LOCALE, sa_column=sa.Column(
+        sa.String(8), nullable=False, server_default=DEFAULT_LOCALE))
     status: MailStatus = Field(
         default=MailStatus.queued,
         sa_column=sa.Column(sa.String(16), nullable=False, default=MailStatus.queued.value),

@@ -46,12 +46,12 @@ def test_one_task_per_program_until_it_starts(broker):
 
 def test_a_failed_publish_leaves_no_key_behind(broker, monkeypatch):
     app, client = broker
-    from worker import tasks
 
     def refuse(*args, **kwargs):
         raise ConnectionError("broker gone")
 
-    monkeypatch.setattr(tasks.allocate_program, "apply_async", refuse)
+    task = app.extensions["celery"].tasks[dispatch.ALLOCATE_PROGRAM]
+    monkeypatch.setattr(task, "apply_async", refuse)
     with app.app_context():
         dispatch.schedule_allocation(9)
         assert client.get(dispatch.SCHEDULED_KEY.format(9)) is None

@@ -370,7 +370,7 @@ def test_country_quota_caps_one_country_only(launch, tmp_path):
     other_rows = [r for r in rows if r.country != "PK"]
     assert sum(r.state == "allocated" for r in pk_rows) == 10
     assert_fcfs(pk_rows, 10)  # the first ten PK claims by claim id
-    assert {(r.state, r.reason) for r in pk_rows[10:]} == {("waitlisted", "country quota reached")}
+    assert {(r.state, r.reason) for r in pk_rows[10:]} == {("waitlisted", "country_quota_reached")}
     assert {r.state for r in other_rows} == {"allocated"}
     codes = [r.code for r in rows if r.code]
     assert len(codes) == len(set(codes)) == 40
@@ -395,7 +395,7 @@ def test_waitlist_served_in_claim_order_by_new_stock_then_raised_quota(launch, t
     # Stock runs out first: ten allocated, fifteen waiting in claim order.
     rows = wait_settled(launch, slug, 25)
     assert_fcfs(rows, 10)
-    assert {r.reason for r in rows[10:]} == {"out of stock"}
+    assert {r.reason for r in rows[10:]} == {"out_of_stock"}
     assert {r.code for r in rows[:10]} == set(first_batch)
     assert waitlist_positions(launch, slug, browsers, rows) == list(range(1, 16))
 

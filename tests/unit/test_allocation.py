@@ -67,9 +67,13 @@ def _run_in_threads(app, jobs, threads=8):
 
 
 def _allocate_each(app, claim_ids, threads=8):
-    """One allocation task per claim, as the claim endpoint enqueues them, run in parallel."""
-    _run_in_threads(app, [lambda s, cid=cid: allocation.allocate_claim(s, claim_id=cid)
-                          for cid in claim_ids], threads=threads)
+    """An allocation task for each claim's program, as many as there are claims (more than a
+    launch would queue), run in parallel."""
+    with app.app_context():
+        programs_of = dict(get_session().exec(select(Claim.id, Claim.program_id)
+                                              .where(Claim.id.in_(claim_ids))).all())
+    _run_in_threads(app, [lambda s, pid=programs_of[cid]: allocation.allocate_program(
+                              s, program_id=pid) for cid in claim_ids], threads=threads)
 
 
 def _verified(app, program):
@@ -91,7 +95,7 @@ def test_parallel_allocation_respects_quota_and_serves_claims_in_order(
     _verified(app, program)
     states = _states(session, program)
     assert [s for _id, s, _r, _c in states] == ["allocated"] * 25 + ["waitlisted"] * 15
-    assert {r for _id, s, r, _c in states if s == "waitlisted"} == {"quota reached"}
+    assert {r for _id, s, r, _c in states if s == "waitlisted"} == {"quota_reached"}
     mails = smtp_server.messages
     assert len(mails) == 25
     assert len({redemption_code(m) for m in mails}) == 25
@@ -117,7 +121,7 @@ def test_stock_runs_out_before_quota(app, factory, session, smtp_server):
     _allocate_each(app, claim_ids)
     _verified(app, program)
     assert [(s, r) for _id, s, r, _c in _states(session, program)] == (
-        [("allocated", None)] * 5 + [("waitlisted", "out of stock")] * 7)
+        [("allocated", None)] * 5 + [("waitlisted", "out_of_stock")] * 7)
 
 
 def test_country_quota_caps_one_country_while_others_are_served(
@@ -129,7 +133,7 @@ def test_country_quota_caps_one_country_while_others_are_served(
     _verified(app, program)
     states = _states(session, program)
     pk = [(s, r) for _id, s, r, c in states if c == "PK"]
-    assert pk == [("allocated", None)] * 4 + [("waitlisted", "country quota reached")] * 6
+    assert pk == [("allocated", None)] * 4 + [("waitlisted", "country_quota_reached")] * 6
     assert all(s == "allocated" for _id, s, _r, c in states if c != "PK")
     with app.app_context():
         summary = programs.quota_summary(get_session(), session.get(Program, program.id))
@@ -162,8 +166,8 @@ def test_raising_the_quota_serves_the_waitlist(app, factory, session, smtp_serve
     states = _states(session, program)
     # creator000 PK, 001 IN, 002 PK (country full), 003 IN, 004 PK (full), 005 IN
     assert [(s, r) for _id, s, r, _c in states] == [
-        ("allocated", None), ("allocated", None), ("waitlisted", "country quota reached"),
-        ("allocated", None), ("waitlisted", "country quota reached"), ("allocated", None)]
+        ("allocated", None), ("allocated", None), ("waitlisted", "country_quota_reached"),
+        ("allocated", None), ("waitlisted", "country_quota_reached"), ("allocated", None)]
     with app.app_context():
         programs.set_quota(get_session(), program_id=program.id, quota=6,
                            country_quotas={"PK": None}, actor="test")
@@ -226,17 +230,18 @@ def test_same_claim_allocated_from_many_threads_once(app, factory, session, smtp
 def test_rerunning_allocation_changes_nothing(app, factory, session, smtp_server):
     program, [claim_id] = _stocked_program(app, factory, session, quota=10, creators=1, codes=2)
     with app.app_context():
-        first = allocation.allocate_claim(get_session(), claim_id=claim_id)
-        again = allocation.allocate_claim(get_session(), claim_id=claim_id)
+        first = allocation.allocate_program(get_session(), program_id=program.id)
+        again = allocation.allocate_program(get_session(), program_id=program.id)
     assert first.allocated == [claim_id] and first.changed
     assert not again.changed
     _verified(app, program)
     assert len(smtp_server.messages) == 1
 
 
-def test_unknown_claim_is_ignored(app):
+def test_unknown_program_is_ignored(app):
     with app.app_context():
-        assert allocation.allocate_claim(get_session(), claim_id=424242) is None
+        result = allocation.allocate_program(get_session(), program_id=424242)
+    assert not result.changed and result.outbound_ids == []
 
 
 def test_concurrent_claims_by_one_creator_make_one_claim(app, factory, session, smtp_server):
@@ -309,8 +314,8 @@ def test_waitlist_reason_follows_what_holds_it(app, factory, session, smtp_serve
     program, claim_ids = _stocked_program(app, factory, session, quota=3, creators=5, codes=1)
     _allocate_each(app, claim_ids)
     assert [(s, r) for _id, s, r, _c in _states(session, program)] == (
-        [("allocated", None)] + [("waitlisted", "out of stock")] * 4)
+        [("allocated", None)] + [("waitlisted", "out_of_stock")] * 4)
     factory.codes(program, ["HS-MORE-0001", "HS-MORE-0002", "HS-MORE-0003"])
     assert [(s, r) for _id, s, r, _c in _states(session, program)] == (
-        [("allocated", None)] * 3 + [("waitlisted", "quota reached")] * 2)
+        [("allocated", None)] * 3 + [("waitlisted", "quota_reached")] * 2)
     _verified(app, program)

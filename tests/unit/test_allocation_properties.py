@@ -106,12 +106,9 @@ def machine_for(app):
                 self._tolerating_refusal(codes.restore_code, program_id=self.program.id,
                                          value=values[pick % len(values)], actor="test")
 
-        @rule(pick=st.integers(0, 50))
-        def worker_reruns_a_task(self, pick):
-            claim_ids = self.s.exec(select(Claim.id).order_by(Claim.id)).all()
-            self.s.commit()
-            if claim_ids:
-                allocation.allocate_claim(self.s, claim_id=claim_ids[pick % len(claim_ids)])
+        @rule()
+        def worker_reruns_a_task(self):
+            allocation.allocate_program(self.s, program_id=self.program.id)
 
         @rule()
         def sweep_everything_lost(self):

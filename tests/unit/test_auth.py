@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from tests.helpers import csrf_token, sign_in_link
 from wellness_perks.models import Creator, OutboundEmail
-from wellness_perks.services.auth import mint_sign_in_token
+from wellness_perks.services.tokens import mint_sign_in_token
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from tests.helpers import redemption_code
 from wellness_perks import create_app
 from wellness_perks.db import get_session
 from wellness_perks.models import Claim, Creator, OutboundEmail
-from wellness_perks.services import allocation, imports, mail, mime
+from wellness_perks.services import allocation, imports, mail
+from wellness_perks.services.mail import mime, transport
 
 
 def _parse(raw: bytes):
@@ -104,7 +105,7 @@ def test_a_dropped_connection_is_reopened(app, stocked, session, smtp_server):
     with app.app_context():
         mail.close_pools()
         mail.send_batch(get_session(), outbound_ids=stocked[:5])
-        pool = mail._pool()
+        pool = transport._pool()
         pool.connection.sock.close()  # the server (or a NAT) dropped the idle connection
         outcome = mail.send_batch(get_session(), outbound_ids=stocked[5:])
     assert sorted(outcome.sent) == stocked[5:]
@@ -130,23 +131,23 @@ def test_a_mail_taken_back_meanwhile_is_not_sent(request, stocked, session, smtp
     message alone (a fresh lease) or renews the lease of all it has left."""
     app = request.getfixturevalue("app" if lease == "fresh" else "slow_batch")
     victim = stocked[3]
-    real_send_all = mail.SmtpPool.send_all
+    real_send_all = transport.SmtpPool.send_all
 
-    def send_all(pool, outgoing, still_ours, record):
+    def send_all(pool, outgoing, ledger):
         session.rollback()
         took_back = {"status": "queued"} if taken_back == "requeued" else {
             "status": "sending", "attempts": OutboundEmail.attempts + 1}
         session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == victim)
                         .values(**took_back))
         session.commit()
-        real_send_all(pool, outgoing, still_ours, record)
+        real_send_all(pool, outgoing, ledger)
 
     with app.app_context():
-        mail.SmtpPool.send_all = send_all
+        transport.SmtpPool.send_all = send_all
         try:
             outcome = mail.send_batch(get_session(), outbound_ids=stocked)
         finally:
-            mail.SmtpPool.send_all = real_send_all
+            transport.SmtpPool.send_all = real_send_all
     assert victim not in outcome.sent and len(outcome.sent) == 19
     assert len(smtp_server.messages) == 19
 

@@ -24,7 +24,8 @@ from tests.helpers import migrated_pg_database
 from wellness_perks import create_app
 from wellness_perks.db import get_session, make_engine
 from wellness_perks.models import Creator
-from wellness_perks.services import allocation, claims, mail
+from wellness_perks.services import allocation, claims, stock
+from wellness_perks.services.mail import queue
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -86,24 +87,24 @@ def plan_of(engine: sa.Engine, run, custom: bool = False) -> str:
 
 
 BY_ONE_KEY = {
-    "record a mail sent": (mail._MARK_SENT, {"b_id": 1, "b_now": NOW, "b_message_id": "<m>"},
+    "record a mail sent": (queue._MARK_SENT, {"b_id": 1, "b_now": NOW, "b_message_id": "<m>"},
                            "outboundemail"),
     "record a mail sent, read the next": (
-        mail._MARK_SENT_AND_CHECK_NEXT, {"b_id": 1, "b_now": NOW, "b_message_id": "<m>",
+        queue._MARK_SENT_AND_CHECK_NEXT, {"b_id": 1, "b_now": NOW, "b_message_id": "<m>",
                                          "b_next": 2, "b_next_attempts": 1}, "outboundemail"),
-    "is a mail still ours": (mail._STILL_OURS, {"b_next": 2, "b_next_attempts": 1},
+    "is a mail still ours": (queue._STILL_OURS, {"b_next": 2, "b_next_attempts": 1},
                              "outboundemail"),
-    "record a mail failed": (mail._RECORD_FAILURE, {"b_id": 1, "b_status": "queued",
+    "record a mail failed": (queue._RECORD_FAILURE, {"b_id": 1, "b_status": "queued",
                                                    "b_next_attempt_at": NOW, "b_error": "x"},
                              "outboundemail"),
 }
 BY_KEY_LISTS = {
-    "take a mail batch": (mail._TAKE, {"b_ids": list(range(1, 51)), "b_now": NOW},
+    "take a mail batch": (queue._TAKE, {"b_ids": list(range(1, 51)), "b_now": NOW},
                           "outboundemail"),
-    "renew a batch's leases": (mail._RENEW_LEASES,
+    "renew a batch's leases": (queue._RENEW_LEASES,
                                {"b_held": [(i, 1) for i in range(1, 51)], "b_now": NOW},
                                "outboundemail"),
-    "take codes": (allocation._TAKE_CODES, {"b_codes": list(range(1, 201)), "b_now": NOW},
+    "take codes": (stock._TAKE, {"b_codes": list(range(1, 201)), "b_now": NOW},
                    "code"),
 }
 
@@ -118,9 +119,9 @@ def test_one_key_lookups_use_the_primary_key_even_in_a_generic_plan(fresh_engine
 
 def test_the_plain_state_test_would_walk_the_state_index(fresh_engine):
     """Why: the same lookup with a plain ``status = 'sending'`` is planned on the state index."""
-    plain = (sa.update(mail.OutboundEmail.__table__)
-             .where(mail._outbound.id == sa.bindparam("b_id"),
-                    mail._outbound.status == "sending")
+    plain = (sa.update(queue.OutboundEmail.__table__)
+             .where(queue._outbound.id == sa.bindparam("b_id"),
+                    queue._outbound.status == "sending")
              .values(status="sent"))
     assert "ix_outbound_status" in generic_plan(fresh_engine, plain, b_id=1)
 

@@ -1,6 +1,6 @@
-"""One SMTP transaction (``mail.transact``): pipelined where the server offers PIPELINING, smtplib's
-``sendmail`` elsewhere, with the same outcome and the same errors either way, and the
-connection left usable after a refusal. Against a real aiosmtpd server."""
+"""One SMTP transaction (``mail.transport.transact``): pipelined where the server offers
+PIPELINING, smtplib's ``sendmail`` elsewhere, with the same outcome and the same errors either
+way, and the connection left usable after a refusal. Against a real aiosmtpd server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.helpers import free_port
-from wellness_perks.services import mail
+from wellness_perks.services.mail import transport
 
 SENDER = "perks@example.com"
 
@@ -72,8 +72,8 @@ MESSAGE = (b"Subject: test\r\nTo: ali@example.com\r\n\r\n"
 def test_delivers_the_message_as_given(server, connection, monkeypatch):
     if server.pipelining:  # the pipelined path must not fall back to smtplib's four round trips
         monkeypatch.setattr(smtplib.SMTP, "sendmail", _must_not_be_called)
-    mail.transact(connection, SENDER, "ali@example.com", MESSAGE)
-    mail.transact(connection, SENDER, "sara@example.com", MESSAGE.rstrip(b"\r\n"))
+    transport.transact(connection, SENDER, "ali@example.com", MESSAGE)
+    transport.transact(connection, SENDER, "sara@example.com", MESSAGE.rstrip(b"\r\n"))
     assert [(f, r) for f, r, _ in server.received] == [
         (SENDER, ["ali@example.com"]), (SENDER, ["sara@example.com"])]
     # Dot-stuffing undone by the server: the content is what we gave, line for line.
@@ -86,7 +86,7 @@ def test_pipelining_is_used_only_where_offered(server, connection, monkeypatch):
     real = smtplib.SMTP.sendmail
     monkeypatch.setattr(smtplib.SMTP, "sendmail",
                         lambda self, *args: calls.append(args) or real(self, *args))
-    mail.transact(connection, SENDER, "ali@example.com", MESSAGE)
+    transport.transact(connection, SENDER, "ali@example.com", MESSAGE)
     assert len(calls) == (0 if server.pipelining else 1)
     assert len(server.received) == 1
 
@@ -103,26 +103,26 @@ def test_refusals_raise_what_sendmail_raises_and_leave_the_connection_usable(
         server, connection, stage, reply, error, code):
     server.refuse[stage] = reply
     with pytest.raises(error) as raised:
-        mail.transact(connection, SENDER, "refused@example.com", MESSAGE)
+        transport.transact(connection, SENDER, "refused@example.com", MESSAGE)
     exc = raised.value
     got = (list(exc.recipients.values())[0][0] if isinstance(exc, smtplib.SMTPRecipientsRefused)
            else exc.smtp_code)
     assert got == code
     # Classified as before: 5xx is for good, 4xx may pass.
-    assert isinstance(mail._classify(exc), mail.PermanentMailError) == (code >= 500)
+    assert isinstance(transport._classify(exc), transport.PermanentMailError) == (code >= 500)
     assert server.received == []
 
     server.refuse.clear()
-    mail.transact(connection, SENDER, "ali@example.com", MESSAGE)  # same connection, next mail
+    transport.transact(connection, SENDER, "ali@example.com", MESSAGE)  # same connection, next mail
     assert [r for _, r, _ in server.received] == [["ali@example.com"]]
 
 
 def test_a_closed_connection_raises_disconnected(server, connection):
     """What the pool reconnects on: the same error on both paths."""
-    mail.transact(connection, SENDER, "ali@example.com", MESSAGE)
+    transport.transact(connection, SENDER, "ali@example.com", MESSAGE)
     connection.sock.shutdown(socket.SHUT_RDWR)  # the connection is gone
     with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError)):
-        mail.transact(connection, SENDER, "sara@example.com", MESSAGE)
+        transport.transact(connection, SENDER, "sara@example.com", MESSAGE)
 
 
 def _must_not_be_called(*_args, **_kwargs):

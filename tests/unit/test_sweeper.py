@@ -58,7 +58,7 @@ def test_servable_waitlist_is_served_when_a_trigger_was_missed(app, factory, ses
     factory.creators(program, ["a@example.com"])
     factory.codes(program, ["HS-A1-0001"])
     _lost_claims(session, program, ["a@example.com"], requested_at=datetime.now(UTC))
-    session.execute(sa.update(Claim).values(state="waitlisted", reason="quota reached"))
+    session.execute(sa.update(Claim).values(state="waitlisted", reason="quota_reached"))
     session.commit()
     with app.app_context():
         assert sweeper.sweep(get_session()).programs == [program.id]

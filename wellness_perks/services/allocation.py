@@ -38,26 +38,25 @@ from flask import current_app
 from sqlmodel import Session
 
 from .. import dispatch
-from ..db import found_by_key, planned_each_execution, write_transaction
+from ..db import planned_each_execution, write_transaction
 from ..logs import log_event
 from ..models import (
-    AuditEvent,
     Claim,
+    ClaimReason,
     ClaimState,
-    Code,
     CodeAssignment,
-    CodeStatus,
     CountryQuota,
     Creator,
     MailKind,
-    OutboundEmail,
     Program,
 )
+from . import audit, stock
+from .errors import NotFound
+from .mail import owe, owed
+from .programs import lock_program
 
-REASON_QUOTA = "quota reached"
-REASON_COUNTRY_QUOTA = "country quota reached"
-REASON_OUT_OF_STOCK = "out of stock"
 WAITING = (ClaimState.pending, ClaimState.waitlisted)
+QUOTA, COUNTRY_QUOTA = ClaimReason.quota_reached, ClaimReason.country_quota_reached
 
 
 @dataclass
@@ -77,26 +76,17 @@ class AllocationResult:
         self.outbound_ids += other.outbound_ids
 
 
-def allocate_claim(session: Session, *, claim_id: int) -> AllocationResult | None:
-    """Serve the program of ``claim_id`` (the claim is served in its turn, or waitlisted)."""
-    program_id = session.execute(
-        sa.select(Claim.program_id).where(Claim.id == claim_id)
-    ).scalar_one_or_none()
-    session.commit()
-    if program_id is None:
-        log_event("allocation.unknown_claim", claim_id=claim_id)
-        return None
-    return allocate_program(session, program_id=program_id)
-
-
 def allocate_program(session: Session, *, program_id: int,
                      batch_size: int | None = None) -> AllocationResult:
     """Serve a program's waiting claims, batch after batch, until none can be served."""
-    dispatch.allocation_starting(program_id)
     batch_size = batch_size or current_app.config["ALLOCATION_BATCH_SIZE"]
     total = AllocationResult(program_id)
     while True:
-        result, more = _allocate_batch(session, program_id, batch_size)
+        try:
+            result, more = _allocate_batch(session, program_id, batch_size)
+        except NotFound:  # no such program: nothing waits for it
+            log_event("allocation.unknown_program", program_id=program_id)
+            return total
         total.merge(result)
         if result.changed:
             log_event("allocation.batch", program_id=program_id,
@@ -115,46 +105,43 @@ def _allocate_batch(session: Session, program_id: int,
     with write_transaction(session):
         conn = session.connection()
         with planned_each_execution(session):  # the reads that find the batch's rows
-            quota, allocated_count = conn.execute(_LOCK_PROGRAM,
-                                                  {"b_program": program_id}).one()
-            room = quota - allocated_count
+            program = lock_program(session, program_id)
+            room = program.quota - program.allocated_count
             country_room = {country: left for country, left in
                             conn.execute(_COUNTRY_ROOM, {"b_program": program_id})}
             if room <= 0:
-                result.waitlisted += _waitlist_pending(session, program_id, REASON_QUOTA, now)
-                _relabel_waitlist(session, program_id, REASON_QUOTA)
+                result.waitlisted += _waitlist_pending(session, program_id, QUOTA, now)
+                _relabel_waitlist(session, program_id, QUOTA)
                 return result, False
             full = [country for country, left in country_room.items() if left <= 0]
             if full:
-                result.waitlisted += _waitlist_pending(session, program_id,
-                                                       REASON_COUNTRY_QUOTA, now, countries=full)
-                _relabel_waitlist(session, program_id, REASON_COUNTRY_QUOTA, countries=full)
+                result.waitlisted += _waitlist_pending(session, program_id, COUNTRY_QUOTA, now,
+                                                       countries=full)
+                _relabel_waitlist(session, program_id, COUNTRY_QUOTA, countries=full)
             claims = conn.execute(_WAITING_CLAIMS, {"b_program": program_id, "b_full": full,
                                                     "b_limit": batch_size}).all()
             if not claims:
                 return result, False
-            code_ids = conn.execute(_AVAILABLE_CODES, {"b_program": program_id,
-                                                       "b_limit": min(room, len(claims))}
-                                    ).scalars().all()
+            code_ids = stock.next_available(conn, program_id, min(room, len(claims)))
 
         pairs: list[_Pair] = []
         per_country: Counter[str] = Counter()
         country_full: list[int] = []
         codes = iter(code_ids)
         exhausted = None  # the reason nobody else can be served this round, once known
-        for claim_id, country, creator_id, email, state in claims:
+        for claim_id, country, creator_id, email, locale, state in claims:
             if country in country_room and country_room[country] <= 0:
                 if state == ClaimState.pending:
                     country_full.append(claim_id)
                 continue
             if len(pairs) >= room:
-                exhausted = REASON_QUOTA
+                exhausted = QUOTA
                 break
             code_id = next(codes, None)
             if code_id is None:
-                exhausted = REASON_OUT_OF_STOCK
+                exhausted = ClaimReason.out_of_stock
                 break
-            pairs.append(_Pair(claim_id, code_id, creator_id, email))
+            pairs.append(_Pair(claim_id, code_id, creator_id, email, locale))
             per_country[country] += 1
             if country in country_room:
                 country_room[country] -= 1
@@ -163,10 +150,10 @@ def _allocate_batch(session: Session, program_id: int,
             result.outbound_ids = _assign(conn, program_id, pairs, per_country, now)
             result.allocated = [pair.claim_id for pair in pairs]
         if country_full:
-            _waitlist(session, country_full, REASON_COUNTRY_QUOTA, now)
+            _waitlist(session, country_full, COUNTRY_QUOTA, now)
             result.waitlisted += country_full
         if exhausted is None and len(pairs) == room:
-            exhausted = REASON_QUOTA
+            exhausted = QUOTA
         if exhausted is not None:
             # Whoever else is pending waits too (the next trigger serves them in order).
             result.waitlisted += _waitlist_pending(session, program_id, exhausted, now)
@@ -182,15 +169,13 @@ class _Pair:
     code_id: int
     creator_id: int
     email: str
+    locale: str
 
 
 def _assign(conn: sa.Connection, program_id: int, pairs: list[_Pair],
             per_country: Counter[str], now: datetime) -> list[int]:
     count = len(pairs)
-    taken = conn.execute(_TAKE_CODES, {"b_codes": [p.code_id for p in pairs], "b_now": now}
-                         ).rowcount
-    if taken != count:  # our row locks make this impossible; never hand out a taken code
-        raise RuntimeError(f"program {program_id}: {count - taken} codes were taken under lock")
+    stock.take(conn, program_id, [p.code_id for p in pairs], now)
     conn.execute(_ALLOCATE_CLAIM, [{"b_id": p.claim_id, "b_code": p.code_id, "b_now": now}
                                    for p in pairs])
     conn.execute(_INSERT_ASSIGNMENT, [
@@ -202,28 +187,24 @@ def _assign(conn: sa.Connection, program_id: int, pairs: list[_Pair],
     for country, n in per_country.items():
         conn.execute(_RAISE_COUNTRY_COUNT,
                      {"b_program": program_id, "b_country": country, "b_count": n})
-    outbound_ids = conn.execute(_INSERT_MAIL, [
-        {"kind": MailKind.redemption.value, "to_email": p.email, "creator_id": p.creator_id,
-         "claim_id": p.claim_id, "code_id": p.code_id, "status": "queued", "attempts": 0,
-         "created_at": now} for p in pairs]).scalars().all()
-    conn.execute(_INSERT_AUDIT, [
-        {"at": now, "actor": "system", "action": "claim.allocated", "object_type": "claim",
-         "object_id": p.claim_id, "program_id": program_id,
-         "detail": f'{{"code_id": {p.code_id}}}'} for p in pairs])
-    return list(outbound_ids)
+    outbound_ids = owe(conn, [
+        owed(kind=MailKind.redemption, to_email=p.email, creator_id=p.creator_id,
+             claim_id=p.claim_id, code_id=p.code_id, locale=p.locale, now=now) for p in pairs])
+    audit.record(conn, *(
+        audit.event(actor="system", action="claim.allocated", object_type="claim",
+                    object_id=p.claim_id, program_id=program_id, detail={"code_id": p.code_id},
+                    at=now) for p in pairs))
+    return outbound_ids
 
 
 # The statements of a batch, built once (building a statement costs more than running it).
 _program, _country = Program.__table__.c, CountryQuota.__table__.c
-_claim, _code, _creator = Claim.__table__.c, Code.__table__.c, Creator.__table__.c
-# FOR NO KEY UPDATE: see ``programs.lock_program``.
-_LOCK_PROGRAM = (sa.select(_program.quota, _program.allocated_count)
-                 .where(_program.id == sa.bindparam("b_program"))
-                 .with_for_update(key_share=True))
+_claim, _creator = Claim.__table__.c, Creator.__table__.c
 _COUNTRY_ROOM = (sa.select(_country.country, _country.quota - _country.allocated_count)
                  .where(_country.program_id == sa.bindparam("b_program")))
 _WAITING_CLAIMS = (
-    sa.select(_claim.id, _claim.country, _claim.creator_id, _creator.email, _claim.state)
+    sa.select(_claim.id, _claim.country, _claim.creator_id, _creator.email, _creator.locale,
+              _claim.state)
     .join_from(Claim.__table__, Creator.__table__, _creator.id == _claim.creator_id)
     .where(_claim.program_id == sa.bindparam("b_program"),
            _claim.state.in_([state.value for state in WAITING]),
@@ -231,20 +212,6 @@ _WAITING_CLAIMS = (
     .order_by(_claim.id)
     .limit(sa.bindparam("b_limit"))
     .with_for_update(of=Claim.__table__)
-)
-_AVAILABLE_CODES = (
-    sa.select(_code.id)
-    .where(_code.program_id == sa.bindparam("b_program"),
-           _code.status == CodeStatus.available.value)
-    .order_by(_code.id)
-    .limit(sa.bindparam("b_limit"))
-    .with_for_update(skip_locked=True)
-)
-_TAKE_CODES = (
-    sa.update(Code.__table__)
-    .where(_code.id.in_(sa.bindparam("b_codes", expanding=True)),
-           found_by_key(_code.status == CodeStatus.available.value))
-    .values(status=CodeStatus.assigned.value, assigned_at=sa.bindparam("b_now"))
 )
 _ALLOCATE_CLAIM = (
     sa.update(Claim.__table__)
@@ -267,12 +234,9 @@ _RAISE_COUNTRY_COUNT = (
            _country.country == sa.bindparam("b_country"))
     .values(allocated_count=_country.allocated_count + sa.bindparam("b_count"))
 )
-_INSERT_MAIL = sa.insert(OutboundEmail.__table__).returning(
-    OutboundEmail.__table__.c.id, sort_by_parameter_order=True)
-_INSERT_AUDIT = sa.insert(AuditEvent.__table__)
 
 
-def _waitlist(session: Session, claim_ids: list[int], reason: str, now: datetime) -> None:
+def _waitlist(session: Session, claim_ids: list[int], reason: ClaimReason, now: datetime) -> None:
     session.execute(
         sa.update(Claim)
         .where(Claim.id.in_(claim_ids), Claim.state == ClaimState.pending)
@@ -281,7 +245,7 @@ def _waitlist(session: Session, claim_ids: list[int], reason: str, now: datetime
     )
 
 
-def _relabel_waitlist(session: Session, program_id: int, reason: str, *,
+def _relabel_waitlist(session: Session, program_id: int, reason: ClaimReason, *,
                       countries: list[str] | None = None,
                       except_countries: list[str] | None = None) -> None:
     """Those already waiting now wait for ``reason``, whatever held them when they arrived."""
@@ -294,7 +258,7 @@ def _relabel_waitlist(session: Session, program_id: int, reason: str, *,
     session.execute(query.values(reason=reason).execution_options(synchronize_session=False))
 
 
-def _waitlist_pending(session: Session, program_id: int, reason: str, now: datetime,
+def _waitlist_pending(session: Session, program_id: int, reason: ClaimReason, now: datetime,
                       countries: list[str] | None = None) -> list[int]:
     """Waitlist a program's pending claims (of these countries) at once: nothing can serve them."""
     query = sa.select(Claim.id).where(Claim.program_id == program_id,

@@ -1,4 +1,8 @@
-"""Who did what, when, on what. Details never hold a code or a sign-in token."""
+"""Who did what, when, on what. Details never hold a code or a sign-in token.
+
+One row builder (``event``) and one writer (``record``): an event is written at once, in the
+caller's transaction, so it commits or rolls back with the change it tells about.
+"""
 
 from __future__ import annotations
 
@@ -12,51 +16,21 @@ from sqlmodel import Session
 from ..models import AuditEvent
 
 
-def record(
-    session: Session,
-    *,
-    actor: str,
-    action: str,
-    object_type: str,
-    object_id: int | None = None,
-    program_id: int | None = None,
-    detail: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Add an audit event to the session's unit of work (the caller commits)."""
-    event = AuditEvent(
-        actor=actor,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-        program_id=program_id,
-        detail=detail_text(detail),
-    )
-    session.add(event)
-    return event
+def event(*, actor: str, action: str, object_type: str, object_id: int | None = None,
+          program_id: int | None = None, detail: dict[str, Any] | None = None,
+          at: datetime | None = None) -> dict:
+    """An audit event's row, for ``record``."""
+    return {"at": at or datetime.now(UTC), "actor": actor, "action": action,
+            "object_type": object_type, "object_id": object_id, "program_id": program_id,
+            "detail": detail_text(detail)}
 
 
-def insert(
-    connection: sa.Connection,
-    *,
-    actor: str,
-    action: str,
-    object_type: str,
-    object_id: int | None = None,
-    program_id: int | None = None,
-    detail: dict[str, Any] | None = None,
-    at: datetime | None = None,
-) -> None:
-    """Write an audit event now, in the connection's transaction, with one INSERT: for hot paths
-    that do not use the ORM unit of work."""
-    connection.execute(_INSERT, {
-        "at": at or datetime.now(UTC),
-        "actor": actor,
-        "action": action,
-        "object_type": object_type,
-        "object_id": object_id,
-        "program_id": program_id,
-        "detail": detail_text(detail),
-    })
+def record(where: Session | sa.Connection, *events: dict) -> None:
+    """Write these events (rows from ``event``) now, in the transaction of ``where``."""
+    if not events:
+        return
+    connection = where.connection() if isinstance(where, Session) else where
+    connection.execute(_INSERT, list(events) if len(events) > 1 else events[0])
 
 
 def detail_text(detail: dict[str, Any] | None) -> str | None:

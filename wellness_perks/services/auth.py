@@ -6,79 +6,74 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask import current_app
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired
 from sqlmodel import Session, select
-from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.security import generate_password_hash
 
 from .. import dispatch
 from ..db import write_transaction
 from ..logs import log_event
-from ..models import Creator, Eligibility, MailKind, Manager, OutboundEmail
-from . import audit
+from ..models import Creator, Eligibility, MailKind, Manager
+from . import audit, tokens
 from .emails import normalise_email
-from .errors import Conflict, DomainError, InvalidInput
-
-SIGN_IN_SALT = "wellness-perks.sign-in"
+from .errors import Conflict, DomainError, InvalidInput, NotFound
+from .mail import owe, owed
 
 
 class SignInLinkError(DomainError):
+    """A sign-in link that cannot be used; ``code`` says why."""
+
     status_code = 400
 
 
 class SignInLinkExpired(SignInLinkError):
-    def __init__(self) -> None:
-        super().__init__("This sign-in link has expired. Ask for a new one below.")
+    code = "sign_in_link_expired"
 
 
 class SignInLinkInvalid(SignInLinkError):
-    def __init__(self) -> None:
-        super().__init__("This sign-in link is not valid. Ask for a new one below.")
+    code = "sign_in_link_invalid"
 
 
 class SignInLinkUsed(SignInLinkError):
-    def __init__(self) -> None:
-        super().__init__("This sign-in link has already been used. Ask for a new one below.")
+    code = "sign_in_link_used"
 
 
-def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=SIGN_IN_SALT)
-
-
-def request_sign_in(session: Session, *, email: str) -> OutboundEmail | None:
-    """Queue a sign-in mail if the address is on an eligibility list.
+def request_sign_in(session: Session, *, email: str) -> int | None:
+    """Queue a sign-in mail if the address is on an eligibility list; the mail's id.
 
     Returns None otherwise; callers answer the same way in both cases. A malformed address
     raises InvalidInput (that says nothing about any list).
     """
     normalised = normalise_email(email)
+    outbound_id = None
     with write_transaction(session):
         creator = session.exec(select(Creator).where(Creator.email == normalised)).first()
-        if creator is None or not session.exec(
+        if creator is not None and session.exec(
             select(Eligibility.id).where(Eligibility.creator_id == creator.id)
         ).first():
-            outbound = None
-        else:
-            outbound = OutboundEmail(kind=MailKind.sign_in, to_email=creator.email,
-                                     creator_id=creator.id)
-            session.add(outbound)
-    if outbound is None:
+            [outbound_id] = owe(session.connection(), [owed(
+                kind=MailKind.sign_in, to_email=creator.email, creator_id=creator.id,
+                locale=creator.locale, now=datetime.now(UTC))])
+    if outbound_id is None:
         log_event("sign_in.requested", known=False)
         return None
-    log_event("sign_in.requested", known=True, creator_id=creator.id, outbound_id=outbound.id)
-    dispatch.send_email(outbound.id)
-    return outbound
+    log_event("sign_in.requested", known=True, creator_id=creator.id, outbound_id=outbound_id)
+    dispatch.send_email(outbound_id)
+    return outbound_id
 
 
-def mint_sign_in_token(creator: Creator) -> str:
-    """A signed token naming the creator and their current nonce; minted at mail-send time."""
-    return _serializer().dumps({"c": creator.id, "n": creator.login_nonce})
+def get_creator(session: Session, *, creator_id: int) -> Creator:
+    creator = session.get(Creator, creator_id)
+    if creator is None:
+        raise NotFound(f"no creator with id {creator_id}")
+    return creator
 
 
 def redeem_sign_in_token(session: Session, *, token: str) -> Creator:
     """The creator a valid, fresh, unused link names; using it spends it (and older links)."""
     max_age = current_app.config["LOGIN_TOKEN_MAX_AGE"]
     try:
-        payload = _serializer().loads(token, max_age=max_age)
+        payload = tokens.serializer().loads(token, max_age=max_age)
     except SignatureExpired as exc:
         raise SignInLinkExpired() from exc
     except BadSignature as exc:
@@ -97,8 +92,9 @@ def redeem_sign_in_token(session: Session, *, token: str) -> Creator:
         if session.get(Creator, payload["c"]) is None:
             raise SignInLinkInvalid()
         raise SignInLinkUsed()
-    audit.record(session, actor=f"creator:{payload['c']}", action="creator.signed_in",
-                 object_type="creator", object_id=payload["c"])
+    audit.record(session, audit.event(actor=f"creator:{payload['c']}",
+                                      action="creator.signed_in", object_type="creator",
+                                      object_id=payload["c"], at=now))
     session.commit()
     creator = session.get(Creator, payload["c"], populate_existing=True)
     log_event("sign_in.completed", creator_id=creator.id)
@@ -115,10 +111,8 @@ def create_manager(session: Session, *, email: str, password: str, actor: str) -
         manager = Manager(email=normalised, password_hash=generate_password_hash(password))
         session.add(manager)
         session.flush()
-        audit.record(session, actor=actor, action="manager.created", object_type="manager",
-                     object_id=manager.id, detail={"email": normalised})
+        audit.record(session, audit.event(actor=actor, action="manager.created",
+                                          object_type="manager", object_id=manager.id,
+                                          detail={"email": normalised}))
     return manager
 
-
-def check_manager_password(manager: Manager, password: str) -> bool:
-    return check_password_hash(manager.password_hash, password)

@@ -16,19 +16,18 @@ from ..logs import log_event
 from ..models import (
     AuditEvent,
     Claim,
+    ClaimReason,
     ClaimState,
     Code,
     CodeBatch,
     Creator,
     Eligibility,
     Program,
+    WindowState,
     window_state,
 )
 from . import audit
 from .errors import ClaimWindowNotOpen, NotFound, ProgramNotFound
-
-REASON_NOT_ELIGIBLE = "not eligible"
-REASON_WINDOW_CLOSED = "claim window closed"
 
 
 def is_eligible(session: Session, *, program_id: int, creator_id: int) -> bool:
@@ -149,12 +148,12 @@ def _decide(conn: sa.Connection, program: Program | str, creator_id: int,
         return _Decision(program_id, country, existing)
 
     window = window_state(opens_at, closes_at, now)
-    if window == "not_open":
-        raise ClaimWindowNotOpen(f"claims for {name} open on {opens_at:%Y-%m-%d %H:%M} UTC")
+    if window == WindowState.not_open:
+        raise ClaimWindowNotOpen(name=name, opens_at=opens_at)
     if eligibility_id is None:
-        state, reason = ClaimState.refused, REASON_NOT_ELIGIBLE
-    elif window == "closed":
-        state, reason = ClaimState.refused, REASON_WINDOW_CLOSED
+        state, reason = ClaimState.refused, ClaimReason.not_eligible
+    elif window == WindowState.closed:
+        state, reason = ClaimState.refused, ClaimReason.window_closed
     else:
         state, reason = ClaimState.pending, None
     if existing is not None and state == ClaimState.refused:
@@ -175,10 +174,10 @@ def _record_new_claim_autocommit(
             return decision.existing, decision.program_id, False
         if decision.existing is not None:
             return None
+        event = _audit_event(decision, creator_id, None, now)
         claim_id = conn.execute(_INSERT_CLAIM_WITH_AUDIT, {
             **_claim_row(decision, creator_id, now),
-            "b_actor": f"creator:{creator_id}", "b_action": _audit_action(decision.state),
-            "b_detail": audit.detail_text(_audit_detail(decision.reason)),
+            "b_actor": event["actor"], "b_action": event["action"], "b_detail": event["detail"],
         }).scalar()
     if claim_id is None:  # a concurrent request stored this creator's claim first
         return None
@@ -201,9 +200,7 @@ def _record_claim(
         )
     else:
         claim_id = conn.execute(_INSERT_CLAIM, _claim_row(decision, creator_id, now)).scalar_one()
-    audit.insert(conn, actor=f"creator:{creator_id}", action=_audit_action(state),
-                 object_type="claim", object_id=claim_id, program_id=decision.program_id,
-                 detail=_audit_detail(decision.reason), at=now)
+    audit.record(conn, _audit_event(decision, creator_id, claim_id, now))
     return ClaimRequested(claim_id, state.value, decision.reason), decision.program_id, True
 
 
@@ -214,12 +211,14 @@ def _claim_row(decision: _Decision, creator_id: int, now: datetime) -> dict:
             "b_decided_at": now if decision.state == ClaimState.refused else None}
 
 
-def _audit_action(state: ClaimState) -> str:
-    return "claim.requested" if state == ClaimState.pending else "claim.refused"
-
-
-def _audit_detail(reason: str | None) -> dict | None:
-    return {"reason": reason} if reason else None
+def _audit_event(decision: _Decision, creator_id: int, claim_id: int | None,
+                 now: datetime) -> dict:
+    """The audit event of a claim recorded (``claim.requested``) or refused, with the reason."""
+    return audit.event(
+        actor=f"creator:{creator_id}", object_type="claim", object_id=claim_id,
+        program_id=decision.program_id, at=now,
+        action="claim.requested" if decision.state == ClaimState.pending else "claim.refused",
+        detail={"reason": decision.reason} if decision.reason else None)
 
 
 def _claim_context(program_matches) -> sa.Select:

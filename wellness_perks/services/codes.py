@@ -26,11 +26,11 @@ from ..models import (
     CodeStatus,
     Creator,
     MailKind,
-    OutboundEmail,
 )
-from . import audit
+from . import audit, stock
 from .errors import Conflict, NotFound
-from .programs import lock_program, move_stock
+from .mail import owe, owed
+from .programs import lock_program
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,10 @@ def void_code(session: Session, *, program_id: int, value: str, reason: str,
             raise Conflict(f"code #{code.id} is already void")
         if code.status == CodeStatus.available:
             code.status = CodeStatus.void
-            move_stock(session, program_id, -1)
-            audit.record(session, actor=actor, action="code.voided", object_type="code",
-                         object_id=code.id, program_id=program_id, detail={"reason": reason})
+            stock.move_counter(session.connection(), program_id, -1)
+            audit.record(session, audit.event(actor=actor, action="code.voided",
+                                              object_type="code", object_id=code.id,
+                                              program_id=program_id, detail={"reason": reason}))
             result = VoidResult(code.id)
         else:
             claim = session.exec(select(Claim).where(Claim.code_id == code.id)
@@ -94,38 +95,33 @@ def reissue_claim(session: Session, *, program_id: int, creator_email: str, reas
 def _reissue(session: Session, program_id: int, claim: Claim, old: Code, reason: str,
              actor: str) -> VoidResult:
     now = datetime.now(UTC)
-    new_code_id = session.execute(
-        sa.select(Code.id)
-        .where(Code.program_id == program_id, Code.status == CodeStatus.available)
-        .order_by(Code.id).limit(1).with_for_update(skip_locked=True)
-    ).scalar_one_or_none()
-    if new_code_id is None:
+    conn = session.connection()
+    new_code_ids = stock.next_available(conn, program_id, 1)
+    if not new_code_ids:
         raise Conflict("no code in stock to replace it with: import a batch first")
+    [new_code_id] = new_code_ids
     old.status = CodeStatus.void
     session.execute(
         sa.update(CodeAssignment).where(CodeAssignment.code_id == old.id)
         .values(voided_at=now, void_reason=reason[:200])
         .execution_options(synchronize_session=False)
     )
-    session.execute(
-        sa.update(Code).where(Code.id == new_code_id, Code.status == CodeStatus.available)
-        .values(status=CodeStatus.assigned, assigned_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    move_stock(session, program_id, -1)  # the old code was held, not in stock
+    stock.take(conn, program_id, new_code_ids, now)
+    stock.move_counter(conn, program_id, -1)  # the old code was held, not in stock
     claim.code_id = new_code_id
     session.add(CodeAssignment(code_id=new_code_id, claim_id=claim.id, program_id=program_id,
                                assigned_at=now))
-    to_email = session.execute(
-        sa.select(Creator.email).where(Creator.id == claim.creator_id)).scalar_one()
-    outbound = OutboundEmail(kind=MailKind.reissue, to_email=to_email, creator_id=claim.creator_id,
-                             claim_id=claim.id, code_id=new_code_id)
-    session.add(outbound)
     session.flush()
-    audit.record(session, actor=actor, action="claim.reissued", object_type="claim",
-                 object_id=claim.id, program_id=program_id,
-                 detail={"old_code_id": old.id, "new_code_id": new_code_id, "reason": reason})
-    return VoidResult(old.id, claim.id, new_code_id, outbound.id)
+    to_email, locale = session.execute(
+        sa.select(Creator.email, Creator.locale).where(Creator.id == claim.creator_id)).one()
+    [outbound_id] = owe(conn, [owed(kind=MailKind.reissue, to_email=to_email,
+                                    creator_id=claim.creator_id, claim_id=claim.id,
+                                    code_id=new_code_id, locale=locale, now=now)])
+    audit.record(session, audit.event(
+        actor=actor, action="claim.reissued", object_type="claim", object_id=claim.id,
+        program_id=program_id,
+        detail={"old_code_id": old.id, "new_code_id": new_code_id, "reason": reason}))
+    return VoidResult(old.id, claim.id, new_code_id, outbound_id)
 
 
 def restore_code(session: Session, *, program_id: int, value: str, actor: str) -> int:
@@ -138,9 +134,10 @@ def restore_code(session: Session, *, program_id: int, value: str, actor: str) -
         if session.exec(select(CodeAssignment.id).where(CodeAssignment.code_id == code.id)).first():
             raise Conflict(f"code #{code.id} was given to a creator once: it can't be reused")
         code.status = CodeStatus.available
-        move_stock(session, program_id, 1)
-        audit.record(session, actor=actor, action="code.restored", object_type="code",
-                     object_id=code.id, program_id=program_id)
+        stock.move_counter(session.connection(), program_id, 1)
+        audit.record(session, audit.event(actor=actor, action="code.restored",
+                                          object_type="code", object_id=code.id,
+                                          program_id=program_id))
         code_id = code.id
     dispatch.allocate_program(program_id)
     return code_id

@@ -10,10 +10,11 @@ COUNTRY_CODES = frozenset(c.alpha_2 for c in pycountry.countries)
 
 
 def normalise_country(raw: str, field: str = "country") -> str:
-    code = (raw or "").strip().upper()
+    given = (raw or "").strip()
+    code = given.upper()
     if code not in COUNTRY_CODES:
-        raise InvalidInput(f"{raw.strip()[:20]!r} is not an ISO 3166-1 alpha-2 country code",
-                           field=field)
+        raise InvalidInput(f"{given[:20]!r} is not an ISO 3166-1 alpha-2 country code",
+                           field=field, code="country_invalid")
     return code
 
 

@@ -11,9 +11,10 @@ def normalise_email(raw: str) -> str:
     """The canonical form of an address (email-validator, then lower-cased), or InvalidInput."""
     candidate = (raw or "").strip()
     if not candidate:
-        raise InvalidInput("email address is empty", field="email")
+        raise InvalidInput("email address is empty", field="email", code="email_empty")
     try:
         result = validate_email(candidate, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise InvalidInput(f"not a valid email address: {exc}", field="email") from exc
+        raise InvalidInput(f"not a valid email address: {exc}", field="email",
+                           code="email_invalid", detail=str(exc)) from exc
     return result.normalized.lower()

@@ -1,38 +1,57 @@
-"""Domain errors carrying a message fit to show the person who caused them."""
+"""Domain errors: what went wrong as a stable ``code`` (with ``params``), for each surface to
+answer in its own way (a page or JSON in the reader's language, a command's message).
+
+``str(exc)`` is a plain English sentence for managers and logs: the command line prints it,
+and the JSON API sends it along with the code. Errors a creator can meet carry no English
+here: their words are in ``templates/messages.html``, by code.
+"""
 
 from __future__ import annotations
 
 
 class DomainError(Exception):
-    """Base of errors a user can act on; ``str(exc)`` is the user-facing message."""
+    """Base of errors a user can act on."""
 
     status_code = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str | None = None, **params) -> None:
+        super().__init__(message or self.code)
+        self.params = params
 
 
 class NotFound(DomainError):
     status_code = 404
+    code = "not_found"
 
 
 class ProgramNotFound(NotFound):
+    code = "program_not_found"
+
     def __init__(self, slug: str) -> None:
-        super().__init__(f"no program with slug {slug!r}")
-
-
-class NotEligible(DomainError):
-    status_code = 403
+        super().__init__(f"no program with slug {slug!r}", slug=slug)
 
 
 class ClaimWindowNotOpen(DomainError):
+    """A claim before the program's window opens (``name``, ``opens_at``)."""
+
     status_code = 409
+    code = "claim_window_not_open"
 
 
 class InvalidInput(DomainError):
     """Bad values given to a command or form; ``field`` names what was wrong."""
 
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
+    code = "invalid_input"
+
+    def __init__(self, message: str, field: str | None = None, *, code: str | None = None,
+                 **params) -> None:
+        super().__init__(message, **params)
         self.field = field
+        if code is not None:
+            self.code = code
 
 
 class Conflict(DomainError):
     status_code = 409
+    code = "conflict"

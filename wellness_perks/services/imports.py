@@ -32,11 +32,10 @@ from ..models import (
     Eligibility,
     Program,
 )
-from . import audit
-from .countries import COUNTRY_CODES
+from . import audit, stock
+from .countries import normalise_country
 from .emails import normalise_email
 from .errors import InvalidInput
-from .programs import move_stock
 
 WRITE_CHUNK = 1000
 MAX_CODE_LENGTH = 64
@@ -71,10 +70,6 @@ class ImportReport:
     duplicates: list[RowIssue] = field(default_factory=list)
     committed: bool = False
     batch_id: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.committed
 
     def as_dict(self) -> dict:
         data = {
@@ -270,11 +265,11 @@ def import_creators(
             email = normalise_email(row[index["email"]])
         except InvalidInput as exc:
             issues.append(RowIssue(line, "email", str(exc)))
-        country = row[index["country"]].strip().upper()
-        if country not in COUNTRY_CODES:
-            shown = row[index["country"]].strip()[:20]
-            issues.append(RowIssue(line, "country",
-                                   f"{shown!r} is not an ISO 3166-1 alpha-2 country code"))
+        country = None
+        try:
+            country = normalise_country(row[index["country"]])
+        except InvalidInput as exc:
+            issues.append(RowIssue(line, "country", str(exc)))
         name = row[index["name"]].strip() if "name" in index else ""
         if len(name) > MAX_NAME_LENGTH:
             issues.append(RowIssue(line, "name", f"longer than {MAX_NAME_LENGTH} characters"))
@@ -290,10 +285,11 @@ def import_creators(
     writer.flush()
 
     if report.imported or not report.invalid:
-        audit.record(session, actor=actor, action="creators.imported", object_type="program",
-                     object_id=program_id, program_id=program_id,
-                     detail={"file": filename, "imported": report.imported,
-                             "duplicate": report.duplicate, "invalid": report.invalid})
+        audit.record(session, audit.event(
+            actor=actor, action="creators.imported", object_type="program",
+            object_id=program_id, program_id=program_id,
+            detail={"file": filename, "imported": report.imported,
+                    "duplicate": report.duplicate, "invalid": report.invalid}))
     return _finish(session, report, skip_invalid)
 
 
@@ -430,15 +426,16 @@ def import_codes(
     else:
         batch.code_count = report.imported
         report.batch_id = batch_id
-        audit.record(session, actor=actor, action="codes.imported", object_type="code_batch",
-                     object_id=batch_id, program_id=program_id,
-                     detail={"file": Path(filename).name, "batch": batch.name,
-                             "imported": report.imported, "duplicate": report.duplicate,
-                             "invalid": report.invalid, "expires_on": expires_on})
+        audit.record(session, audit.event(
+            actor=actor, action="codes.imported", object_type="code_batch",
+            object_id=batch_id, program_id=program_id,
+            detail={"file": Path(filename).name, "batch": batch.name,
+                    "imported": report.imported, "duplicate": report.duplicate,
+                    "invalid": report.invalid, "expires_on": expires_on}))
     if report.imported and writer.writing:
         # The import commits (no invalid row, or they are skipped). Last, just before the
         # commit: the program's row stays locked only this long.
-        move_stock(session, program_id, report.imported)
+        stock.move_counter(session.connection(), program_id, report.imported)
     _finish(session, report, skip_invalid)
     if report.committed and report.imported:
         dispatch.allocate_program(program_id)  # new stock serves the waitlist

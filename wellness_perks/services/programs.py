@@ -19,7 +19,7 @@ from ..models import (
     Program,
 )
 from . import audit
-from .errors import Conflict, InvalidInput, ProgramNotFound
+from .errors import Conflict, InvalidInput, NotFound, ProgramNotFound
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,63}")
 
@@ -37,13 +37,13 @@ def lock_program(session: Session, program_id: int) -> Program:
 
     ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: every new claim (and its audit event) refers to
     the program, and PostgreSQL checks such a reference by taking ``FOR KEY SHARE`` on the
-    program's row, which conflicts with ``FOR UPDATE`` but not with ``FOR NO KEY UPDATE``. With
-    ``FOR UPDATE`` every claim request waited for the allocation batch running at the time.
+    program's row, which conflicts with ``FOR UPDATE`` but not with ``FOR NO KEY UPDATE``: new
+    claims are recorded while an allocation batch holds the lock.
     """
-    return session.exec(
-        select(Program).where(Program.id == program_id).with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    ).one()
+    program = session.execute(_LOCK_PROGRAM, {"b_program": program_id}).scalar_one_or_none()
+    if program is None:
+        raise NotFound(f"no program with id {program_id}")
+    return program
 
 
 def create_program(
@@ -110,8 +110,7 @@ def create_program(
         for country, country_quota in (country_quotas or {}).items():
             session.add(CountryQuota(program_id=program.id, country=country,
                                      quota=_quota_number(country_quota, country)))
-        audit.record(
-            session,
+        audit.record(session, audit.event(
             actor=actor,
             action="program.created",
             object_type="program",
@@ -119,7 +118,7 @@ def create_program(
             program_id=program.id,
             detail={"slug": slug, "quota": quota, "opens_at": opens_at, "closes_at": closes_at,
                     "country_quotas": country_quotas or {}},
-        )
+        ))
     return program
 
 
@@ -181,8 +180,9 @@ def set_quota(
                                    f"{row.allocated_count} codes already allocated there",
                                    field="country-quota")
         session.flush()
-        audit.record(session, actor=actor, action="program.quota_changed", object_type="program",
-                     object_id=program_id, program_id=program_id, detail=changes)
+        audit.record(session, audit.event(actor=actor, action="program.quota_changed",
+                                          object_type="program", object_id=program_id,
+                                          program_id=program_id, detail=changes))
     dispatch.allocate_program(program_id)
     return program
 
@@ -219,16 +219,6 @@ def quota_summary(session: Session, program: Program) -> dict:
     }
 
 
-def move_stock(session: Session, program_id: int, delta: int) -> None:
-    """Move the program's counter of codes in stock by ``delta``, in the session's transaction.
-
-    Each change of stock (an import, a void, a reissue, a restore) calls it in the change's own
-    transaction, so the counter is committed with the change or rolled back with it; allocation
-    moves it in the statement that raises ``allocated_count``.
-    """
-    session.execute(_MOVE_STOCK, {"b_program": program_id, "b_delta": delta})
-
-
 _program, _claim = Program.__table__.c, Claim.__table__.c
 _COUNTERS = (sa.select(_program.quota, _program.allocated_count, _program.in_stock_count)
              .where(_program.id == sa.bindparam("b_program")))
@@ -238,8 +228,6 @@ _NOT_ALLOCATED_BY_STATE = (
            _claim.state.in_([s.value for s in ClaimState if s != ClaimState.allocated]))
     .group_by(_claim.state)
 )
-_MOVE_STOCK = (
-    sa.update(Program.__table__)
-    .where(_program.id == sa.bindparam("b_program"))
-    .values(in_stock_count=_program.in_stock_count + sa.bindparam("b_delta"))
-)
+_LOCK_PROGRAM = (sa.select(Program).where(Program.id == sa.bindparam("b_program"))
+                 .with_for_update(key_share=True)
+                 .execution_options(populate_existing=True))

@@ -26,7 +26,16 @@ from sqlmodel import Session
 
 from .. import dispatch
 from ..logs import log_event
-from ..models import Claim, ClaimState, Code, CodeStatus, MailStatus, OutboundEmail, Program
+from ..models import (
+    Claim,
+    ClaimState,
+    Code,
+    CodeStatus,
+    MailProblem,
+    MailStatus,
+    OutboundEmail,
+    Program,
+)
 
 SWEEP_BATCH = 5000
 
@@ -72,7 +81,7 @@ def sweep(session: Session, *, now: datetime | None = None) -> SweepReport:
           .where(OutboundEmail.id.in_(interrupted), OutboundEmail.status == MailStatus.sending,
                  OutboundEmail.sending_started_at < stuck_before)
           .values(status=MailStatus.queued, next_attempt_at=now,
-                  last_error="attempt interrupted (worker stopped mid-send); outcome unknown")
+                  last_error=MailProblem.interrupted)
           .execution_options(synchronize_session=False))
         session.commit()
         report.interrupted_mails = interrupted

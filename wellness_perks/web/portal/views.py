@@ -5,21 +5,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user
 
-from ..db import get_session
-from ..services import claims, programs
-from ..services.errors import ClaimWindowNotOpen, ProgramNotFound
+from ...db import get_session
+from ...services import claims, programs
+from ...services.errors import ClaimWindowNotOpen, ProgramNotFound
+from ..security import creator_required
 from .forms import ClaimForm
 
 bp = Blueprint("portal", __name__)
 
 
 @bp.route("/")
-@login_required
+@creator_required
 def index():
     rows = claims.programs_for_creator(get_session(), creator_id=current_user.creator_id)
-    return render_template("portal/index.html", rows=rows, now=datetime.now(UTC))
+    return render_template("portal/index.html", rows=rows)
 
 
 def _program_or_404(slug: str):
@@ -30,7 +31,7 @@ def _program_or_404(slug: str):
 
 
 @bp.route("/programs/<slug>")
-@login_required
+@creator_required
 def program(slug: str):
     session = get_session()
     prog = _program_or_404(slug)
@@ -57,7 +58,7 @@ def program(slug: str):
 
 
 @bp.route("/programs/<slug>/claim", methods=["POST"])
-@login_required
+@creator_required
 def claim(slug: str):
     # The form has no fields: CSRFProtect has checked its token before this view runs.
     try:
@@ -65,5 +66,5 @@ def claim(slug: str):
     except ProgramNotFound:
         abort(404)
     except ClaimWindowNotOpen as exc:
-        flash(str(exc), "error")
+        flash({"code": exc.code, **exc.params}, "error")
     return redirect(url_for("portal.program", slug=slug))

@@ -1,10 +1,10 @@
 """Composing a multipart/alternative (text + HTML) message straight to bytes.
 
-The ``email`` package spends most of its time parsing the headers it is given back into objects;
-on launch day that was half the cost of a mail. This writes the same RFC 5322 / MIME structure
-directly: ASCII headers as they are, non-ASCII ones as RFC 2047 encoded words, bodies as 7bit
-when they are ASCII with short lines, quoted-printable otherwise, CRLF line endings. The tests
-parse what it writes with the ``email`` package and compare it with what that package writes.
+The same RFC 5322 / MIME structure the ``email`` package writes, without its parsing of every
+header it is given back into objects: ASCII headers as they are, non-ASCII ones as RFC 2047
+encoded words, bodies as 7bit when they are ASCII with short lines, quoted-printable otherwise,
+CRLF line endings. The tests parse what it writes with the ``email`` package and compare it
+with what that package writes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from email.header import Header
 @functools.lru_cache(maxsize=1024)
 def encode_header(value: str) -> str:
     """An RFC 2047 encoded header value. Remembered: a mail's subject is one of a few per
-    program, and the ``email`` package took a fifth of a mail's CPU encoding it each time."""
+    program."""
     if value.isascii():
         return value
     return Header(value, "utf-8", maxlinelen=998).encode()
@@ -29,7 +29,7 @@ def _body_part(subtype: str, body: str) -> bytes:
     if text.isascii() and all(len(line) <= 990 for line in text.split("\n")):
         encoding, payload = "7bit", text
     else:
-        # binascii's quoted-printable (C) rather than the email package's (Python, 7x slower).
+        # binascii's quoted-printable: the same encoding as the email package's, in C.
         payload = binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii")
         encoding = "quoted-printable"
     if not payload.endswith("\n"):

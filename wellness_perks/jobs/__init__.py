@@ -1,7 +1,9 @@
-"""The Celery app, built from the Flask app (Flask's Celery pattern).
+"""Background work: the Celery app, built from the Flask app (Flask's Celery pattern), its queues
+and routes, and the tasks (``jobs.tasks``).
 
 Queues are named by purpose so a mail backlog never delays allocation. With no broker URL the
-app is eager: tasks run in-process, which is the embedded default for ``make run``.
+app is eager: tasks run in-process, which is the embedded default for ``make run``. The task
+names are ``dispatch``'s: the web side publishes by name through this app's registry.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ from celery.signals import worker_init
 from flask import Flask
 from kombu import Queue
 
-QUEUES = ("allocation", "mail", "imports", "periodic")
+from .. import dispatch
+
+QUEUES = ("allocation", "mail", "periodic")
 TASK_ROUTES = {
-    "wellness_perks.allocate_claim": {"queue": "allocation"},
-    "wellness_perks.allocate_program": {"queue": "allocation"},
-    "wellness_perks.send_email": {"queue": "mail"},
-    "wellness_perks.send_emails": {"queue": "mail"},
-    "wellness_perks.sweep": {"queue": "periodic"},
+    dispatch.ALLOCATE_PROGRAM: {"queue": "allocation"},
+    dispatch.SEND_EMAIL: {"queue": "mail"},
+    dispatch.SEND_EMAILS: {"queue": "mail"},
+    dispatch.SWEEP: {"queue": "periodic"},
 }
 
 
-def celery_init_app(app: Flask) -> Celery:
+def init_app(app: Flask) -> Celery:
+    """The app's Celery app, in ``app.extensions["celery"]``, with every task registered."""
+    from . import tasks  # noqa: F401  (defines the tasks: they join each Celery app made)
+
     class FlaskTask(Task):
         def __call__(self, *args, **kwargs):
             with app.app_context():
@@ -38,9 +44,7 @@ def celery_init_app(app: Flask) -> Celery:
         # works on stays in the database in its waiting state.
         task_eager_propagates=False,
         task_ignore_result=True,
-        include=["worker.tasks"],
-        # Each queue bound by its own routing key: without one, all four were bound to the
-        # default exchange under the same key, so a message sent there reached every queue.
+        # Each queue bound by its own routing key, so a message reaches its queue only.
         task_queues=[Queue(name, routing_key=name) for name in QUEUES],
         task_default_queue="allocation",
         task_routes=TASK_ROUTES,
@@ -60,7 +64,7 @@ def celery_init_app(app: Flask) -> Celery:
                                    "interval_step": 0.2, "interval_max": 0.5},
         worker_hijack_root_logger=False,
         beat_schedule={
-            "sweep": {"task": "wellness_perks.sweep",
+            "sweep": {"task": dispatch.SWEEP,
                       "schedule": float(app.config["SWEEP_INTERVAL_SECONDS"])},
         },
     )

@@ -1,6 +1,7 @@
 """The Celery app's queues: named by purpose, each bound by its own routing key."""
 
-from wellness_perks.tasking import QUEUES, TASK_ROUTES
+from wellness_perks import dispatch
+from wellness_perks.jobs import QUEUES, TASK_ROUTES
 
 
 def test_each_queue_has_its_own_routing_key(app):
@@ -12,8 +13,8 @@ def test_each_queue_has_its_own_routing_key(app):
 
 def test_tasks_are_routed_to_consumed_queues(app):
     celery = app.extensions["celery"]
-    assert TASK_ROUTES["wellness_perks.allocate_claim"]["queue"] == "allocation"
-    assert TASK_ROUTES["wellness_perks.send_email"]["queue"] == "mail"
+    assert TASK_ROUTES[dispatch.ALLOCATE_PROGRAM]["queue"] == "allocation"
+    assert TASK_ROUTES[dispatch.SEND_EMAIL]["queue"] == "mail"
     assert {r["queue"] for r in TASK_ROUTES.values()} <= set(QUEUES)
     assert celery.conf.task_acks_late and celery.conf.task_reject_on_worker_lost
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify
 
-from .db import engine
+from ..db import engine
 
 bp = Blueprint("ops", __name__)
 

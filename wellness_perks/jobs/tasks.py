@@ -1,4 +1,7 @@
-"""Celery tasks: thin wrappers that take ids and call the app's services."""
+"""The Celery tasks: ids in, one service call, retried where the database was briefly away.
+
+Each is registered under its name in ``dispatch``, which is how the web side publishes them.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,9 @@ from celery import shared_task
 from celery.signals import worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
-from wellness_perks import dispatch
-from wellness_perks.db import get_session
-from wellness_perks.services import allocation, mail, sweeper
+from .. import dispatch
+from ..db import get_session
+from ..services import allocation, mail, sweeper
 
 
 def database_task(name: str):
@@ -18,18 +21,15 @@ def database_task(name: str):
                        retry_backoff=True, retry_backoff_max=60, max_retries=8)
 
 
-@database_task("wellness_perks.allocate_claim")
-def allocate_claim(self, claim_id: int) -> int:
-    result = allocation.allocate_claim(get_session(), claim_id=claim_id)
-    return len(result.allocated) if result else 0
-
-
-@database_task("wellness_perks.allocate_program")
+@database_task(dispatch.ALLOCATE_PROGRAM)
 def allocate_program(self, program_id: int) -> int:
+    # Before the service reads the waiting claims: a claim committed from now on queues the
+    # next task, one committed before is read by this one.
+    dispatch.allocation_starting(program_id)
     return len(allocation.allocate_program(get_session(), program_id=program_id).allocated)
 
 
-@database_task("wellness_perks.send_email")
+@database_task(dispatch.SEND_EMAIL)
 def send_email(self, outbound_id: int) -> str:
     try:
         return mail.send(get_session(), outbound_id=outbound_id)
@@ -40,17 +40,16 @@ def send_email(self, outbound_id: int) -> str:
         raise self.retry(countdown=later.countdown, max_retries=None) from None
 
 
-@database_task("wellness_perks.send_emails")
+@database_task(dispatch.SEND_EMAILS)
 def send_emails(self, outbound_ids: list[int]) -> dict:
     outcome = mail.send_batch(get_session(), outbound_ids=outbound_ids)
     if not self.request.is_eager:  # in-process, the rows wait for their retry (the sweeper)
         for outbound_id, countdown in outcome.retry.items():
             dispatch.send_email(outbound_id, countdown=countdown)
-    return {"sent": len(outcome.sent), "retry": len(outcome.retry),
-            "failed": len(outcome.failed), "cancelled": len(outcome.cancelled)}
+    return outcome.counts()
 
 
-@shared_task(name="wellness_perks.sweep", autoretry_for=(OperationalError,), max_retries=2)
+@shared_task(name=dispatch.SWEEP, autoretry_for=(OperationalError,), max_retries=2)
 def sweep() -> dict:
     return sweeper.sweep(get_session()).as_dict()
 

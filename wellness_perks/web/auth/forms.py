@@ -4,10 +4,12 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField
 from wtforms.validators import DataRequired, Length
 
+# Validation messages are codes; templates/messages.html has their words.
+
 
 class SignInForm(FlaskForm):
     email = EmailField(
-        "Email address",
-        validators=[DataRequired("Enter the email address on the perk list."), Length(max=320)],
+        "email",
+        validators=[DataRequired("email_required"), Length(max=320, message="email_too_long")],
         render_kw={"autocomplete": "email", "inputmode": "email", "autofocus": True},
     )

@@ -1,0 +1,9 @@
+"""Mail we owe people, sent once each: the outbox (``queue``), what a message says
+(``render``, ``mime``), and how it goes out (``transport``: SMTP, or ``.eml`` files in
+``OUTBOX_DIR`` without an SMTP host)."""
+
+from .queue import BatchOutcome, MailRetryLater, owe, owed, retry_delay, send, send_batch
+from .transport import PermanentMailError, close_pools
+
+__all__ = ["BatchOutcome", "MailRetryLater", "PermanentMailError", "close_pools", "owe", "owed",
+           "retry_delay", "send", "send_batch"]

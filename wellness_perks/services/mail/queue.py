@@ -1,0 +1,337 @@
+"""The outbox: every mail we owe is a row, and each is sent once.
+
+A mail's row (``OutboundEmail``) is written by ``owe`` in the same transaction as the thing it
+tells about. Sending takes rows with a conditional UPDATE (``queued -> sending``), so two
+workers never both send one; a batch is taken by one UPDATE, what its messages say is loaded by
+one query and rendered (``render``), and the transport delivers them (``transport``) while this
+module keeps the books: which messages are still the batch's to send, and what became of each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlmodel import Session
+
+from ...db import found_by_key, is_postgresql, planned_each_execution
+from ...logs import log_event
+from ...models import (
+    DEFAULT_LOCALE,
+    Claim,
+    Code,
+    CodeBatch,
+    CodeStatus,
+    Creator,
+    MailKind,
+    MailProblem,
+    MailStatus,
+    OutboundEmail,
+    Program,
+)
+from . import transport
+from .render import render
+from .transport import Outgoing, PermanentMailError
+
+MAX_ERROR_LENGTH = 1000
+
+
+class MailRetryLater(Exception):
+    """The attempt failed for a reason that may pass; try again after ``countdown`` seconds."""
+
+    def __init__(self, countdown: int) -> None:
+        super().__init__(f"retry in {countdown}s")
+        self.countdown = countdown
+
+
+@dataclass
+class BatchOutcome:
+    sent: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+    retry: dict[int, int] = field(default_factory=dict)  # outbound id -> seconds until retry
+    not_taken: list[int] = field(default_factory=list)   # not queued: sent, or held elsewhere
+
+    def counts(self) -> dict[str, int]:
+        return {"sent": len(self.sent), "retry": len(self.retry), "failed": len(self.failed),
+                "cancelled": len(self.cancelled)}
+
+
+# --------------------------------------------------------------------------- owing
+
+
+def owed(*, kind: MailKind, to_email: str, creator_id: int, now: datetime,
+         claim_id: int | None = None, code_id: int | None = None,
+         locale: str = DEFAULT_LOCALE) -> dict:
+    """The row of a mail we now owe, for ``owe``."""
+    return {"kind": kind.value, "to_email": to_email, "creator_id": creator_id,
+            "claim_id": claim_id, "code_id": code_id, "locale": locale,
+            "status": MailStatus.queued.value, "attempts": 0, "created_at": now}
+
+
+def owe(connection: sa.Connection, mails: list[dict]) -> list[int]:
+    """Write these owed mails (rows from ``owed``) in the connection's transaction; their ids,
+    in the same order. The caller hands them to ``dispatch`` after its commit."""
+    return list(connection.execute(_INSERT, mails).scalars())
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def send(session: Session, *, outbound_id: int) -> str:
+    """Make one attempt at one owed mail. Returns its status afterwards.
+
+    Raises MailRetryLater when the attempt failed and another is due later.
+    """
+    outcome = send_batch(session, outbound_ids=[outbound_id])
+    if outbound_id in outcome.retry:
+        raise MailRetryLater(outcome.retry[outbound_id])
+    status = session.execute(sa.select(OutboundEmail.status)
+                             .where(OutboundEmail.id == outbound_id)).scalar_one_or_none()
+    session.commit()
+    if status is None:
+        log_event("mail.unknown", logging.WARNING, outbound_id=outbound_id)
+        return "unknown"
+    return status
+
+
+def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
+    """One attempt at each of these mails that is queued; the rest are left alone."""
+    outcome = BatchOutcome()
+    session.commit()
+    with planned_each_execution(session):
+        taken = set(session.connection().execute(
+            _TAKE, {"b_ids": list(outbound_ids), "b_now": datetime.now(UTC)}).scalars())
+    session.commit()
+    outcome.not_taken = [i for i in outbound_ids if i not in taken]
+    if not taken:
+        return outcome
+
+    with planned_each_execution(session):
+        outgoing = _prepare(session, sorted(taken), outcome)
+    session.commit()
+    if not outgoing:
+        return outcome
+
+    with _bookkeeping(session) as book:
+        transport.deliver_all(outgoing, _Ledger(book, outgoing, outcome,
+                                                postgresql=is_postgresql(session)))
+    return outcome
+
+
+Book = Callable[[sa.Executable, dict], set[int]]
+
+
+class _Ledger:
+    """The books of one batch while it is delivered: which messages are still ours to send,
+    and what became of each.
+
+    Taking the batch stamped each message with a lease (``sending_started_at``). The sweeper
+    puts a message back in the queue only once its lease is MAIL_SENDING_TIMEOUT old, so a
+    lease a third that old is renewed, for all the batch has left, in one statement. Right
+    before each message goes, it is checked to be still ours: one the sweeper took back
+    (another worker may hold it now) is skipped, never sent twice. Each message is recorded the
+    moment the server has taken or refused it, so a worker killed mid-batch leaves at most the
+    one message in flight without an outcome. On PostgreSQL the statement that records a
+    message sent also reads whether the next one is still ours: one bookkeeping statement, one
+    row written, per message on a healthy server.
+    """
+
+    def __init__(self, book: Book, outgoing: list[Outgoing], outcome: BatchOutcome, *,
+                 postgresql: bool) -> None:
+        self.book = book
+        self.outcome = outcome
+        self.renew_every = current_app.config["MAIL_SENDING_TIMEOUT_SECONDS"] / 3
+        self.leased_at = time.monotonic()
+        self.ours = {item.outbound_id: item.attempts for item in outgoing}  # not yet sent
+        self.following = {a.outbound_id: b for a, b in zip(outgoing, outgoing[1:], strict=False)}
+        self.checked_ahead: dict[int, bool] = {}  # next message: still ours, as last read
+        # SQLite has no UPDATE in a WITH: there, recording and checking are two statements.
+        self.record_sent_and_check = _MARK_SENT_AND_CHECK_NEXT if postgresql else None
+
+    def still_ours(self, item: Outgoing) -> bool:
+        if time.monotonic() - self.leased_at >= self.renew_every:
+            self._renew_leases()
+        if item.outbound_id not in self.ours:
+            return False
+        if item.outbound_id in self.checked_ahead:
+            return self.checked_ahead.pop(item.outbound_id)
+        return self._check(item)
+
+    def record(self, item: Outgoing, error: Exception | None) -> None:
+        self.ours.pop(item.outbound_id, None)
+        if error is not None:
+            _record_failure(self.book, item, error, self.outcome)
+            return
+        upcoming = self.following.get(item.outbound_id)
+        params = {"b_id": item.outbound_id, "b_now": datetime.now(UTC),
+                  "b_message_id": item.message_id,
+                  "b_next": upcoming.outbound_id if upcoming else None,
+                  "b_next_attempts": upcoming.attempts if upcoming else None}
+        if upcoming is not None and self.record_sent_and_check is not None:
+            self.checked_ahead[upcoming.outbound_id] = bool(
+                self.book(self.record_sent_and_check, params))
+        else:
+            self.book(_MARK_SENT, params)
+            if upcoming is not None:
+                self.checked_ahead[upcoming.outbound_id] = self._check(upcoming)
+        self.outcome.sent.append(item.outbound_id)
+        log_event("mail.sent", outbound_id=item.outbound_id, kind=item.kind,
+                  claim_id=item.claim_id, attempts=item.attempts)
+
+    def _check(self, item: Outgoing) -> bool:
+        return bool(self.book(_STILL_OURS, {"b_next": item.outbound_id,
+                                             "b_next_attempts": item.attempts}))
+
+    def _renew_leases(self) -> None:
+        self.leased_at = time.monotonic()
+        renewed = self.book(_RENEW_LEASES, {"b_held": list(self.ours.items()),
+                                            "b_now": datetime.now(UTC)})
+        self.ours = {i: attempts for i, attempts in self.ours.items() if i in renewed}
+        self.checked_ahead.clear()
+
+
+_outbound = OutboundEmail.__table__.c
+_INSERT = sa.insert(OutboundEmail.__table__).returning(_outbound.id, sort_by_parameter_order=True)
+_TAKE = (
+    sa.update(OutboundEmail.__table__)
+    .where(_outbound.id.in_(sa.bindparam("b_ids", expanding=True)),
+           found_by_key(_outbound.status == MailStatus.queued.value))
+    .values(status=MailStatus.sending.value, attempts=_outbound.attempts + 1,
+            sending_started_at=sa.bindparam("b_now"))
+    .returning(_outbound.id)
+)
+_RENEW_LEASES = (
+    sa.update(OutboundEmail.__table__)
+    .where(sa.tuple_(_outbound.id, _outbound.attempts).in_(
+               sa.bindparam("b_held", expanding=True)),
+           found_by_key(_outbound.status == MailStatus.sending.value))
+    .values(sending_started_at=sa.bindparam("b_now"))
+    .returning(_outbound.id)
+)
+_MARK_SENT = (
+    sa.update(OutboundEmail.__table__)
+    .where(_outbound.id == sa.bindparam("b_id"),
+           found_by_key(_outbound.status == MailStatus.sending.value))
+    .values(status=MailStatus.sent.value, sent_at=sa.bindparam("b_now"),
+            message_id=sa.bindparam("b_message_id"), last_error=None, next_attempt_at=None)
+    .returning(_outbound.id)
+)
+_STILL_OURS = (
+    sa.select(_outbound.id)
+    .where(_outbound.id == sa.bindparam("b_next"),
+           found_by_key(_outbound.status == MailStatus.sending.value),
+           _outbound.attempts == sa.bindparam("b_next_attempts"))
+)
+# PostgreSQL: one statement records a message sent and reads whether the next is still ours.
+_MARK_SENT_AND_CHECK_NEXT = _STILL_OURS.add_cte(_MARK_SENT.cte("recorded"))
+_RECORD_FAILURE = (
+    sa.update(OutboundEmail.__table__)
+    .where(_outbound.id == sa.bindparam("b_id"),
+           found_by_key(_outbound.status == MailStatus.sending.value))
+    .values(status=sa.bindparam("b_status"), next_attempt_at=sa.bindparam("b_next_attempt_at"),
+            last_error=sa.bindparam("b_error"))
+    .returning(_outbound.id)
+)
+
+
+@contextmanager
+def _bookkeeping(session: Session) -> Iterator[Book]:
+    """A function that runs one prepared statement of the per-message bookkeeping, committed on
+    its own, and returns the ids of the rows it changed.
+
+    On PostgreSQL it runs on a connection of its own in autocommit mode with
+    ``synchronous_commit`` off: one round trip a statement, and no wait for the disk flush. That
+    is durable against a worker dying (the risk here); a database crash could at worst cause a
+    resend. Each statement stands alone (a message's record, or a batch's lease renewal), so
+    nothing needs them in one transaction.
+    """
+    if not is_postgresql(session):
+        def book_in_session(statement: sa.Executable, params: dict) -> set[int]:
+            ids = _in_session(session)(statement, params)
+            session.commit()
+            return ids
+        yield book_in_session
+        return
+    with session.get_bind().connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql("SET synchronous_commit TO OFF")
+        try:
+            yield lambda statement, params: set(connection.execute(statement, params).scalars())
+        finally:
+            if not connection.invalidated:
+                connection.exec_driver_sql("RESET synchronous_commit")
+
+
+def _in_session(session: Session) -> Book:
+    """A Book that runs in the session's transaction, leaving the commit to the caller."""
+    return lambda statement, params: set(session.connection().execute(statement, params).scalars())
+
+
+def _record_failure(book: Book, item: Outgoing, exc: Exception, outcome: BatchOutcome) -> None:
+    config = current_app.config
+    error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+    countdown = None
+    if isinstance(exc, PermanentMailError) or item.attempts >= config["MAIL_MAX_ATTEMPTS"]:
+        status, next_attempt_at = MailStatus.failed, None
+        outcome.failed.append(item.outbound_id)
+    else:
+        countdown = retry_delay(item.attempts)
+        status = MailStatus.queued
+        next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
+        outcome.retry[item.outbound_id] = countdown
+    book(_RECORD_FAILURE, {"b_id": item.outbound_id, "b_status": status.value,
+                           "b_next_attempt_at": next_attempt_at, "b_error": error})
+    log_event("mail.failed" if countdown is None else "mail.retry_scheduled", logging.WARNING,
+              outbound_id=item.outbound_id, kind=item.kind, claim_id=item.claim_id,
+              attempts=item.attempts, error=type(exc).__name__, retry_in=countdown)
+
+
+def retry_delay(attempts: int) -> int:
+    """Exponential backoff: base, 2x base, 4x base, ... capped at an hour."""
+    base = current_app.config["MAIL_RETRY_BASE_SECONDS"]
+    return int(min(base * 2 ** max(attempts - 1, 0), 3600))
+
+
+def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -> list[Outgoing]:
+    """Load what the taken mails say (one query) and render them; mails whose code was voided
+    before they went out are cancelled (the reissue mail carries the new code)."""
+    rows = session.execute(
+        sa.select(OutboundEmail, Creator, Code, CodeBatch, Program)
+        .join(Creator, Creator.id == OutboundEmail.creator_id)
+        .outerjoin(Code, Code.id == OutboundEmail.code_id)
+        .outerjoin(CodeBatch, CodeBatch.id == Code.batch_id)
+        .outerjoin(Claim, Claim.id == OutboundEmail.claim_id)
+        .outerjoin(Program, Program.id == Claim.program_id)
+        .where(OutboundEmail.id.in_(outbound_ids))
+        .order_by(OutboundEmail.id)
+    ).all()
+    outgoing, cancelled = [], []
+    for outbound, creator, code, batch, program in rows:
+        if code is not None and code.status == CodeStatus.void:
+            cancelled.append(outbound.id)
+            continue
+        item = Outgoing(outbound.id, outbound.to_email, outbound.attempts, outbound.kind,
+                        outbound.claim_id)
+        try:
+            item.message_id, item.raw = render(outbound, creator, code, batch, program)
+        except Exception as exc:  # noqa: BLE001 - recorded on the row like a failed send
+            _record_failure(_in_session(session), item, exc, outcome)
+            continue
+        outgoing.append(item)
+    if cancelled:
+        session.execute(
+            sa.update(OutboundEmail)
+            .where(OutboundEmail.id.in_(cancelled), OutboundEmail.status == MailStatus.sending)
+            .values(status=MailStatus.cancelled, last_error=MailProblem.code_voided)
+            .execution_options(synchronize_session=False))
+        outcome.cancelled += cancelled
+        for outbound_id in cancelled:
+            log_event("mail.cancelled", outbound_id=outbound_id)
+    return outgoing

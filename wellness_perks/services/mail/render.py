@@ -1,0 +1,99 @@
+"""Rendering an owed mail into the message that goes out: subject, text and HTML bodies from
+``templates/email/``, in the language its row records, and the headers.
+
+A mail's body is rendered at send time, from the database, and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP, SMTPUTF8
+from email.utils import format_datetime, parseaddr
+
+from flask import current_app
+
+from ...models import Code, CodeBatch, Creator, MailKind, OutboundEmail, Program, text_direction
+from .. import tokens
+from . import mime
+
+
+def render(outbound: OutboundEmail, creator: Creator, code: Code | None,
+           batch: CodeBatch | None, program: Program | None) -> tuple[str, bytes]:
+    """(Message-ID, the whole message as bytes)."""
+    subject, text, html = _content(outbound, creator, code, batch, program)
+    from_addr = current_app.config["MAIL_FROM"]
+    message_id = make_message_id(outbound, from_addr)
+    if not outbound.to_email.isascii():  # an internationalised address needs SMTPUTF8
+        return message_id, _email_message(outbound, subject, text, html, message_id).as_bytes()
+    headers = [("Subject", mime.encode_header(subject)),
+               ("From", _encoded_from(from_addr)),
+               ("To", outbound.to_email),
+               ("Date", format_datetime(datetime.now(UTC))),
+               ("Message-ID", message_id),
+               ("Auto-Submitted", "auto-generated")]
+    return message_id, mime.compose(headers=headers, text=text, html=html)
+
+
+def _content(outbound, creator, code, batch, program) -> tuple[str, str, str]:
+    """(subject, text, html) from the mail kind's three templates."""
+    config = current_app.config
+    context = {"creator": creator, "help_email": config["HELP_EMAIL"],
+               "base_url": config["BASE_URL"], "lang": outbound.locale,
+               "text_dir": text_direction(outbound.locale)}
+    if outbound.kind == MailKind.sign_in:
+        token = tokens.mint_sign_in_token(creator)
+        context |= {"link": f"{config['BASE_URL']}/login/{token}",
+                    "minutes": config["LOGIN_TOKEN_MAX_AGE"] // 60}
+        template = "email/sign_in"
+    elif outbound.kind in (MailKind.redemption, MailKind.reissue):
+        context |= {
+            "program": program,
+            "code": code.value,
+            "redeem_link": program.redeem_link(code.value),
+            "expires_on": batch.expires_on,
+            "program_url": f"{config['BASE_URL']}/programs/{program.slug}",
+            "reissue": outbound.kind == MailKind.reissue,
+        }
+        template = "email/redemption"
+    else:
+        raise ValueError(f"unknown mail kind {outbound.kind!r}")
+    env = current_app.jinja_env
+    subject = env.get_template(f"{template}.subject.txt").render(context).strip()
+    return (subject, env.get_template(f"{template}.txt").render(context),
+            env.get_template(f"{template}.html").render(context))
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded_from(from_addr: str) -> str:
+    message = EmailMessage(policy=SMTP)
+    message["From"] = from_addr
+    return message.as_string().split(":", 1)[1].strip()
+
+
+def _email_message(outbound, subject, text, html, message_id) -> EmailMessage:
+    """The same message through the ``email`` package (for non-ASCII addresses)."""
+    message = EmailMessage(policy=SMTPUTF8)
+    message["Subject"] = subject
+    message["From"] = current_app.config["MAIL_FROM"]
+    message["To"] = outbound.to_email
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = message_id
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
+    return message
+
+
+def make_message_id(outbound: OutboundEmail, from_addr: str) -> str:
+    """The same Message-ID for every attempt at one mail: if an attempt whose outcome we could
+    not record is repeated, mail systems that de-duplicate by Message-ID show it once."""
+    domain = _domain_of(from_addr)
+    created = outbound.created_at.strftime("%Y%m%d%H%M%S")
+    return f"<wellness-perks.{outbound.id}.{created}@{domain}>"
+
+
+@functools.lru_cache(maxsize=16)
+def _domain_of(from_addr: str) -> str:
+    return parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
