@@ -42,8 +42,8 @@ PING_IDLE_SECONDS = 10.0
 def _ping_when_idle(engine: sa.Engine) -> None:
     """Test pooled connections before use, but only those idle for a while.
 
-    ``pool_pre_ping`` would cost a round trip on every checkout, i.e. on every request and task
-    (a fifth of a claim request's round trips). A connection used in the last few seconds is
+    ``pool_pre_ping`` would cost a round trip on every checkout, i.e. on every request and
+    task. A connection used in the last few seconds is
     alive unless the server has just gone away; then the failing statement's disconnect error
     invalidates the whole pool, and only the requests already under way fail.
     """
@@ -149,12 +149,12 @@ def planned_each_execution(session: Session):
     statements after the block go back to the plans the server keeps.
 
     The driver prepares a statement run five times, and PostgreSQL may then keep one generic
-    plan for it. Made while the tables were small (a new program, a launch's first minutes),
-    that plan scans what has since grown: the waiting claims were read by walking every claim
-    of the program, the take of a mail batch scanned every mail. So the few statements of a
-    batch that find its rows (for dozens or hundreds of rows each) are planned each time; the
-    per-row writes that follow, found by key, keep their prepared plans (planning each of those
-    cost PostgreSQL more than the reads saved).
+    plan for it. Made while the tables are small (a new program, a launch's first minutes),
+    such a plan goes on scanning what has grown since: every claim of the program to find the
+    waiting ones, every mail to take a batch. So the few statements of a batch that find its
+    rows (dozens or hundreds of rows each) are planned each time; the per-row writes that
+    follow, found by key, keep their prepared plans (planning each of those would cost more
+    than it saves).
     """
     postgresql = is_postgresql(session)
     if postgresql:
@@ -170,11 +170,10 @@ def found_by_key(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
 
     For the hot statements that look rows up by a key and check something else: a mail by id,
     then its state (``status = 'sending'``); a creator's claim by creator, then its program.
-    PostgreSQL plans a prepared statement once for all parameters: planned while the tables
-    were new and empty, as in a launch's first minutes, any index tied with any other, and the
-    generic plan took the other condition's: the ``(status, ...)`` index over every mail in that
-    state, the ``(program_id, state, id)`` index over every claim of the program. Each claim
-    request then cost more than the last (PostgreSQL CPU per claim 0.5 ms at the first 2,000
-    claims, 1.9 ms at the last of 20,000; bench, 2026-12-02).
+    PostgreSQL may plan a prepared statement once for all parameters: planned while the tables
+    are new and empty, any index ties with any other, and a generic plan may take the other
+    condition's (the ``(status, ...)`` index over every mail in that state, the
+    ``(program_id, state, id)`` index over every claim of the program), so that each lookup
+    costs more than the last as the tables grow.
     """
     return condition.is_(sa.true())

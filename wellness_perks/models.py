@@ -244,9 +244,8 @@ class Claim(SQLModel, table=True):
         sa.Index("ix_claim_program_state", "program_id", "state", "id"),
         # The waiting line alone (pending and waitlisted claims), in claim order: what
         # allocation serves. Partial, so it stays the obvious plan however stale the
-        # statistics: planned with those of a launch's first minutes (every claim pending), the
-        # waiting claims were found by walking the primary key past every claim already
-        # allocated, on each batch.
+        # statistics (with those of a program's first minutes, every claim pending, walking
+        # the primary key would look as good).
         sa.Index("ix_claim_waiting", "program_id", "id", postgresql_where=sa.text(WAITING),
                  sqlite_where=sa.text(WAITING)),
     )

@@ -89,7 +89,7 @@ def _lower_worker_priority(sender=None, **_kw) -> None:
 def _lower_session_priority(niceness: int) -> None:
     """Linux's autogroup scheduling (on by default) shares the CPU equally among sessions
     first, and a process's own niceness counts only within its session. A worker started as a
-    service leads a session of its own, so its niceness alone changed nothing against the web
+    service leads a session of its own, so its niceness alone would change nothing against the web
     server's session: the session's (autogroup's) niceness is set too. Only for a session
     leader: a worker started from a terminal would lower the whole terminal session."""
     try:

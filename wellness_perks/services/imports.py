@@ -465,8 +465,9 @@ def _csv_code_entries(reader, column: int, width: int, report: ImportReport, fir
 def _write_codes(session: Session, program_id: int, batch_id: int, chunk: list,
                  report: ImportReport) -> None:
     # INSERT .. ON CONFLICT DO NOTHING on the (program_id, value) unique index finds the codes
-    # already in stock. (A SELECT .. IN (1000 values) first went quadratic on PostgreSQL: once
-    # prepared, its generic plan filtered every code of the program against the list, per chunk.)
+    # already in stock, in the statement that writes the rest: no SELECT .. IN (1000 values)
+    # first, whose generic plan, once prepared, would filter every code of the program against
+    # the list, per chunk.
     dialect = session.get_bind().dialect.name
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Code)
     rows = [{"program_id": program_id, "batch_id": batch_id, "value": value,
