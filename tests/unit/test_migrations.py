@@ -141,3 +141,68 @@ def test_sqlite_upgrade_that_would_leave_broken_references_changes_nothing(tmp_p
         command.upgrade(config, "head")
     assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
     raw.close()
+
+
+def test_upgrade_to_0005_stores_codes_for_words_and_a_language(empty_database):
+    """Claim reasons, a refusal's audit detail and the outbox's own errors were stored as
+    English words: 0005 turns them into codes (and back on the way down); every creator and
+    mail gets a language, English."""
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0004")
+    engine = make_engine(empty_database)
+    now = "CURRENT_TIMESTAMP"
+    reasons = ["not eligible", "claim window closed", "quota reached", "country quota reached",
+               "out of stock"]
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO program (id, slug, name, perk_months, quota, allocated_count, "
+            f"in_stock_count, code_pattern, created_at) VALUES (1, 'p1', 'P', 6, 10, 0, 0, '.*', "
+            f"{now})"))
+        for i, reason in enumerate(reasons, start=1):
+            state = "refused" if i <= 2 else "waitlisted"
+            conn.execute(sa.text(
+                "INSERT INTO creator (id, email, handle, country, login_nonce, created_at) "
+                f"VALUES (:i, :email, 'c', 'PK', 0, {now})"), {"i": i, "email": f"c{i}@x.org"})
+            conn.execute(sa.text(
+                "INSERT INTO claim (id, program_id, creator_id, country, state, reason, "
+                f"requested_at) VALUES (:i, 1, :i, 'PK', :state, :reason, {now})"),
+                {"i": i, "state": state, "reason": reason})
+            conn.execute(sa.text(
+                "INSERT INTO auditevent (at, actor, action, object_type, object_id, program_id, "
+                f"detail) VALUES ({now}, 'creator', :action, 'claim', :i, 1, :detail)"),
+                {"i": i, "action": "claim.refused" if state == "refused" else "claim.requested",
+                 "detail": f'{{"reason": "{reason}"}}' if state == "refused" else None})
+        for error in ["its code was voided before it was sent",
+                      "attempt interrupted (worker stopped mid-send); outcome unknown",
+                      "SMTPDataError: (451, b'try later')"]:
+            conn.execute(sa.text(
+                "INSERT INTO outboundemail (kind, to_email, creator_id, status, attempts, "
+                f"last_error, created_at) VALUES ('sign_in', 'c1@x.org', 1, 'queued', 1, :error, "
+                f"{now})"), {"error": error})
+
+    def stored(conn):
+        return ([tuple(r) for r in conn.execute(sa.text("SELECT reason FROM claim ORDER BY id"))],
+                [r[0] for r in conn.execute(sa.text(
+                    "SELECT detail FROM auditevent WHERE action = 'claim.refused' ORDER BY id"))],
+                [r[0] for r in conn.execute(sa.text(
+                    "SELECT last_error FROM outboundemail ORDER BY id"))])
+
+    command.upgrade(config, "0005")
+    with engine.connect() as conn:
+        claim_reasons, details, errors = stored(conn)
+        assert claim_reasons == [("not_eligible",), ("window_closed",), ("quota_reached",),
+                                 ("country_quota_reached",), ("out_of_stock",)]
+        assert details == ['{"reason": "not_eligible"}', '{"reason": "window_closed"}']
+        assert errors == ["code_voided", "interrupted", "SMTPDataError: (451, b'try later')"]
+        languages = {tuple(r) for r in conn.execute(sa.text(
+            "SELECT 'creator', locale FROM creator UNION SELECT 'mail', locale "
+            "FROM outboundemail"))}
+        assert languages == {("creator", "en"), ("mail", "en")}
+    command.downgrade(config, "0004")
+    with engine.connect() as conn:
+        claim_reasons, details, errors = stored(conn)
+        assert claim_reasons == [(reason,) for reason in reasons]
+        assert details == ['{"reason": "not eligible"}', '{"reason": "claim window closed"}']
+        assert errors[:2] == ["its code was voided before it was sent",
+                              "attempt interrupted (worker stopped mid-send); outcome unknown"]
+    engine.dispose()
