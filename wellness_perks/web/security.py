@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import abort
-from flask_login import LoginManager, UserMixin, current_user
+from flask import abort, flash, redirect, request
+from flask_login import LoginManager, UserMixin, current_user, login_url
 from flask_wtf import CSRFProtect
 
 from ..db import get_session
 from ..services import auth
+from .errors import error_response, wants_json
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -73,6 +74,15 @@ def load_user(user_id: str):
     if kind is None or not raw_id.isdigit():
         return None
     return kind(int(raw_id))
+
+
+@login_manager.unauthorized_handler
+def unauthorized():
+    """Nobody signed in: 401 in JSON for the API, else to the sign-in page and back."""
+    if wants_json():
+        return error_response(401, "sign_in_required")
+    flash(login_manager.login_message, login_manager.login_message_category)
+    return redirect(login_url(login_manager.login_view, next_url=request.url))
 
 
 def kind_required(*kinds: str):

@@ -61,3 +61,23 @@ def test_a_claim_without_a_session_is_sent_to_sign_in_and_records_nothing(
     response = client.post(f"/programs/{program.slug}/claim", data={"csrf_token": token})
     assert response.status_code == 302 and response.headers["Location"].startswith("/login")
     assert session.exec(select(Claim)).all() == []
+
+
+def test_nobody_signed_in_gets_json_401_from_the_api_and_a_sign_in_page_elsewhere(app_config,
+                                                                                  app):
+    staff = create_app(app_config)
+    bp = Blueprint("api_probe", __name__, url_prefix="/api/probe")
+
+    @bp.route("/")
+    @kind_required("manager")
+    def probe():
+        return {"ok": True}
+
+    web.register(staff, bp, csrf_protected=False)
+    client = staff.test_client()
+    response = client.get("/api/probe/")
+    assert response.status_code == 401
+    assert response.json == {"error": "sign_in_required", "message": "Sign in to see your perks."}
+    page = client.get("/", follow_redirects=True)
+    assert "Sign in to see your perks." in page.text and "Email me a sign-in link" in page.text
+    staff.extensions["db_engine"].dispose()
