@@ -18,37 +18,28 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
-from pathlib import Path
 
-from .common import (
-    BIN,
-    ProcessWatch,
-    Progress,
-    Service,
-    cpu_between,
-    create_database,
-    drop_database,
-    free_port,
-    pg_connect,
-    quantiles,
-    wait_for,
-)
+from harness.ports import free_port
+from harness.postgres import connect
+from harness.stack import Stack, wait_http
+
+from .common import POSTGRES, ProcessWatch, Progress, cpu_between, quantiles
 from .load import LoadGenerator, build_request
 from .smtp_sink import CEILING_DOMAIN
 
 # --------------------------------------------------------------------------- HTTP
 
 
-def http_ceiling(*, env: dict[str, str], gunicorn_args: list[str], tmp: Path, connections: int,
+def http_ceiling(*, stack: Stack, gunicorn_args: list[str], connections: int,
                  load_processes: int, seconds: float, watch: ProcessWatch,
                  warmup: float = 1.5) -> dict:
     port = free_port()
-    service = Service("ceiling-gunicorn", [str(BIN / "gunicorn"), "bench.ceiling_app:create_app()",
-                                           "-b", f"127.0.0.1:{port}", *gunicorn_args],
-                      env, tmp / "ceiling-gunicorn.log").start()
+    name = "ceiling-gunicorn"
+    service = stack.start_gunicorn(port, *gunicorn_args, name=name,
+                                   app="bench.ceiling_app:create_app()")
     load = None
     try:
-        _wait_http(service, port)
+        wait_http(service, f"http://127.0.0.1:{port}/ceiling")
         load = LoadGenerator("127.0.0.1", port, load_processes)
         watch.add("ceiling-web", service.pid)
         for pid in load.pids:
@@ -72,21 +63,7 @@ def http_ceiling(*, env: dict[str, str], gunicorn_args: list[str], tmp: Path, co
     finally:
         if load:
             load.close()
-        service.stop()
-
-
-def _wait_http(service: Service, port: int) -> None:
-    import urllib.request
-
-    def answers() -> bool:
-        service.ensure_running()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ceiling", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    wait_for(answers, timeout=60, interval=0.2, what="the ceiling app to answer")
+        stack.stop(name)
 
 
 # --------------------------------------------------------------------------- SQL
@@ -100,7 +77,7 @@ RETURNING id
 
 
 def _sql_client(url: str, start, seconds: float, results) -> None:
-    conn = pg_connect(url, autocommit=True)  # each statement its own transaction
+    conn = connect(url, autocommit=True)  # each statement its own transaction
     taken = 0
     start.wait()
     began = time.time()
@@ -116,9 +93,9 @@ def _sql_client(url: str, start, seconds: float, results) -> None:
 
 
 def sql_ceiling(rows: int, clients: int = 8, max_seconds: float = 20.0) -> dict:
-    url = create_database("wp_bench_ceiling")
+    url = POSTGRES.create_database("wp_bench_ceiling")
     try:
-        with pg_connect(url) as conn:
+        with connect(url) as conn:
             conn.execute("""CREATE TABLE code (
                 id bigserial PRIMARY KEY, program_id integer NOT NULL,
                 value varchar(64) NOT NULL, status varchar(16) NOT NULL DEFAULT 'available',
@@ -141,7 +118,7 @@ def sql_ceiling(rows: int, clients: int = 8, max_seconds: float = 20.0) -> dict:
             p.join(10)
         taken = sum(o[0] for o in outcomes)
         elapsed = max(o[2] for o in outcomes) - min(o[1] for o in outcomes)
-        with pg_connect(url) as conn:
+        with connect(url) as conn:
             assigned, distinct = conn.execute(
                 "SELECT count(*), count(DISTINCT id) FROM code WHERE status = 'assigned'"
             ).fetchone()
@@ -149,7 +126,7 @@ def sql_ceiling(rows: int, clients: int = 8, max_seconds: float = 20.0) -> dict:
                 "seconds": elapsed, "clients": clients, "rows": rows,
                 "consistent": assigned == taken == distinct}
     finally:
-        drop_database(url)
+        POSTGRES.drop_database(url)
 
 
 # --------------------------------------------------------------------------- SMTP

@@ -40,7 +40,7 @@ def main() -> int:
         sql["seconds"] += time.perf_counter() - conn.info["bench_started"].pop()
         sql["statements"] += 1
 
-    from wellness_perks.cli import main as cli_main  # the `wellness-perks` console script
+    from wellness_perks import main as cli_main  # the `wellness-perks` console script
 
     runs = []
     output = ""

@@ -1,7 +1,8 @@
-"""What both benchmark runs share: services, the product's processes, the database, progress
-lines, process statistics from /proc, machine facts and the results file.
+"""What both benchmark runs measure with: progress lines, percentiles, the product's settings,
+Celery remote control, process statistics from /proc, machine facts and the results file.
 
-Nothing here imports the product: it is run through its commands and its HTTP endpoints.
+The processes, services, databases and sign-in tokens are the harness's (``harness/``). Nothing
+here imports the product: it is run through its commands and its HTTP endpoints.
 """
 
 from __future__ import annotations
@@ -12,43 +13,36 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
+from harness.commands import ROOT
+from harness.errors import HarnessError
+from harness.postgres import PostgresServer
+
 RESULTS_DIR = ROOT / "bench" / "results"
-PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-SIGN_IN_SALT = "wellness-perks.sign-in"  # how the app signs sign-in links (services/auth.py)
+POSTGRES = PostgresServer(os.environ.get("BENCH_PG_ADMIN_URL",
+                                         "postgresql://postgres@127.0.0.1:5432/postgres"),
+                          prefix="wp_bench")
 
-# Settings the bench decides for every product process (config.py reads them). Whatever else the
-# caller's environment holds (LOG_LEVEL, ALLOCATION_BATCH_SIZE, MAIL_RATE_LIMIT, ...) passes
-# through, and is recorded in the results.
-OWN_SETTINGS = ("DATABASE_URL", "CELERY_BROKER_URL", "SMTP_HOST", "SMTP_PORT", "BASE_URL",
-                "SECRET_KEY", "INSTANCE_PATH", "MAIL_FROM", "PORT")
-# Settings that would point the processes elsewhere, or fail against the bench's SMTP sink.
-DROPPED_SETTINGS = ("SMTP_USER", "SMTP_PASSWORD", "SMTP_STARTTLS", "SMTP_SSL", "OUTBOX_DIR")
-# Tuning settings worth recording when set (config.py's, and those being added).
+# Settings of the caller's environment that would point the product's processes elsewhere, or
+# fail against the bench's SMTP sink. Whatever else it holds (LOG_LEVEL, ALLOCATION_BATCH_SIZE,
+# MAIL_RATE_LIMIT, ...) passes through, and is recorded in the results.
+DROPPED_SETTINGS = ("PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_STARTTLS", "SMTP_SSL",
+                    "OUTBOX_DIR")
+# Tuning settings recorded when set (config.py's).
 TUNING_SETTINGS = ("LOG_LEVEL", "DATABASE_POOL_SIZE", "ALLOCATION_BATCH_SIZE", "MAIL_RATE_LIMIT",
                    "MAIL_CONNECTIONS", "MAIL_BATCH_SIZE",
                    "SMTP_TIMEOUT", "MAIL_MAX_ATTEMPTS", "MAIL_RETRY_BASE_SECONDS",
                    "SWEEP_INTERVAL_SECONDS", "SWEEP_PENDING_AFTER_SECONDS",
                    "MAIL_SENDING_TIMEOUT_SECONDS", "BROKER_RETRY_AFTER_SECONDS", "WORKER_NICENESS")
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run (a service missing, a process that died, a timeout)."""
 
 
 # --------------------------------------------------------------------------- output
@@ -95,27 +89,6 @@ class Progress:
         say()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.1, on_poll: Callable[[], None] | None = None):
-    """Poll ``predicate`` until it returns something truthy; BenchError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if on_poll:
-            on_poll()
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def quantiles(values: list[float], points=(0.5, 0.95, 0.99)) -> dict[str, float | None]:
     """Nearest-rank percentiles (p50, p95, p99) of ``values``."""
     ordered = sorted(values)
@@ -135,43 +108,10 @@ def quantiles(values: list[float], points=(0.5, 0.95, 0.99)) -> dict[str, float 
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def pg_connect(url: str, autocommit: bool = True):
-    import psycopg
-
-    return psycopg.connect(plain_pg_url(url), autocommit=autocommit, connect_timeout=5)
-
-
-def plain_pg_url(url: str) -> str:
-    """``postgresql+psycopg://`` -> ``postgresql://`` (what libpq takes)."""
-    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
-
-
-def create_database(prefix: str = "wp_bench") -> str:
-    """A fresh, empty database; returns its URL (``postgresql://``)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with pg_connect(PG_ADMIN_URL) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    with pg_connect(PG_ADMIN_URL) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def check_postgres() -> str:
-    try:
-        with pg_connect(PG_ADMIN_URL) as conn:
-            return conn.execute("SHOW server_version").fetchone()[0]
-    except Exception as exc:  # noqa: BLE001
-        raise BenchError(f"PostgreSQL does not answer at {PG_ADMIN_URL}: {exc}") from exc
-
-
 def postmaster_pid() -> int | None:
     """The PostgreSQL server's main process (its backends are its children)."""
     try:
-        with pg_connect(PG_ADMIN_URL) as conn:
+        with POSTGRES.connect() as conn:
             data_dir = conn.execute("SHOW data_directory").fetchone()[0]
         return int(Path(data_dir, "postmaster.pid").read_text().split()[0])
     except Exception:  # noqa: BLE001 - not readable (another user's data dir): try /proc
@@ -182,189 +122,18 @@ def postmaster_pid() -> int | None:
     return None
 
 
-# --------------------------------------------------------------------------- processes
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return "(no output)"
-    text = path.read_text(errors="replace").splitlines()
-    return "\n".join(text[-lines:]) or "(empty)"
-
-
-@dataclass
-class Service:
-    """A long-running process: its own session (process group), output to a file."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    cwd: Path = ROOT
-    proc: subprocess.Popen | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> Service:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def ensure_running(self) -> None:
-        if not self.running:
-            raise BenchError(f"{self.name} exited with status {self.proc.returncode}; its "
-                             f"output ({self.log_path}):\n{tail(self.log_path)}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (a graceful stop), SIGKILL to the whole group after ``timeout``."""
-        if self.proc is None:
-            return
-        try:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the group is ours alone
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-        finally:
-            if self._log:
-                self._log.close()
-                self._log = None
-
-
-@dataclass
-class RedisServer:
-    """A private ``redis-server`` (no persistence) on a free port: the broker of one run."""
-
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    service: Service | None = None
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise BenchError("redis-server is not on PATH (the benchmark starts a private one)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.service = Service("redis", [binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                                         "--save", "", "--appendonly", "no",
-                                         "--dir", str(self.workdir)],
-                               dict(os.environ), self.workdir / "redis.log",
-                               cwd=self.workdir).start()
-        wait_for(self._pong, timeout=15, interval=0.05, what=f"redis-server on {self.port}")
-        return self
-
-    def _pong(self) -> bool:
-        self.service.ensure_running()
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.service:
-            self.service.stop(5)
-
-
-def product_env(*, database_url: str, broker_url: str, smtp_port: int, base_url: str,
-                instance: Path, home: Path) -> dict[str, str]:
-    """The environment of every product process: the caller's, with the bench's own settings."""
-    env = {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS + DROPPED_SETTINGS}
-    env.update({
-        "DATABASE_URL": database_url,
-        "CELERY_BROKER_URL": broker_url,
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp_port),
-        "MAIL_FROM": "Wellness Perks <perks@bench.example>",
-        "BASE_URL": base_url,
-        "SECRET_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
-        "INSTANCE_PATH": str(instance),
-        "PYTHONUNBUFFERED": "1",
-        # gunicorn keeps a control socket under ~/.gunicorn: keep it in the run's directory.
-        "HOME": str(home),
-    })
-    instance.mkdir(parents=True, exist_ok=True)
-    home.mkdir(parents=True, exist_ok=True)
-    return env
+# --------------------------------------------------------------------------- the product
 
 
 def tuning_settings(env: dict[str, str]) -> dict[str, str]:
+    """The tuning settings ``env`` sets, for the results."""
     return {k: env[k] for k in TUNING_SETTINGS if env.get(k)}
 
 
 @dataclass
-class CliResult:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    max_rss_kb: int
-    cpu_seconds: float
-
-    def json(self):
-        return json.loads(self.stdout)
-
-
-def run_cli(env: dict[str, str], *args: str, check: bool = True,
-            timeout: float = 1800) -> CliResult:
-    """``wellness-perks ARGS`` as an operator runs it; its wall time, peak RSS and CPU."""
-    argv = [str(BIN / "wellness-perks"), *args]
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    box: dict[str, str] = {}
-
-    def drain(name, stream):
-        box[name] = stream.read()
-
-    readers = [threading.Thread(target=drain, args=(n, s), daemon=True)
-               for n, s in (("out", proc.stdout), ("err", proc.stderr))]
-    for r in readers:
-        r.start()
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise BenchError(f"wellness-perks {' '.join(args)} took over {timeout:.0f} s")
-        time.sleep(0.01)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    for r in readers:
-        r.join(10)
-    result = CliResult(argv, proc.returncode, box.get("out", ""), box.get("err", ""), seconds,
-                       usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
-    if check and result.returncode != 0:
-        raise BenchError(f"wellness-perks {' '.join(args)} exited with {result.returncode}:\n"
-                         f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return result
-
-
-@dataclass
 class StackSettings:
+    """How many of the product's processes a run starts, and how (the command-line options)."""
+
     web_workers: int = 2
     web_threads: int = 8
     web_worker_class: str = "gthread"
@@ -384,76 +153,6 @@ class StackSettings:
         return dict(self.__dict__)
 
 
-class Stack:
-    """The product's processes for one run, started with the commands an operator runs."""
-
-    def __init__(self, env: dict[str, str], tmp: Path, settings: StackSettings) -> None:
-        self.env = env
-        self.tmp = tmp
-        self.settings = settings
-        self.services: dict[str, Service] = {}
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Service:
-        service = Service(name, argv, env or self.env, self.tmp / f"{name}.log").start()
-        self.services[name] = service
-        return service
-
-    def start_gunicorn(self, name: str, app: str, port: int,
-                       env: dict[str, str] | None = None) -> Service:
-        return self.start(name, [str(BIN / "gunicorn"), app, "-b", f"127.0.0.1:{port}",
-                                 *self.settings.gunicorn_args()], env)
-
-    def start_workers(self) -> list[Service]:
-        workers = []
-        for n in range(1, self.settings.celery_workers + 1):
-            argv = [str(BIN / "celery"), "-A", "worker", "worker",
-                    "-c", str(self.settings.celery_concurrency), "-n", f"bench{n}@%h",
-                    "--loglevel", self.settings.celery_loglevel]
-            if self.settings.celery_queues:
-                argv += ["-Q", self.settings.celery_queues]
-            workers.append(self.start(f"worker{n}", argv))
-        return workers
-
-    def start_beat(self) -> Service:
-        return self.start("beat", [str(BIN / "celery"), "-A", "worker", "beat",
-                                   "--loglevel", "INFO",
-                                   "-s", str(self.tmp / "celerybeat-schedule")])
-
-    def workers(self) -> list[Service]:
-        return [s for n, s in self.services.items() if n.startswith("worker")]
-
-    def wait_workers_ready(self, timeout: float = 90) -> None:
-        for worker in self.workers():
-            wait_for(lambda w=worker: w.ensure_running() or " ready." in w.output(),
-                     timeout=timeout, interval=0.1, what=f"Celery {worker.name} to be ready")
-
-    def wait_http(self, service: Service, url: str, timeout: float = 60) -> None:
-        import urllib.error
-        import urllib.request
-
-        def answers() -> bool:
-            service.ensure_running()
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    return response.status < 500
-            except urllib.error.HTTPError as exc:
-                return exc.code < 500
-            except OSError:
-                return False
-
-        wait_for(answers, timeout=timeout, interval=0.2, what=f"{service.name} to answer {url}")
-
-    def stop(self, name: str) -> None:
-        service = self.services.pop(name, None)
-        if service:
-            service.stop()
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.services)):
-            with contextlib.suppress(Exception):
-                self.stop(name)
-
-
 def celery_control(broker_url: str):
     """A bare Celery app on the broker, for remote control of the workers (no product code)."""
     from celery import Celery
@@ -468,8 +167,8 @@ def set_consuming(control, queue: str, consuming: bool, workers: int) -> float:
     sent = time.time()
     replies = command(queue, reply=True, timeout=10, limit=workers)
     if len(replies or []) < workers:
-        raise BenchError(f"only {len(replies or [])} of {workers} workers answered "
-                         f"{'add' if consuming else 'cancel'}_consumer {queue}")
+        raise HarnessError(f"only {len(replies or [])} of {workers} workers answered "
+                           f"{'add' if consuming else 'cancel'}_consumer {queue}")
     return sent
 
 
@@ -530,8 +229,8 @@ def rss_kb(pid: int) -> int:
 
 def pss_kb(pid: int) -> int:
     """Proportional set size in KiB: pages shared among processes counted once in all.
-    ``smaps_rollup`` walks the process's page tables: about 0.4 ms for a small process and
-    more for a PostgreSQL backend mapping the shared buffers, so it is read less often."""
+    ``smaps_rollup`` walks the process's page tables (longer for a PostgreSQL backend mapping
+    the shared buffers), so it is read less often than RSS."""
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
@@ -594,8 +293,8 @@ class ProcessWatch:
     """Peak memory and CPU of process trees by role (web, worker, load, ...), sampled from
     /proc in a thread. Peak memory is the largest sum over a role's processes seen in one
     sample: RSS every ``interval``, and PSS (which counts pages shared by forked processes
-    once) every ``pss_every`` samples. Reading every process's PSS twice a second cost the
-    bench some 12% of a core during a launch, taken from what it measures."""
+    once) every ``pss_every`` samples only: reading PSS walks every process's page tables, CPU
+    taken from what is being measured."""
 
     def __init__(self, interval: float = 0.5, pss_every: int = 10) -> None:
         self.interval = interval
@@ -708,7 +407,7 @@ def machine_info() -> dict:
                 info["cpu_model"] = line.split(":", 1)[1].strip()
                 break
     with contextlib.suppress(Exception):
-        with pg_connect(PG_ADMIN_URL) as conn:
+        with POSTGRES.connect() as conn:
             info["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
             info["postgresql_settings"] = dict(conn.execute(
                 "SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers', "

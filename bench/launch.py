@@ -29,21 +29,22 @@ import sys
 import threading
 import time
 
+from harness.errors import HarnessError
+from harness.postgres import connect
+from harness.waiting import wait_for
+
 from . import ceilings
 from .common import (
-    BenchError,
     Progress,
     cpu_between,
     fmt_ms,
     fmt_num,
-    pg_connect,
     quantiles,
     say,
     set_consuming,
     today,
-    wait_for,
 )
-from .harness import REDEEM_URL, Harness, add_stack_args, write_codes, write_creators
+from .run import REDEEM_URL, BenchRun, add_stack_args, write_codes, write_creators
 from .smtp_sink import SmtpSink
 
 LAUNCH_SLUG = "launch"
@@ -85,7 +86,7 @@ class Follower:
     thread: the time each target count is first seen, and a timeline for the results."""
 
     def __init__(self, db_url: str, sink: SmtpSink, interval: float = 0.1) -> None:
-        self.conn = pg_connect(db_url)
+        self.conn = connect(db_url)
         self.sink = sink
         self.interval = interval
         self.slow_interval = 0.5
@@ -175,7 +176,7 @@ class Follower:
 # --------------------------------------------------------------------------- the run
 
 
-class LaunchBench(Harness):
+class LaunchBench(BenchRun):
     kind = "launch"
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -222,7 +223,7 @@ class LaunchBench(Harness):
             r = self.cli("import-creators", slug, str(creators), "--json")
             report = r.json()
             if report["imported"] != args.n or not report["committed"]:
-                raise BenchError(f"import-creators {slug}: {report}")
+                raise HarnessError(f"import-creators {slug}: {report}")
             timings[f"import_creators_{slug}_s"] = r.seconds
             timings[f"import_creators_{slug}_peak_rss_mb"] = round(r.max_rss_kb / 1024, 1)
             if args.q:
@@ -232,20 +233,21 @@ class LaunchBench(Harness):
                              "--json")
                 report = r.json()
                 if report["imported"] != args.q or not report["committed"]:
-                    raise BenchError(f"import-codes {slug}: {report}")
+                    raise HarnessError(f"import-codes {slug}: {report}")
                 timings[f"import_codes_{slug}_s"] = r.seconds
                 timings[f"import_codes_{slug}_peak_rss_mb"] = round(r.max_rss_kb / 1024, 1)
         self.results["setup"] = {k: round(v, 3) for k, v in timings.items()}
         self.creators_list = self.creators()
         if len(self.creators_list) != args.n:
-            raise BenchError(f"{len(self.creators_list)} creators in the database, "
-                             f"expected {args.n}")
+            raise HarnessError(f"{len(self.creators_list)} creators in the database, "
+                               f"expected {args.n}")
 
     def measure_ceilings(self) -> None:
         args = self.args
         say("ceilings (same machine, same services):")
-        http = ceilings.http_ceiling(env=self.env, gunicorn_args=self.settings.gunicorn_args(),
-                                     tmp=self.tmp, connections=args.concurrency,
+        http = ceilings.http_ceiling(stack=self.stack,
+                                     gunicorn_args=self.settings.gunicorn_args(),
+                                     connections=args.concurrency,
                                      load_processes=args.load_processes,
                                      seconds=args.ceiling_seconds, watch=self.watch)
         progress = Progress("ceiling sql")
@@ -293,14 +295,14 @@ class LaunchBench(Harness):
         def settle(show):
             def settled() -> bool:
                 if self.follower.error:
-                    raise BenchError(f"following the run failed: {self.follower.error}")
+                    raise HarnessError(f"following the run failed: {self.follower.error}")
                 st = self.follower.snapshot()
                 return (st["pending"] == 0 and st["claims"] >= args.n
                         and {"allocated", "mails"} <= self.follower.seen_at.keys())
             try:
                 wait_for(settled, timeout=args.settle_timeout, interval=0.1, on_poll=show,
                          what="the last code allocated and the last mail received")
-            except BenchError as exc:
+            except HarnessError as exc:
                 self.check("settled", False, f"{exc}: {self.follower.snapshot()}")
 
         result = self._claim_phase("launch", LAUNCH_SLUG, targets, settle)
@@ -316,7 +318,7 @@ class LaunchBench(Harness):
 
     def db_stats(self) -> dict:
         """The database's counters (pg_stat_database): sessions opened, transactions, rows."""
-        with pg_connect(self.db_url) as conn:
+        with connect(self.db_url) as conn:
             row = conn.execute(
                 "SELECT sessions, xact_commit, xact_rollback, tup_inserted, tup_updated, "
                 "tup_fetched FROM pg_stat_database WHERE datname = current_database()"
@@ -356,7 +358,7 @@ class LaunchBench(Harness):
             "timeline": {"columns": ["s", "claims", "allocated", "mails"],
                          "rows": f.timeline_since(t0)},
         }
-        with pg_connect(self.db_url) as conn:
+        with connect(self.db_url) as conn:
             decided = conn.execute(
                 "SELECT extract(epoch FROM max(decided_at)) FROM claim WHERE program_id = %s "
                 "AND state = 'allocated'", (f.program_id,)).fetchone()[0]
@@ -384,7 +386,7 @@ class LaunchBench(Harness):
                    summary["in_stock"] == args.q - expected
                    and summary["remaining"] == args.q - expected,
                    f"in_stock {summary['in_stock']}, remaining {summary['remaining']}")
-        with pg_connect(self.db_url) as conn:
+        with connect(self.db_url) as conn:
             held = conn.execute(
                 "SELECT cr.email, co.value FROM claim c JOIN program p ON p.id = c.program_id "
                 "JOIN creator cr ON cr.id = c.creator_id JOIN code co ON co.id = c.code_id "
@@ -474,7 +476,7 @@ class LaunchBench(Harness):
                                  "per_s": self.expected / alloc_s if alloc_s > 0 else None,
                                  "cpu": cpu_between(cpu0, self.watch.cpu())}
             progress.done(f"{self.expected:,} allocated in {alloc_s:.2f} s")
-        except BenchError as exc:
+        except HarnessError as exc:
             self.check("capacity: allocation drained", False, str(exc))
             out["allocation"] = {"seconds": None, "per_s": None}
         # Mail alone.
@@ -495,7 +497,7 @@ class LaunchBench(Harness):
                            "per_s": self.expected / mail_s if mail_s > 0 else None,
                            "cpu": cpu_between(cpu0, self.watch.cpu())}
             progress.done(f"{self.expected:,} mails in {mail_s:.2f} s")
-        except BenchError as exc:
+        except HarnessError as exc:
             self.check("capacity: mail drained", False, str(exc))
             out["mail"] = {"seconds": None, "per_s": None}
         self.watch.sample(pss=True)

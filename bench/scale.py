@@ -31,21 +31,13 @@ import subprocess
 import sys
 import time
 
-from .common import (
-    BIN,
-    ROOT,
-    BenchError,
-    Progress,
-    fmt_ms,
-    fmt_num,
-    pg_connect,
-    quantiles,
-    say,
-    set_consuming,
-    today,
-    wait_for,
-)
-from .harness import REDEEM_URL, Harness, add_stack_args, write_codes, write_creators
+from harness.commands import BIN, ROOT
+from harness.errors import HarnessError
+from harness.postgres import connect
+from harness.waiting import wait_for
+
+from .common import Progress, fmt_ms, fmt_num, quantiles, say, set_consuming, today
+from .run import REDEEM_URL, BenchRun, add_stack_args, write_codes, write_creators
 
 LEVELS = (10_000, 100_000, 1_000_000)
 PROBE_PREFIX = "probe"
@@ -110,7 +102,7 @@ UPDATE program SET allocated_count = allocated_count + (SELECT count(*) FROM see
 """
 
 
-class ScaleBench(Harness):
+class ScaleBench(BenchRun):
     kind = "scale"
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -147,7 +139,7 @@ class ScaleBench(Harness):
                      str(s + k + 2 * m), "--redeem-url", REDEEM_URL)
             r = self.cli("import-creators", slug, str(self.probe_file), "--json")
             if r.json()["imported"] != 2 * m:
-                raise BenchError(f"import-creators {slug}: {r.stdout[:500]}")
+                raise HarnessError(f"import-creators {slug}: {r.stdout[:500]}")
         self.start_product()
         probe = self.creators(f"{PROBE_PREFIX}%")
         self.probe_a = [cid for cid, _ in probe[:m]]
@@ -167,7 +159,7 @@ class ScaleBench(Harness):
         r = self.cli("import-creators", slug, str(self.history_file), "--json")
         report = r.json()
         if report["imported"] + report["duplicate"] != self.args.claims:
-            raise BenchError(f"import-creators {slug} (history): {r.stdout[:500]}")
+            raise HarnessError(f"import-creators {slug} (history): {r.stdout[:500]}")
         return {"what": f"{self.args.claims:,} creators (eligibility list)", "program": slug,
                 "seconds": round(r.seconds, 2), "peak_rss_mb": round(r.max_rss_kb / 1024, 1)}
 
@@ -182,7 +174,7 @@ class ScaleBench(Harness):
         r = self.cli("import-codes", slug, str(codes), "--expires", "2099-12-31", "--json")
         report = r.json()
         if report["imported"] != s or not report["committed"]:
-            raise BenchError(f"import-codes {slug}: {r.stdout[:500]}")
+            raise HarnessError(f"import-codes {slug}: {r.stdout[:500]}")
         entry = {"what": f"{s:,} codes", "codes": s, "program": slug,
                  "seconds": round(r.seconds, 2), "peak_rss_mb": round(r.max_rss_kb / 1024, 1),
                  "cpu_seconds": round(r.cpu_seconds, 2)}
@@ -211,7 +203,7 @@ class ScaleBench(Harness):
         r = self.cli("import-codes", slug, str(codes), "--expires", "2099-12-31", "--json")
         codes.unlink()
         if r.json()["imported"] != k:
-            raise BenchError(f"import-codes {slug} (history): {r.stdout[:500]}")
+            raise HarnessError(f"import-codes {slug} (history): {r.stdout[:500]}")
         self.imports.append({"what": f"{k:,} codes (history batch)", "codes": k, "program": slug,
                              "seconds": round(r.seconds, 2),
                              "peak_rss_mb": round(r.max_rss_kb / 1024, 1)})
@@ -219,7 +211,7 @@ class ScaleBench(Harness):
         before = self.counts(slug)["allocated"]
         if args.history == "sql":
             progress.show(f"writing {k:,} allocated claims ...", force=True)
-            with pg_connect(self.db_url, autocommit=False) as conn:
+            with connect(self.db_url, autocommit=False) as conn:
                 program_id = self._program_id(conn, slug)
                 batch = conn.execute("SELECT max(id) FROM codebatch WHERE program_id = %s",
                                      (program_id,)).fetchone()[0]
@@ -253,7 +245,7 @@ class ScaleBench(Harness):
             f"allocation {fmt_num(probe['allocation_per_s'])}/s")
 
     def vacuum(self) -> None:
-        with pg_connect(self.db_url) as conn:
+        with connect(self.db_url) as conn:
             conn.execute("VACUUM ANALYZE")
 
     def quota_timing(self, slug: str) -> dict:
@@ -262,7 +254,7 @@ class ScaleBench(Harness):
         out = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True,
                              timeout=600)
         if out.returncode != 0:
-            raise BenchError(f"quota --json (timed): {out.stderr[-1500:]}")
+            raise HarnessError(f"quota --json (timed): {out.stderr[-1500:]}")
         data = json.loads(out.stdout)
         runs = data["runs"][1:] or data["runs"]
         summary = json.loads(data["output"])
@@ -279,7 +271,7 @@ class ScaleBench(Harness):
         return conn.execute("SELECT id FROM program WHERE slug = %s", (slug,)).fetchone()[0]
 
     def counts(self, slug: str) -> dict:
-        with pg_connect(self.db_url) as conn:
+        with connect(self.db_url) as conn:
             allocated, pending, total = conn.execute(
                 "SELECT count(*) FILTER (WHERE state = 'allocated'), "
                 "count(*) FILTER (WHERE state = 'pending'), count(*) FROM claim "
@@ -308,7 +300,7 @@ class ScaleBench(Harness):
 
         # Polled by the pending claims alone (an index range, cheap however many claims the
         # program has), so that following the drain does not slow it down.
-        with pg_connect(self.db_url) as conn:
+        with connect(self.db_url) as conn:
             program_id = self._program_id(conn, slug)
 
             def drained() -> bool:
@@ -428,8 +420,8 @@ class ScaleBench(Harness):
             if "codes at" not in g["what"]:
                 continue
             applies = g["from"] == 10_000 and g["to"] == 1_000_000
-            # Claim latency by its mean and p99: at 64 connections over gunicorn's 2 x 8
-            # threads the distribution is lumpy, and its median moves between runs by 1.5x.
+            # Claim latency is judged by its mean and p99, not its median: 64 connections over
+            # gunicorn's 2 x 8 threads make a lumpy distribution whose median is unstable.
             for metric in ("claim mean", "claim p99", "quota SQL"):
                 value = g["ratios"][metric]
                 out.append({"target": f"{metric} growth, {g['what']}", "value": value,

@@ -16,15 +16,19 @@ import re
 import threading
 import time
 
+from harness.smtp import SmtpListener
+
 CEILING_DOMAIN = "ceiling.invalid"
 
 
-class _Handler:
+class _Handler(SmtpListener):
+    """Keeps each product message as received (time, envelope, bytes); counts the ceiling's.
+    Offers PIPELINING, as providers do."""
+
     def __init__(self) -> None:
+        super().__init__(pipelining=True)
         self.records: list[tuple[float, str, list[str], bytes]] = []
         self.ceiling_times: list[float] = []
-        self.sessions = 0
-        self.lock = threading.Lock()
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         now = time.time()
@@ -34,19 +38,6 @@ class _Handler:
         else:
             self.records.append((now, envelope.mail_from, rcpts, envelope.content))
         return "250 OK"
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
-        self.sessions += 1
-        session.host_name = hostname
-        # aiosmtpd reads each command in turn from a buffered stream, so it serves pipelined
-        # commands (RFC 2920) correctly; it just doesn't say so. Providers do say so.
-        responses.insert(-1, "250-PIPELINING")
-        return responses
-
-    async def handle_HELO(self, server, session, envelope, hostname):  # noqa: N802
-        self.sessions += 1
-        session.host_name = hostname
-        return f"250 {server.hostname}"
 
 
 def check_messages(records, code_re: re.Pattern[str]) -> list[dict]:
@@ -88,12 +79,8 @@ def check_messages(records, code_re: re.Pattern[str]) -> list[dict]:
 
 
 def _sink_main(pipe, port: int) -> None:
-    from aiosmtpd.controller import Controller
-
-    handler = _Handler()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=30)
-    controller.start()
-    pipe.send(("ready", controller.port))
+    handler = _Handler().start(port)
+    pipe.send(("ready", handler.port))
     try:
         while True:
             try:
@@ -105,7 +92,7 @@ def _sink_main(pipe, port: int) -> None:
                 pipe.send({"received": len(records), "ceiling": len(handler.ceiling_times),
                            "first": records[0][0] if records else None,
                            "last": records[-1][0] if records else None,
-                           "sessions": handler.sessions})
+                           "sessions": handler.connections})
             elif command == "ceiling_times":
                 pipe.send(list(handler.ceiling_times))
             elif command == "dump":
@@ -116,7 +103,7 @@ def _sink_main(pipe, port: int) -> None:
                 return
     finally:
         with contextlib.suppress(Exception):
-            controller.stop()
+            handler.stop()
 
 
 class SmtpSink:

@@ -6,25 +6,26 @@ import email
 import email.policy
 import os
 import re
-import socket
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 import pytest
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
 
+from harness.broker import redis_ping
+from harness.ports import free_port  # noqa: F401 - the tests take it from here
+from harness.postgres import PostgresServer
+from harness.smtp import SmtpListener
+from harness.waiting import wait_for
 from wellness_perks.models import Code, CodeStatus, Program
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 # Where the tests find the services (test harness settings, not app settings).
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+POSTGRES = PostgresServer(os.environ.get(
+    "TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+    prefix="wp_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 CSRF_RE = re.compile(r'<input[^>]*name="csrf_token"[^>]*value="([^"]+)"')
@@ -39,48 +40,13 @@ def service_missing(what: str, why: str) -> None:
     pytest.skip(message)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
-             what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- PostgreSQL
 
-
-def postgres_available() -> str | None:
-    """None when PostgreSQL answers, else why not."""
-    try:
-        engine = sa.create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:  # noqa: BLE001
-        return f"{PG_ADMIN_URL}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-
-
-def create_pg_database() -> str:
-    """A fresh, empty database wp_test_<random>; returns its URL."""
-    name = f"wp_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+# None when PostgreSQL answers, else why not.
+postgres_available = POSTGRES.why_unavailable
+# A fresh, empty database wp_test_<random>; its URL (postgresql+psycopg://).
+create_pg_database = POSTGRES.create_database
+drop_pg_database = POSTGRES.drop_database
 
 
 @contextmanager
@@ -100,14 +66,6 @@ def migrated_pg_database() -> Iterator[str]:
         drop_pg_database(url)
 
 
-def drop_pg_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
-
-
 def stock(session, program_id: int) -> tuple[int, int]:
     """(the program's counter of codes in stock, its available codes counted one by one), read
     afresh."""
@@ -124,39 +82,20 @@ def stock(session, program_id: int) -> tuple[int, int]:
 
 
 def redis_available() -> str | None:
-    host, port = REDIS_URL.split("//", 1)[1].split("/")[0].split(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2) as sock:
-            sock.sendall(b"PING\r\n")
-            if not sock.recv(16).startswith(b"+PONG"):
-                return f"{REDIS_URL} did not answer PING"
-        return None
-    except OSError as exc:
-        return f"{REDIS_URL}: {exc}"
+    """None when the shared Redis answers, else why not."""
+    return redis_ping(REDIS_URL)
 
 
 # --------------------------------------------------------------------------- SMTP
 
 
 @dataclass
-class MailCatcher:
+class MailCatcher(SmtpListener):
     """A real SMTP server (aiosmtpd) on a free local port that keeps what it receives."""
 
     messages: list[EmailMessage] = field(default_factory=list)
     refuse_with: str | None = None  # e.g. "451 4.3.0 try later": refuse every DATA
     refused: int = 0
-    connections: int = 0  # SMTP sessions opened (EHLO seen)
-    pipelining: bool = False  # offer PIPELINING (RFC 2920) in the EHLO reply
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    controller: Controller | None = None
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
-        with self._lock:
-            self.connections += 1
-        session.host_name = hostname
-        if self.pipelining:  # aiosmtpd serves pipelined commands; it just doesn't offer it
-            responses.insert(-1, "250-PIPELINING")
-        return responses
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         if self.refuse_with:
@@ -167,19 +106,6 @@ class MailCatcher:
         with self._lock:
             self.messages.append(message)
         return "250 OK"
-
-    def start(self) -> MailCatcher:
-        self.controller = Controller(self, hostname="127.0.0.1", port=free_port())
-        self.controller.start()
-        return self
-
-    def stop(self) -> None:
-        if self.controller:
-            self.controller.stop()
-
-    @property
-    def port(self) -> int:
-        return self.controller.port
 
     def clear(self) -> None:
         with self._lock:

@@ -2,23 +2,21 @@
 the test's own, an SMTP server in the test process, and the real ``gunicorn`` and ``celery``
 processes started with the exact commands an operator runs, all configured by environment.
 
-Every process gets its own process group, is terminated (then killed after a deadline) on
-teardown, and writes its output to a file whose tail is attached to the report of a failed test.
+The processes are the harness's (``harness.stack``): each in its own process group, stopped
+(then killed after a deadline) on teardown, writing its output to a file whose tail is attached
+to the report of a failed test.
 
 ``running_stack`` builds such a stack for any broker (the shared Redis, or a private
-``redis-server`` the test may stop and restart: ``RedisServer``), with any number of named
-workers; ``Stack.sign_in`` signs many creators in at once with tokens minted as the app mints them.
+``redis-server`` the test may stop and restart: ``harness.broker.RedisServer``), with any number
+of named workers; ``Stack.sign_in`` signs many creators in at once with tokens minted as the app
+mints them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
-import shutil
-import signal
 import subprocess
 import uuid
 from collections.abc import Iterable, Iterator
@@ -26,27 +24,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import IO
 
 import pytest
 import requests
 import sqlalchemy as sa
 
+from harness.broker import RedisServer
+from harness.commands import BIN, ROOT, CliResult, commands_missing, run_cli
+from harness.ports import free_port
+from harness.process import TAIL_LINES
+from harness.stack import Stack as HarnessStack
+from harness.stack import product_env, wait_http
+from harness.tokens import mint_sign_in_token
+from harness.waiting import wait_for
 from tests.helpers import (
     REDIS_URL,
     MailCatcher,
     create_pg_database,
     csrf_token,
     drop_pg_database,
-    free_port,
     postgres_available,
     redis_available,
     service_missing,
-    wait_for,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / ".venv" / "bin"
 # Settings the app reads (config.py): none leaks into the processes from the caller's environment.
 APP_SETTINGS = (
     "INSTANCE_PATH", "PORT", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "BASE_URL",
@@ -55,17 +56,8 @@ APP_SETTINGS = (
     "HELP_EMAIL", "LOGIN_TOKEN_MAX_AGE", "LOG_LEVEL", "ALLOCATION_BATCH_SIZE",
     "SWEEP_INTERVAL_SECONDS", "SWEEP_PENDING_AFTER_SECONDS", "MAIL_SENDING_TIMEOUT_SECONDS",
 )
-SIGN_IN_SALT = "wellness-perks.sign-in"  # wellness_perks.services.auth
 HTTP_TIMEOUT = 30
 REDIS_OWNER_KEY = "wellness-perks-e2e:owner"
-TAIL_LINES = 60
-
-
-def tail(path: Path, lines: int = TAIL_LINES) -> str:
-    if not path.exists():
-        return "(no output file)"
-    text = path.read_text(errors="replace").splitlines()
-    return "\n".join(text[-lines:]) or "(empty)"
 
 
 @dataclass
@@ -98,7 +90,7 @@ class SmtpServer(MailCatcher):
             return [m for m in self.messages
                     if m["To"] in wanted and subject_contains in (m["Subject"] or "")]
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         with self._lock:
             refuse = self.refuse_count > 0
             if refuse:
@@ -112,124 +104,6 @@ class SmtpServer(MailCatcher):
 
 
 @dataclass
-class RedisServer:
-    """A private ``redis-server`` (no persistence) on a free port: a broker a test may kill and
-    restart on the same port, without touching the shared Redis."""
-
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-    starts: int = 0
-
-    @staticmethod
-    def binary() -> str | None:
-        return shutil.which("redis-server")
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> RedisServer:
-        self.starts += 1
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = (self.workdir / f"redis-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        log.close()
-        wait_for(self._pong, timeout=15, interval=0.05, what=f"redis-server on {self.port}")
-        return self
-
-    def _pong(self) -> bool:
-        if not self.running:
-            pytest.fail(f"redis-server on port {self.port} exited with {self.proc.returncode}:\n"
-                        f"{tail(self.workdir / f'redis-{self.starts}.log')}")
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        try:
-            return client.ping()
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: the broker is gone, with every message it held (nothing is persisted)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-
-@dataclass
-class Service:
-    """A long-running process of ours: started in its own process group, output to a file."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> Service:
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        return self
-
-    def ensure_running(self) -> None:
-        if self.proc.poll() is not None:
-            pytest.fail(f"{self.name} exited with status {self.proc.returncode}; its output:\n"
-                        f"{tail(self.log_path)}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (graceful: the task in hand is finished), then SIGKILL to the group."""
-        if self.proc is None:
-            return
-        try:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self._kill_group()
-                    self.proc.wait(5)
-            # Children the main process left behind (its group is ours alone).
-            self._kill_group()
-        finally:
-            if self._log:
-                self._log.close()
-
-    def _kill_group(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group at once (a Celery worker and its pool children):
-        no warm shutdown, no message given back, transactions cut off mid-way."""
-        self._kill_group()
-        self.proc.wait(10)
-        if self._log:
-            self._log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-@dataclass
 class SignedIn:
     """A creator's browser: signed in, with a CSRF token of its session."""
 
@@ -238,16 +112,14 @@ class SignedIn:
     csrf_token: str
 
 
-@dataclass
-class Stack:
-    """The deployment under test: its settings, its processes and the SMTP server it mails to."""
+@dataclass(kw_only=True)
+class Stack(HarnessStack):
+    """The deployment under test: the harness's stack, with its address, its database (for the
+    test's own read-only checks), the SMTP server it mails to, and the creators' browsers."""
 
-    env: dict[str, str]
     base_url: str
-    database_url: str  # for the test's own read-only checks
+    database_url: str
     mail: SmtpServer
-    tmp: Path
-    services: dict[str, Service] = field(default_factory=dict)
     engine: sa.Engine | None = None
     broker: RedisServer | None = None  # when the stack has a private broker
     browsers: list[requests.Session] = field(default_factory=list)  # closed by close_browsers
@@ -256,55 +128,24 @@ class Stack:
         return self.base_url + path
 
     def cli(self, *args: str, env: dict[str, str] | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+            check: bool = True) -> CliResult:
         """Run ``wellness-perks ARGS`` as an operator would (``env`` overrides settings for this
-        run); fail the test if it fails, unless ``check`` is false."""
-        result = subprocess.run([str(BIN / "wellness-perks"), *args], cwd=ROOT,
-                                env=self.env | (env or {}), stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=60)
-        if check and result.returncode != 0:
-            pytest.fail(f"wellness-perks {' '.join(args)} exited with {result.returncode}:\n"
-                        f"{result.stdout}\n{result.stderr}")
-        return result
+        run); HarnessError if it fails, unless ``check`` is false."""
+        return run_cli(self.env | (env or {}), *args, check=check, timeout=60)
 
     def quota(self, slug: str) -> dict:
-        return json.loads(self.cli("quota", slug, "--json").stdout)
+        return self.cli("quota", slug, "--json").json()
 
     def db(self) -> sa.Connection:
         if self.engine is None:
             self.engine = sa.create_engine(self.database_url)
         return self.engine.connect()
 
-    def start(self, name: str, argv: list[str]) -> Service:
-        if name in self.services and self.services[name].running:
-            raise ValueError(f"a service named {name} is running already")
-        service = Service(name, argv, self.env, self.tmp / f"{name}.log").start()
-        self.services[name] = service
-        return service
-
-    def start_worker(self, name: str, concurrency: int = 1, wait: bool = True) -> Service:
-        """``celery -A worker worker -c N -n NAME@%h``: one more worker process, on every
-        queue; waits until it is consuming (its log says ready)."""
-        worker = self.start(name, [str(BIN / "celery"), "-A", "worker", "worker",
-                                   "-c", str(concurrency), "-n", f"{name}@%h",
-                                   "--loglevel", "INFO"])
-        if wait:
-            wait_for(lambda: worker.ensure_running() or f"{name}@" in (text := worker.output())
-                     and " ready." in text, timeout=60, interval=0.1,
-                     what=f"the Celery worker {name} to be ready")
-        return worker
-
-    def workers(self) -> list[Service]:
-        return [s for s in self.services.values()
-                if s.running and s.argv[1:4] == ["-A", "worker", "worker"]]
-
     def sign_in(self, emails: Iterable[str], path: str = "/",
                 threads: int = 16) -> dict[str, SignedIn]:
         """A signed-in browser per creator, each having fetched ``path`` once (so it holds a
         CSRF token). The sign-in link is minted as the app mints it (the test knows SECRET_KEY)
         instead of mailed, and used through ``GET /login/<token>``."""
-        from itsdangerous import URLSafeTimedSerializer
-
         emails = list(emails)
         with self.db() as conn:
             rows = {email: (creator_id, nonce) for email, creator_id, nonce in conn.execute(
@@ -312,13 +153,12 @@ class Stack:
                 {"emails": emails})}
         missing = sorted(set(emails) - rows.keys())
         assert not missing, f"not imported: {missing[:5]}"
-        serializer = URLSafeTimedSerializer(self.env["SECRET_KEY"], salt=SIGN_IN_SALT)
 
         def one(email: str) -> tuple[str, SignedIn]:
             creator_id, nonce = rows[email]
             http = requests.Session()
             self.browsers.append(http)
-            token = serializer.dumps({"c": creator_id, "n": nonce})
+            token = mint_sign_in_token(self.env["SECRET_KEY"], creator_id, nonce)
             response = http.get(self.url(f"/login/{token}"), allow_redirects=False,
                                 timeout=HTTP_TIMEOUT)
             assert response.status_code == 302, (email, response.status_code, response.text)
@@ -335,11 +175,7 @@ class Stack:
 
     def stop_all(self) -> None:
         self.close_browsers()
-        for service in reversed(list(self.services.values())):
-            service.stop()
-
-    def log_tails(self) -> dict[str, str]:
-        return {name: tail(s.log_path) for name, s in self.services.items()}
+        super().stop_all()
 
 
 def _claim_redis_database() -> tuple[str, object]:
@@ -371,9 +207,8 @@ def require_stack_services(redis: bool = True) -> None:
         why = probe()
         if why:
             service_missing(what, why)
-    for binary in ("wellness-perks", "gunicorn", "celery"):
-        if not (BIN / binary).exists():
-            pytest.fail(f"{BIN / binary} is missing: run `make test` (it installs the project)")
+    if why := commands_missing():
+        pytest.fail(f"{why}: run `make test` (it installs the project)")
 
 
 @contextlib.contextmanager
@@ -388,35 +223,21 @@ def running_stack(mail: SmtpServer, tmp: Path, *, broker_url: str,
     """
     db_url = create_pg_database()  # postgresql+psycopg://...
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in APP_SETTINGS}
-    env.update({
-        # The plain form an operator (or a PaaS) hands out: the app must accept it.
-        "DATABASE_URL": "postgresql://" + db_url.split("://", 1)[1],
-        "CELERY_BROKER_URL": broker_url,
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(mail.port),
-        "MAIL_FROM": "Wellness Perks <perks@example.com>",
-        "BASE_URL": f"http://127.0.0.1:{port}",
-        "SECRET_KEY": uuid.uuid4().hex,
-        "INSTANCE_PATH": str(tmp / "instance"),
+    env = product_env(database_url=db_url, broker_url=broker_url, smtp_port=mail.port,
+                      base_url=f"http://127.0.0.1:{port}",
+                      mail_from="Wellness Perks <perks@example.com>", workdir=tmp,
+                      blocked=APP_SETTINGS) | {
         "MAIL_RETRY_BASE_SECONDS": "1",
         # Backoff 1, 2, 4, 8, 16 s: a refusing server is outlasted (~30 s) on a loaded machine.
         "MAIL_MAX_ATTEMPTS": "6",
-        "PYTHONUNBUFFERED": "1",
-        # gunicorn keeps its control socket under ~/.gunicorn: keep it out of the real home.
-        "HOME": str(tmp / "home"),
-    } | (settings or {}))
-    (tmp / "home").mkdir(exist_ok=True)
-    st = Stack(env=env, base_url=env["BASE_URL"], database_url=db_url, mail=mail, tmp=tmp)
+    } | (settings or {})
+    st = Stack(env=env, tmp=tmp, base_url=env["BASE_URL"], database_url=db_url, mail=mail)
     try:
-        web = st.start("gunicorn", [str(BIN / "gunicorn"), "wellness_perks:create_app()",
-                                    "-b", f"127.0.0.1:{port}", "-w", str(web_workers)])
+        web = st.start_gunicorn(port, "-w", str(web_workers))
         started = [st.start_worker(name, concurrency, wait=False) for name, concurrency in workers]
-        wait_for(lambda: web.ensure_running() or _answers(st.url("/login")), timeout=30,
-                 interval=0.2, what="gunicorn to answer GET /login")
+        wait_http(web, st.url("/login"), timeout=30)
         for worker in started:
-            wait_for(lambda w=worker: w.ensure_running() or " ready." in w.output(), timeout=60,
-                     interval=0.1, what=f"the Celery worker {worker.name} to be ready")
+            st.wait_worker_ready(worker, timeout=60)
         yield st
     finally:
         st.stop_all()
@@ -433,8 +254,8 @@ def stack(mail_catcher, tmp_path_factory) -> Iterator[Stack]:
     try:
         with running_stack(mail_catcher, tmp_path_factory.mktemp("e2e"),
                            broker_url=broker_url) as st:
-            worker = st.start("celery", [str(BIN / "celery"), "-A", "worker", "worker",
-                                         "-c", "2", "--loglevel", "INFO"])
+            # Node celery@host, the name `celery -A worker worker` takes by default.
+            worker = st.start_worker("celery", 2, wait=False)
             wait_for(lambda: worker.ensure_running() or _worker_pings(st.env), timeout=30,
                      interval=0.2, what="the Celery worker to answer `celery inspect ping`")
             yield st
@@ -445,13 +266,6 @@ def stack(mail_catcher, tmp_path_factory) -> Iterator[Stack]:
 def _release_redis(client) -> None:
     client.flushdb()  # it was empty when we took it: everything in it is ours
     client.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:  # not listening yet, or no worker booted to answer
-        return False
 
 
 def _worker_pings(env: dict[str, str]) -> bool:

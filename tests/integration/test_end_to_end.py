@@ -16,14 +16,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from tests.helpers import (
-    csrf_token,
-    html_body,
-    redemption_code,
-    sign_in_link,
-    text_body,
-    wait_for,
-)
+from harness.waiting import wait_for
+from tests.helpers import csrf_token, html_body, redemption_code, sign_in_link, text_body
 from wellness_perks.models import Claim, ClaimState, MailKind, MailStatus, OutboundEmail
 
 pytestmark = pytest.mark.integration

@@ -36,15 +36,10 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from tests.helpers import redemption_code, service_missing, text_body, wait_for
-from tests.integration.conftest import (
-    BIN,
-    RedisServer,
-    SignedIn,
-    Stack,
-    require_stack_services,
-    running_stack,
-)
+from harness.broker import RedisServer
+from harness.waiting import wait_for
+from tests.helpers import redemption_code, service_missing, text_body
+from tests.integration.conftest import SignedIn, Stack, require_stack_services, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +79,8 @@ def worker_pids(st: Stack) -> list[int]:
 @pytest.fixture(scope="module")
 def launch_stack(mail_catcher, tmp_path_factory):
     require_stack_services(redis=False)  # the broker is a private redis-server
-    if RedisServer.binary() is None:
-        service_missing("Redis", "redis-server is not on PATH (a private broker is started)")
+    if why := RedisServer.why_unavailable():
+        service_missing("Redis", f"{why} (a private broker is started)")
     tmp = tmp_path_factory.mktemp("launch")
     broker = RedisServer(tmp / "redis").start()
     try:
@@ -99,8 +94,7 @@ def launch_stack(mail_catcher, tmp_path_factory):
                            workers=[(next(_worker_names), 1), (next(_worker_names), 1)]) as st:
             st.broker = broker
             assert "newest schema" in st.cli("init-db").stdout
-            st.start("beat", [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "INFO",
-                              "-s", str(tmp / "celerybeat-schedule")])
+            st.start_beat()
             yield st
     finally:
         broker.kill()

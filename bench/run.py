@@ -1,6 +1,6 @@
-"""One benchmark run's machinery: the services (database, private Redis, SMTP sink), the
-product's processes, the load generator, signing creators in, checks, and cleanup that always
-runs (Ctrl-C, SIGTERM or failure alike)."""
+"""One benchmark run: the services (database, private Redis, SMTP sink), the product's
+processes, the load generator, signing creators in, checks, and cleanup that always runs
+(Ctrl-C, SIGTERM or failure alike). The processes and services are the harness's."""
 
 from __future__ import annotations
 
@@ -12,28 +12,26 @@ import time
 import traceback
 from pathlib import Path
 
+from harness.broker import RedisServer
+from harness.commands import commands_missing, run_cli
+from harness.errors import HarnessError
+from harness.ports import free_port
+from harness.postgres import connect
+from harness.stack import Stack, product_env, wait_http
+from harness.tokens import mint_sign_in_token
+
 from .common import (
-    BIN,
-    SIGN_IN_SALT,
-    BenchError,
+    DROPPED_SETTINGS,
+    POSTGRES,
     ProcessWatch,
     Progress,
-    RedisServer,
-    Stack,
     StackSettings,
     busy_processes,
     celery_control,
-    check_postgres,
-    create_database,
-    drop_database,
-    free_port,
     git_info,
     machine_busy_now,
     machine_info,
-    pg_connect,
     postmaster_pid,
-    product_env,
-    run_cli,
     say,
     terminate_on_sigterm,
     tuning_settings,
@@ -53,8 +51,8 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
                    help="concurrent HTTP connections of the load generator (default 64)")
     p.add_argument("--load-processes", type=int, default=2,
                    help="load generator processes (default 2)")
-    # gthread, a process per core with threads for the waits on PostgreSQL and Redis: on the
-    # 2-core machine it served about twice the claims of `-w 4 -k sync` (bench/README.md).
+    # gthread: a process per core, and threads for the waits on PostgreSQL and Redis
+    # (bench/README.md compares the worker classes).
     p.add_argument("--web-workers", type=int, default=2, help="gunicorn -w (default 2)")
     p.add_argument("--web-worker-class", default="gthread",
                    help="gunicorn -k (default gthread)")
@@ -91,7 +89,9 @@ def write_codes(path: Path, letter: str, start: int, count: int) -> None:
             fh.write(f"WP{letter}{i:07d}-{secrets.token_hex(4).upper()}\n")
 
 
-class Harness:
+class BenchRun:
+    """A run: subclasses give its ``body``, ``report`` and results name."""
+
     kind = "bench"
 
     def __init__(self, args: argparse.Namespace, *, beat: bool = True,
@@ -144,24 +144,24 @@ class Harness:
     # -- services -----------------------------------------------------------------------------
 
     def preflight(self) -> None:
-        for binary in ("wellness-perks", "gunicorn", "celery"):
-            if not (BIN / binary).exists():
-                raise BenchError(f"{BIN / binary} is missing: run `make bench` (it installs "
-                                 "the project)")
-        check_postgres()
-        if shutil.which("redis-server") is None:
-            raise BenchError("redis-server is not on PATH")
+        if why := commands_missing():
+            raise HarnessError(f"{why}: run `make bench` (it installs the project)")
+        if why := POSTGRES.why_unavailable():
+            raise HarnessError(f"PostgreSQL is not available ({why})")
+        if why := RedisServer.why_unavailable():
+            raise HarnessError(why)
 
     def start_services(self) -> None:
-        self.db_url = create_database()
+        self.db_url = POSTGRES.create_database()
         self.redis = RedisServer(self.tmp / "redis").start()
         self.sink = SmtpSink(free_port())
         self.web_port = free_port()
         self.env = product_env(database_url=self.db_url, broker_url=self.redis.url(0),
                                smtp_port=self.sink.port,
                                base_url=f"http://127.0.0.1:{self.web_port}",
-                               instance=self.tmp / "instance", home=self.tmp / "home")
-        self.stack = Stack(self.env, self.tmp, self.settings)
+                               mail_from="Wellness Perks <perks@bench.example>",
+                               workdir=self.tmp, blocked=DROPPED_SETTINGS)
+        self.stack = Stack(env=self.env, tmp=self.tmp)
         self.watch.add("smtp", self.sink.pid)
         self.watch.add("redis", self.redis.service.pid)
         if (pg := postmaster_pid()) is not None:
@@ -177,12 +177,16 @@ class Harness:
             f"{s.celery_workers} celery worker(s) -c {s.celery_concurrency}"
             + (f" -Q {s.celery_queues}" if s.celery_queues else "")
             + (", beat" if s.beat else ""))
-        web = self.stack.start_gunicorn("gunicorn", "wellness_perks:create_app()", self.web_port)
-        workers = self.stack.start_workers()
+        web = self.stack.start_gunicorn(self.web_port, *s.gunicorn_args())
+        workers = [self.stack.start_worker(f"worker{n}", s.celery_concurrency,
+                                           queues=s.celery_queues, loglevel=s.celery_loglevel,
+                                           wait=False)
+                   for n in range(1, s.celery_workers + 1)]
         if s.beat:
             self.watch.add("beat", self.stack.start_beat().pid)
-        self.stack.wait_http(web, f"http://127.0.0.1:{self.web_port}/login")
-        self.stack.wait_workers_ready()
+        wait_http(web, f"http://127.0.0.1:{self.web_port}/login")
+        for worker in workers:
+            self.stack.wait_worker_ready(worker)
         self.watch.add("web", web.pid)
         for w in workers:
             self.watch.add("worker", w.pid)
@@ -193,17 +197,15 @@ class Harness:
 
     def creators(self, email_like: str = "%") -> list[tuple[int, int]]:
         """(id, login nonce) of the creators whose email is LIKE ``email_like``, by id."""
-        with pg_connect(self.db_url) as conn:
+        with connect(self.db_url) as conn:
             return conn.execute("SELECT id, login_nonce FROM creator WHERE email LIKE %s "
                                 "ORDER BY id", (email_like,)).fetchall()
 
     def sign_in(self, creators: list[tuple[int, int]], page: str) -> dict:
         """Sign each creator in through the real link (``GET /login/<token>``, the token minted
         as the app mints it) and open ``page`` for the CSRF token. Not timed."""
-        from itsdangerous import URLSafeTimedSerializer
-
-        serializer = URLSafeTimedSerializer(self.env["SECRET_KEY"], salt=SIGN_IN_SALT)
-        items = [(cid, serializer.dumps({"c": cid, "n": nonce})) for cid, nonce in creators]
+        items = [(cid, mint_sign_in_token(self.env["SECRET_KEY"], cid, nonce))
+                 for cid, nonce in creators]
         progress = Progress("sign-in")
         total = len(items)
         started = time.perf_counter()
@@ -219,8 +221,8 @@ class Harness:
         elapsed = time.perf_counter() - started
         progress.done(f"{result['signed_in']:,}/{total:,} signed in in {elapsed:.1f} s")
         if result["signed_in"] != total:
-            raise BenchError(f"only {result['signed_in']} of {total} creators signed in: "
-                             f"{result['errors'][:5]}")
+            raise HarnessError(f"only {result['signed_in']} of {total} creators signed in: "
+                               f"{result['errors'][:5]}")
         return {"creators": total, "seconds": round(elapsed, 2),
                 "per_s": round(total / elapsed, 1)}
 
@@ -241,7 +243,7 @@ class Harness:
             self.preflight()
             self.results["machine"] = machine_info()
             self.body()
-        except BenchError as exc:
+        except HarnessError as exc:
             self.failed = True
             self.check("the benchmark ran to the end", False, str(exc))
         except KeyboardInterrupt:
@@ -274,7 +276,7 @@ class Harness:
         steps += [lambda: self.stack and self.stack.stop_all(),
                   lambda: self.sink and self.sink.close(),
                   lambda: self.redis and self.redis.stop(),
-                  lambda: self.db_url and drop_database(self.db_url)]
+                  lambda: self.db_url and POSTGRES.drop_database(self.db_url)]
         for step in steps:
             try:
                 step()
