@@ -51,6 +51,7 @@ LAUNCH_SLUG = "launch"
 CAPACITY_SLUG = "capacity"
 CODE_PATTERN = r"WP[LC]\d{7}-[0-9A-F]{8}"  # the codes this benchmark imports
 TARGET_N = 20_000  # the launch day the time targets are set for
+CPU_PER_CLAIM_MS = 5.4  # all-in CPU per claim of the launch at 763aab2 (README "Performance")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -523,7 +524,9 @@ def _get(d: dict, *path, default=None):
 
 
 def evaluate_targets(results: dict, args: argparse.Namespace) -> list[dict]:
-    """The issue's targets: each with our figure, its bound, and pass / fail / n/a."""
+    """What every change must keep (README "Performance"): each target with our figure, its
+    bound, and pass / fail / n/a. The claim-rate and latency ratios are reported in the table,
+    not held as targets."""
     out = []
     launch_day = args.n == TARGET_N and args.q == TARGET_N
 
@@ -538,25 +541,23 @@ def evaluate_targets(results: dict, args: argparse.Namespace) -> list[dict]:
            "" if launch_day else f"set for N = Q = {TARGET_N:,}")
     target("invariant violations", sum(not c["ok"] for c in results.get("checks", [])),
            "0", all(c["ok"] for c in results.get("checks", [])))
-    p99 = _get(results, "launch", "claims", "latency_s", "p99")
-    target("claim p99 at 64 connections (ms)", p99 and p99 * 1000, "<= 150",
-           p99 is not None and p99 <= 0.150, args.concurrency == 64,
-           "" if args.concurrency == 64 else "set for 64 connections")
-    ours = _get(results, "launch", "claims", "per_s")
-    ceiling = _get(results, "ceilings", "http", "requests_per_s")
-    ratio = ours / ceiling if ours and ceiling else None
-    target("claims/s vs minimal endpoint", ratio, ">= 0.6", ratio is not None and ratio >= 0.6)
-    ours = _get(results, "capacity", "allocation", "per_s")
-    ceiling = _get(results, "ceilings", "sql", "codes_per_s")
-    ratio = ours / ceiling if ours and ceiling else None
-    target("allocation (backlog) vs raw SQL", ratio, ">= 1.0",
-           ratio is not None and ratio >= 1.0, args.capacity)
-    ours = _get(results, "capacity", "mail", "per_s")
-    ceiling = _get(results, "ceilings", "smtp", "messages_per_s")
-    ratio = ours / ceiling if ours and ceiling else None
-    target("mail (backlog) vs raw SMTP", ratio, ">= 0.9", ratio is not None and ratio >= 0.9,
-           args.capacity)
+    repeated = _get(results, "launch", "mail", "repeated")
+    target("creators mailed more than once", repeated, "0", repeated == 0)
+    per_claim = all_in_cpu_per_claim_ms(results, args.n)
+    target("all-in CPU per claim (ms)", per_claim, f"<= {CPU_PER_CLAIM_MS}",
+           per_claim is not None and per_claim <= CPU_PER_CLAIM_MS, launch_day,
+           "the machine's speed drifts: compare with a run of the baseline in the same session")
     return out
+
+
+def all_in_cpu_per_claim_ms(results: dict, n: int) -> float | None:
+    """CPU of every process of the run during the launch (product, PostgreSQL, Redis, the
+    SMTP sink, the load generator and the bench itself; not other processes on the machine),
+    per claim."""
+    seconds = _get(results, "launch", "cpu", "seconds")
+    if not seconds or not n:
+        return None
+    return round(1000 * sum(v for role, v in seconds.items() if role != "other") / n, 2)
 
 
 def print_table(results: dict, args: argparse.Namespace, targets: list[dict]) -> None:
@@ -632,7 +633,7 @@ def print_table(results: dict, args: argparse.Namespace, targets: list[dict]) ->
             say(f"PostgreSQL during the launch: {pg['sessions']:,} sessions opened, "
                 f"{pg['commits'] / args.n:.1f} commits, {pg['rows_inserted'] / args.n:.1f} rows "
                 f"inserted and {pg['rows_updated'] / args.n:.1f} updated per claim")
-        say("CPU per claim (ms): " + ", ".join(
+        say(f"CPU per claim (ms): all-in {all_in_cpu_per_claim_ms(results, args.n)}; " + ", ".join(
             f"{k} {1000 * secs[k] / args.n:.1f}" for k in order
             if k in ("web", "worker", "postgres", "load", "smtp", "redis") and secs[k] >= 0.05))
     say()
