@@ -1,34 +1,33 @@
-"""Mail: each owed mail sent once; failures recorded and retried with backoff; outbox files."""
+"""The mail queue (``mail/queue.py``): each owed mail sent once; failures recorded and retried
+with backoff, then failed for good; a batch never sends a mail taken back meanwhile, and costs
+one write a message."""
 
 from __future__ import annotations
 
-import email
-import email.policy
-import io
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 
-from tests.conftest import sign_in
-from tests.helpers import LINK_RE, csrf_token, html_body, redemption_code
 from wellness_perks import create_app
 from wellness_perks.db import get_session
-from wellness_perks.models import OutboundEmail
-from wellness_perks.services import imports, mail
+from wellness_perks.models import Creator, OutboundEmail
+from wellness_perks.services import claims, mail
+from wellness_perks.services.mail import transport
 
 
 @pytest.fixture
-def allocated(app, client, factory, smtp_server, session):
+def allocated(app, factory, smtp_server, session):
     """A creator with an allocated claim whose redemption mail is queued but not yet sent."""
     program = factory.program()
     factory.creators(program, ["ayesha@example.com"])
     factory.codes(program, ["HS-AAAA-0001"])
-    sign_in(client, smtp_server, "ayesha@example.com")
+    creator_id = session.exec(select(Creator.id)).one()
+    session.rollback()
     smtp_server.refuse_with = "451 4.3.0 try again later"
-    page = client.get("/programs/headspace-6m")
-    client.post("/programs/headspace-6m/claim", data={"csrf_token": csrf_token(page.text)})
+    with app.app_context():  # allocated, and its first attempt refused
+        claims.request_claim(get_session(), program=program, creator_id=creator_id)
     outbound = session.exec(select(OutboundEmail).where(OutboundEmail.kind == "redemption")).one()
     return outbound.id
 
@@ -91,66 +90,83 @@ def test_unreachable_smtp_server_is_retried(app_config, allocated, session):
     app.extensions["db_engine"].dispose()
 
 
-def test_without_smtp_host_mail_goes_to_the_outbox(app_config, factory, smtp_server):
-    app_config["SMTP_HOST"] = ""
+@pytest.fixture
+def slow_batch(app_config, stocked):
+    """An app whose batches renew their leases before every message, as a batch does once it
+    has run for a third of MAIL_SENDING_TIMEOUT_SECONDS (a slow server, a low rate limit)."""
+    app_config["MAIL_SENDING_TIMEOUT_SECONDS"] = 0
     app = create_app(app_config)
-    from tests.conftest import Factory
-
-    factory = Factory(app)
-    program = factory.program()
-    factory.creators(program, ["ayesha@example.com"])
-    factory.codes(program, ["HS-AAAA-0001"])
-    client = app.test_client()
-    page = client.get("/login")
-    client.post("/login", data={"email": "ayesha@example.com",
-                                "csrf_token": csrf_token(page.text)})
-    outbox = Path(app_config["OUTBOX_DIR"])
-    [sign_in_file] = sorted(outbox.glob("*.eml"))
-    message = email.message_from_bytes(sign_in_file.read_bytes(), policy=email.policy.default)
-    for header in ("From", "To", "Subject", "Date", "Message-ID"):
-        assert message[header], header
-    assert message["To"] == "ayesha@example.com"
-    link = [line for line in message.get_body(("plain",)).get_content().splitlines()
-            if "/login/" in line][0].strip()
-    client.get(link.removeprefix("http://localhost"))
-    page = client.get("/programs/headspace-6m")
-    client.post("/programs/headspace-6m/claim", data={"csrf_token": csrf_token(page.text)})
-    files = sorted(outbox.glob("*.eml"))
-    assert len(files) == 2 and not list(outbox.glob(".tmp-*"))
-    code_mail = email.message_from_bytes(files[1].read_bytes(), policy=email.policy.default)
-    assert redemption_code(code_mail) == "HS-AAAA-0001"
-    assert b"\r\n" in files[1].read_bytes()  # RFC 5322 line endings
-    assert smtp_server.messages == []
+    yield app
     app.extensions["db_engine"].dispose()
 
 
-def test_html_mail_escapes_creator_data(app, client, factory, smtp_server):
-    program = factory.program()
+@pytest.mark.parametrize("lease", ["fresh", "renewed"])
+@pytest.mark.parametrize("taken_back", ["requeued", "retaken"])
+def test_a_mail_taken_back_meanwhile_is_not_sent(request, stocked, session, smtp_server,
+                                                 taken_back, lease):
+    """The sweeper re-queued one mail of a batch in progress (and maybe another worker re-took
+    it): the batch must skip it rather than send it a second time, whether it checks the
+    message alone (a fresh lease) or renews the lease of all it has left."""
+    app = request.getfixturevalue("app" if lease == "fresh" else "slow_batch")
+    victim = stocked[3]
+    real_send_all = transport.SmtpPool.send_all
+
+    def send_all(pool, outgoing, ledger):
+        session.rollback()
+        took_back = {"status": "queued"} if taken_back == "requeued" else {
+            "status": "sending", "attempts": OutboundEmail.attempts + 1}
+        session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == victim)
+                        .values(**took_back))
+        session.commit()
+        real_send_all(pool, outgoing, ledger)
+
     with app.app_context():
-        imports.import_creators(
-            get_session(), program=program, actor="test",
-            stream=io.BytesIO(b"handle,email,country\n<b>x</b>,x@example.com,PK\n"))
-    factory.codes(program, ["HS-AAAA-0001"])
-    sign_in(client, smtp_server, "x@example.com")
-    [message] = smtp_server.to("x@example.com")
-    html = html_body(message)
-    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+        transport.SmtpPool.send_all = send_all
+        try:
+            outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+        finally:
+            transport.SmtpPool.send_all = real_send_all
+    assert victim not in outcome.sent and len(outcome.sent) == 19
+    assert len(smtp_server.messages) == 19
 
 
-def test_ascii_mail_keeps_links_whole_and_non_ascii_is_encoded(app, client, factory, smtp_server):
-    program = factory.program()
-    with app.app_context():
-        imports.import_creators(
-            get_session(), program=program, actor="test",
-            stream=io.BytesIO("handle,email,country\n@plain,plain@example.com,PK\n"
-                              "@عائشہ,aisha@example.com,PK\n".encode()))
-    for address in ("plain@example.com", "aisha@example.com"):
-        page = client.get("/login")
-        client.post("/login", data={"email": address, "csrf_token": csrf_token(page.text)})
-    plain = smtp_server.wait_for_mail("plain@example.com")[0]
-    urdu = smtp_server.wait_for_mail("aisha@example.com")[0]
-    raw = plain.as_bytes()
-    assert b"Content-Transfer-Encoding: 7bit" in raw
-    assert LINK_RE.search(raw.decode("ascii")) is not None  # no soft line breaks in the link
-    assert "@عائشہ" in urdu.get_body(("plain",)).get_content()
-    assert LINK_RE.search(urdu.get_body(("plain",)).get_content()) is not None
+def _outbound_updates(app):
+    """The statements that write outboundemail while the block runs."""
+    engine = app.extensions["db_engine"]
+    seen: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if "UPDATE OUTBOUNDEMAIL" in statement.upper():
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    return seen, lambda: sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def _leases(session, ids):
+    session.rollback()
+    return session.exec(select(OutboundEmail.sending_started_at)
+                        .where(OutboundEmail.id.in_(ids))
+                        .execution_options(populate_existing=True)).all()
+
+
+@pytest.mark.parametrize(("lease", "writes", "leases"), [
+    # A healthy batch: the take's lease lasts it; the take, then one record a message (on
+    # PostgreSQL the same statement reads whether the next message is still ours).
+    ("fresh", 1 + 20, 1),
+    # A batch whose lease grew old: before each message a renewal for the rest of the batch,
+    # so each message's lease was renewed last just before it went.
+    ("renewed", 1 + 20 + 20, 20),
+])
+def test_the_writes_a_batch_costs(request, stocked, session, smtp_server, lease, writes,
+                                  leases):
+    app = request.getfixturevalue("app" if lease == "fresh" else "slow_batch")
+    seen, stop = _outbound_updates(app)
+    try:
+        with app.app_context():
+            outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    finally:
+        stop()
+    assert len(outcome.sent) == 20
+    assert len(seen) == writes
+    assert len(set(_leases(session, stocked))) == leases
