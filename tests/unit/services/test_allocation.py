@@ -102,21 +102,6 @@ def test_raising_the_quota_serves_the_waitlist(app, factory, session, smtp_serve
     verified(app, program)
 
 
-def test_quota_cannot_drop_below_allocations(app, factory, session, smtp_server):
-    from wellness_perks.services.errors import InvalidInput
-
-    program, claim_ids = stocked_program(app, factory, session, quota=5, creators=3, codes=5,
-                                         countries=("PK",))
-    allocate_each(app, claim_ids)
-    with app.app_context(), pytest.raises(InvalidInput, match="below the 3 codes"):
-        programs.set_quota(get_session(), program_id=program.id, quota=2, actor="test")
-    with app.app_context(), pytest.raises(InvalidInput, match="PK quota 1 is below"):
-        programs.set_quota(get_session(), program_id=program.id, country_quotas={"PK": 1},
-                           actor="test")
-    session.rollback()
-    assert session.get(Program, program.id, populate_existing=True).quota == 5
-
-
 def test_the_database_refuses_an_overrun_counter(app, factory, session):
     program = factory.program(quota=1)
     with pytest.raises(sa.exc.IntegrityError):

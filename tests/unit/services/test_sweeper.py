@@ -83,26 +83,3 @@ def test_due_and_interrupted_mails_are_sent_once(app, factory, session, smtp_ser
     rows = session.exec(select(OutboundEmail).order_by(OutboundEmail.id)
                         .execution_options(populate_existing=True)).all()
     assert [(r.status, r.attempts) for r in rows] == [("sent", 2), ("sent", 2)]
-
-
-def test_sweep_command(runner, app, factory, session, smtp_server):
-    program = factory.program(quota=10)
-    factory.creators(program, ["a@example.com"])
-    factory.codes(program, ["HS-A1-0001"])
-    lost_claims(session, program, ["a@example.com"])
-    result = runner.invoke(args=["sweep"])
-    assert result.exit_code == 0, result.output
-    assert "programs re-allocated: 1" in result.output
-    result = runner.invoke(args=["verify", program.slug])
-    assert result.exit_code == 0 and "I1-I5 hold" in result.output
-
-
-def test_verify_command_exits_non_zero_on_violation(runner, app, factory, session):
-    program = factory.program(quota=10)
-    factory.creators(program, ["a@example.com"])
-    lost_claims(session, program, ["a@example.com"])
-    result = runner.invoke(args=["verify", program.slug])
-    assert result.exit_code == 1
-    assert "I4: pending since" in result.output and "1 violation" in result.output
-    result = runner.invoke(args=["verify", program.slug, "--json"])
-    assert result.exit_code == 1 and '"invariant": "I4"' in result.output
