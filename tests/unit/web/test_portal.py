@@ -1,20 +1,16 @@
-"""Claiming through the portal: once per creator, waitlisted when out of stock or quota,
-refused (with the reason) outside the window or the list."""
+"""The creator portal through the test client: signing in, claiming and getting the code;
+claiming once per creator, waitlisted when out of stock or quota, refused (with the reason)
+outside the window or the list. The claim rules themselves are ``services/test_claims.py``'s."""
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
 from tests.helpers import csrf_token, redemption_code, text_body
-from wellness_perks.db import get_session
-from wellness_perks.models import AuditEvent, Claim, Code, OutboundEmail
-from wellness_perks.services import claims, programs
+from wellness_perks.models import Claim, Code, OutboundEmail
 
 
 def _claim(client, slug="headspace-6m"):
@@ -26,6 +22,21 @@ def _claim(client, slug="headspace-6m"):
 def _claims(session):
     session.rollback()  # a fresh snapshot: SQLite's WAL keeps a reader at its first view
     return session.exec(select(Claim).order_by(Claim.id)).all()
+
+
+def test_creator_signs_in_claims_and_gets_code(app, client, factory, signed_in, smtp_server):
+    program = factory.program(quota=5)
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-AAAA-0001", "HS-AAAA-0002"])
+    signed_in("ayesha@example.com")
+    page = client.get("/programs/headspace-6m")
+    assert page.status_code == 200 and "Claim" in page.text
+    response = client.post("/programs/headspace-6m/claim",
+                           data={"csrf_token": csrf_token(page.text)})
+    assert response.status_code == 302
+    mail = smtp_server.wait_for_mail("ayesha@example.com", "code")[0]
+    assert redemption_code(mail) == "HS-AAAA-0001"
+    assert "HS-AAAA-0001" in client.get("/programs/headspace-6m").text
 
 
 def test_claim_allocates_a_code_shown_on_the_page_and_mailed(
@@ -189,95 +200,3 @@ def test_unknown_program_is_404(client, factory, signed_in):
     assert client.get("/programs/nope").status_code == 404
     token = csrf_token(client.get("/programs/headspace-6m").text)
     assert client.post("/programs/nope/claim", data={"csrf_token": token}).status_code == 404
-
-
-def test_claim_request_returns_the_claim_as_it_stands(app, factory, session):
-    from wellness_perks.db import get_session
-    from wellness_perks.services import claims as claim_service
-    from wellness_perks.services.errors import NotFound, ProgramNotFound
-
-    program = factory.program()
-    factory.creators(program, ["ayesha@example.com"])
-    other = factory.program(slug="other-6m", name="Other")
-    with app.app_context():
-        first = claim_service.request_claim(get_session(), program="headspace-6m", creator_id=1)
-        again = claim_service.request_claim(get_session(), program=program, creator_id=1)
-        refused = claim_service.request_claim(get_session(), program=other, creator_id=1)
-        with pytest.raises(ProgramNotFound):
-            claim_service.request_claim(get_session(), program="nope", creator_id=1)
-        with pytest.raises(NotFound, match="no creator"):
-            claim_service.request_claim(get_session(), program=program, creator_id=999)
-    assert (first.state, first.reason) == ("pending", None)  # as recorded; allocation follows
-    assert again.id == first.id
-    assert (refused.state, refused.reason) == ("refused", "not_eligible")
-    assert sorted(c.id for c in _claims(session)) == sorted({first.id, refused.id})
-    session.rollback()
-    events = session.exec(select(AuditEvent).where(AuditEvent.object_type == "claim")
-                          .order_by(AuditEvent.id)).all()
-    assert [(e.action, e.object_id, e.actor) for e in events] == [
-        ("claim.requested", first.id, "creator:1"), ("claim.refused", refused.id, "creator:1")]
-    assert events[0].at.tzinfo is not None and events[1].detail == '{"reason": "not_eligible"}'
-
-
-def test_claims_are_stored_when_the_broker_is_down(app_config, factory, session):
-    """The claim is committed before its task is published; a dead broker leaves it pending for
-    the sweeper, and after one failure the process stops trying for a while (circuit breaker)."""
-    from tests.conftest import Factory
-    from wellness_perks import create_app, dispatch
-    from wellness_perks.services import claims as claim_service
-
-    app_config["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
-    app = create_app(app_config)
-    dispatch.reset_circuit()
-    factory = Factory(app)
-    program = factory.program()
-    factory.creators(program, ["a@example.com", "b@example.com"])
-    try:
-        with app.app_context():
-            from wellness_perks.db import get_session
-            for creator_id in (1, 2):
-                claim_service.request_claim(get_session(), program=program,
-                                            creator_id=creator_id)
-            assert dispatch._broker_down_until > 0
-    finally:
-        dispatch.reset_circuit()
-        app.extensions["db_engine"].dispose()
-    assert [c.state for c in _claims(session)] == ["pending", "pending"]
-
-
-def test_claims_are_recorded_while_the_program_row_is_locked(app, factory, session, backend):
-    """Allocation batches, quota changes, voids, reissues and restores lock the program's row
-    (``programs.lock_program``). A new claim (whose row refers to the program) must not wait
-    for that lock: FOR UPDATE would make every claim queue behind every batch; the lock is FOR
-    NO KEY UPDATE, which a reference doesn't conflict with."""
-    if backend != "postgresql":
-        pytest.skip("row locks are PostgreSQL's; SQLite serialises writers by design")
-    program = factory.program()
-    factory.creators(program, ["ayesha@example.com"])
-    factory.codes(program, ["HS-CODE-0001"])
-    errors = []
-
-    def claim():  # with no broker, allocation then runs here, and waits for the lock
-        try:
-            with app.app_context():
-                claims.request_claim(get_session(), program=program, creator_id=1)
-        except Exception as exc:  # noqa: BLE001 - surfaced below
-            errors.append(exc)
-
-    thread = threading.Thread(target=claim)
-    with app.app_context():
-        lock_holder = get_session()
-        programs.lock_program(lock_holder, program.id)
-        try:
-            thread.start()
-            deadline = time.monotonic() + 10
-            while not _claims(session) and time.monotonic() < deadline and thread.is_alive():
-                time.sleep(0.02)
-            recorded_under_lock = [c.state for c in _claims(session)]
-        finally:
-            lock_holder.rollback()
-    thread.join(timeout=30)
-    assert errors == []
-    assert recorded_under_lock == ["pending"], (
-        "the claim waited for the lock on the program")
-    assert [c.state for c in _claims(session)] == ["allocated"]

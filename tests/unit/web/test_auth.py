@@ -1,4 +1,6 @@
-"""Sign-in by emailed link: same answer for every address, links usable once, for 15 minutes."""
+"""The sign-in pages (``web/auth/``) through the test client: the same answer for every address,
+links usable once and for 15 minutes, each refusal in its own words, and pages that need a
+signed-in creator. The rules behind them are ``services/test_auth.py``'s."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 from sqlmodel import select
 
 from tests.helpers import csrf_token, sign_in_link
-from wellness_perks.models import Creator, OutboundEmail
+from wellness_perks.models import Claim, Creator, OutboundEmail
 from wellness_perks.services.tokens import mint_sign_in_token
 
 
@@ -137,8 +139,15 @@ def test_pages_need_sign_in(client, program, path):
 
 
 def test_claim_needs_sign_in(client, program, session):
-    response = client.post("/programs/headspace-6m/claim")
-    assert response.status_code in (302, 400)
+    # Without the form's token the post is refused before anything else ...
+    assert client.post("/programs/headspace-6m/claim").status_code == 400
+    # ... and with it, a creator who is not signed in is sent to sign in, and nothing is claimed.
+    token = csrf_token(client.get("/login").text)
+    response = client.post("/programs/headspace-6m/claim", data={"csrf_token": token})
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login")
+    session.rollback()
+    assert session.exec(select(Claim)).all() == []
 
 
 def test_sign_out(client, program, signed_in):

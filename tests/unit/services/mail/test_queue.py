@@ -1,0 +1,172 @@
+"""The mail queue (``mail/queue.py``): each owed mail sent once; failures recorded and retried
+with backoff, then failed for good; a batch never sends a mail taken back meanwhile, and costs
+one write a message."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from wellness_perks import create_app
+from wellness_perks.db import get_session
+from wellness_perks.models import Creator, OutboundEmail
+from wellness_perks.services import claims, mail
+from wellness_perks.services.mail import transport
+
+
+@pytest.fixture
+def allocated(app, factory, smtp_server, session):
+    """A creator with an allocated claim whose redemption mail is queued but not yet sent."""
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-AAAA-0001"])
+    creator_id = session.exec(select(Creator.id)).one()
+    session.rollback()
+    smtp_server.refuse_with = "451 4.3.0 try again later"
+    with app.app_context():  # allocated, and its first attempt refused
+        claims.request_claim(get_session(), program=program, creator_id=creator_id)
+    outbound = session.exec(select(OutboundEmail).where(OutboundEmail.kind == "redemption")).one()
+    return outbound.id
+
+
+def _row(session, outbound_id):
+    session.rollback()
+    return session.get(OutboundEmail, outbound_id, populate_existing=True)
+
+
+def test_refused_mail_is_recorded_and_retried_later(app, allocated, session, smtp_server):
+    row = _row(session, allocated)
+    assert (row.status, row.attempts) == ("queued", 1)
+    assert "451" in row.last_error
+    assert row.next_attempt_at > datetime.now(UTC)
+
+    with app.app_context(), pytest.raises(mail.MailRetryLater) as later:
+        mail.send(get_session(), outbound_id=allocated)
+    assert later.value.countdown == 2  # backoff doubles: 1 s, 2 s, ...
+    assert _row(session, allocated).attempts == 2
+
+    smtp_server.refuse_with = None
+    with app.app_context():
+        assert mail.send(get_session(), outbound_id=allocated) == "sent"
+        assert mail.send(get_session(), outbound_id=allocated) == "sent"  # no second send
+    row = _row(session, allocated)
+    assert (row.status, row.attempts, row.last_error) == ("sent", 3, None)
+    assert len(smtp_server.to("ayesha@example.com", "code")) == 1
+
+
+def test_mail_fails_for_good_after_max_attempts(app, allocated, session, smtp_server):
+    max_attempts = app.config["MAIL_MAX_ATTEMPTS"]
+    with app.app_context():
+        for _ in range(max_attempts - 2):
+            with pytest.raises(mail.MailRetryLater):
+                mail.send(get_session(), outbound_id=allocated)
+        assert mail.send(get_session(), outbound_id=allocated) == "failed"
+        assert mail.send(get_session(), outbound_id=allocated) == "failed"
+    row = _row(session, allocated)
+    assert (row.status, row.attempts) == ("failed", max_attempts)
+    assert "451" in row.last_error and row.next_attempt_at is None
+    assert smtp_server.refused == max_attempts
+
+
+def test_permanent_refusal_fails_at_once(app, allocated, session, smtp_server):
+    smtp_server.refuse_with = "550 5.1.1 no such mailbox"
+    with app.app_context():
+        assert mail.send(get_session(), outbound_id=allocated) == "failed"
+    row = _row(session, allocated)
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert "550" in row.last_error
+
+
+def test_unreachable_smtp_server_is_retried(app_config, allocated, session):
+    app_config["SMTP_PORT"] = 1  # nothing listens there
+    app = create_app(app_config)
+    with app.app_context(), pytest.raises(mail.MailRetryLater):
+        mail.send(get_session(), outbound_id=allocated)
+    row = _row(session, allocated)
+    assert row.status == "queued" and "Refused" in row.last_error
+    app.extensions["db_engine"].dispose()
+
+
+@pytest.fixture
+def slow_batch(app_config, stocked):
+    """An app whose batches renew their leases before every message, as a batch does once it
+    has run for a third of MAIL_SENDING_TIMEOUT_SECONDS (a slow server, a low rate limit)."""
+    app_config["MAIL_SENDING_TIMEOUT_SECONDS"] = 0
+    app = create_app(app_config)
+    yield app
+    app.extensions["db_engine"].dispose()
+
+
+@pytest.mark.parametrize("lease", ["fresh", "renewed"])
+@pytest.mark.parametrize("taken_back", ["requeued", "retaken"])
+def test_a_mail_taken_back_meanwhile_is_not_sent(request, stocked, session, smtp_server,
+                                                 taken_back, lease):
+    """The sweeper re-queued one mail of a batch in progress (and maybe another worker re-took
+    it): the batch must skip it rather than send it a second time, whether it checks the
+    message alone (a fresh lease) or renews the lease of all it has left."""
+    app = request.getfixturevalue("app" if lease == "fresh" else "slow_batch")
+    victim = stocked[3]
+    real_send_all = transport.SmtpPool.send_all
+
+    def send_all(pool, outgoing, ledger):
+        session.rollback()
+        took_back = {"status": "queued"} if taken_back == "requeued" else {
+            "status": "sending", "attempts": OutboundEmail.attempts + 1}
+        session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == victim)
+                        .values(**took_back))
+        session.commit()
+        real_send_all(pool, outgoing, ledger)
+
+    with app.app_context():
+        transport.SmtpPool.send_all = send_all
+        try:
+            outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+        finally:
+            transport.SmtpPool.send_all = real_send_all
+    assert victim not in outcome.sent and len(outcome.sent) == 19
+    assert len(smtp_server.messages) == 19
+
+
+def _outbound_updates(app):
+    """The statements that write outboundemail while the block runs."""
+    engine = app.extensions["db_engine"]
+    seen: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if "UPDATE OUTBOUNDEMAIL" in statement.upper():
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    return seen, lambda: sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def _leases(session, ids):
+    session.rollback()
+    return session.exec(select(OutboundEmail.sending_started_at)
+                        .where(OutboundEmail.id.in_(ids))
+                        .execution_options(populate_existing=True)).all()
+
+
+@pytest.mark.parametrize(("lease", "writes", "leases"), [
+    # A healthy batch: the take's lease lasts it; the take, then one record a message (on
+    # PostgreSQL the same statement reads whether the next message is still ours).
+    ("fresh", 1 + 20, 1),
+    # A batch whose lease grew old: before each message a renewal for the rest of the batch,
+    # so each message's lease was renewed last just before it went.
+    ("renewed", 1 + 20 + 20, 20),
+])
+def test_the_writes_a_batch_costs(request, stocked, session, smtp_server, lease, writes,
+                                  leases):
+    app = request.getfixturevalue("app" if lease == "fresh" else "slow_batch")
+    seen, stop = _outbound_updates(app)
+    try:
+        with app.app_context():
+            outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    finally:
+        stop()
+    assert len(outcome.sent) == 20
+    assert len(seen) == writes
+    assert len(set(_leases(session, stocked))) == leases

@@ -1,0 +1,167 @@
+"""Allocation: one code per claim, never two claims per code, never past a quota (global or
+per country), first come first served, idempotent; run from parallel threads on SQLite and
+PostgreSQL, with ``verify`` checking I1-I5 after each scenario."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from tests.helpers import redemption_code, stock
+from tests.unit.services.scenarios import allocate_each, claim_states, stocked_program, verified
+from wellness_perks.db import get_session
+from wellness_perks.models import OutboundEmail, Program
+from wellness_perks.services import allocation, programs
+
+
+def test_parallel_allocation_respects_quota_and_serves_claims_in_order(
+        app, factory, session, smtp_server):
+    program, claim_ids = stocked_program(app, factory, session, quota=25, creators=40, codes=30)
+    allocate_each(app, claim_ids)
+    verified(app, program)
+    states = claim_states(session, program)
+    assert [s for _id, s, _r, _c in states] == ["allocated"] * 25 + ["waitlisted"] * 15
+    assert {r for _id, s, r, _c in states if s == "waitlisted"} == {"quota_reached"}
+    mails = smtp_server.messages
+    assert len(mails) == 25
+    assert len({redemption_code(m) for m in mails}) == 25
+
+
+def test_small_batches_reach_the_same_result(app_config, factory, session, smtp_server):
+    from tests.conftest import Factory
+    from wellness_perks import create_app
+
+    app_config["ALLOCATION_BATCH_SIZE"] = 3
+    app = create_app(app_config)
+    program, claim_ids = stocked_program(app, Factory(app), session, quota=20, creators=30,
+                                         codes=25)
+    allocate_each(app, claim_ids[:1], threads=1)  # one task drains every batch
+    verified(app, program)
+    states = [s for _id, s, _r, _c in claim_states(session, program)]
+    assert states == ["allocated"] * 20 + ["waitlisted"] * 10
+    app.extensions["db_engine"].dispose()
+
+
+def test_stock_runs_out_before_quota(app, factory, session, smtp_server):
+    program, claim_ids = stocked_program(app, factory, session, quota=100, creators=12, codes=5)
+    allocate_each(app, claim_ids)
+    verified(app, program)
+    assert [(s, r) for _id, s, r, _c in claim_states(session, program)] == (
+        [("allocated", None)] * 5 + [("waitlisted", "out_of_stock")] * 7)
+
+
+def test_country_quota_caps_one_country_while_others_are_served(
+        app, factory, session, smtp_server):
+    program, claim_ids = stocked_program(
+        app, factory, session, quota=30, creators=30, codes=30, countries=("PK", "IN", "BR"),
+        country_quotas={"PK": 4})
+    allocate_each(app, claim_ids)
+    verified(app, program)
+    states = claim_states(session, program)
+    pk = [(s, r) for _id, s, r, c in states if c == "PK"]
+    assert pk == [("allocated", None)] * 4 + [("waitlisted", "country_quota_reached")] * 6
+    assert all(s == "allocated" for _id, s, _r, c in states if c != "PK")
+    with app.app_context():
+        summary = programs.quota_summary(get_session(), session.get(Program, program.id))
+    assert summary["allocated"] == 24
+    assert summary["countries"] == {"PK": {"quota": 4, "allocated": 4, "remaining": 0}}
+
+
+def test_new_batch_serves_the_waitlist_in_claim_order(app, factory, session, smtp_server):
+    program, claim_ids = stocked_program(app, factory, session, quota=20, creators=10, codes=3)
+    allocate_each(app, claim_ids)
+    assert [s for _id, s, _r, _c in claim_states(session, program)] == (
+        ["allocated"] * 3 + ["waitlisted"] * 7)
+    factory.codes(program, ["HS-MORE-0001", "HS-MORE-0002", "HS-MORE-0003", "HS-MORE-0004"])
+    verified(app, program)
+    assert [s for _id, s, _r, _c in claim_states(session, program)] == (
+        ["allocated"] * 7 + ["waitlisted"] * 3)
+    later = {m["To"]: redemption_code(m) for m in smtp_server.messages}
+    assert later["creator003@example.com"] == "HS-MORE-0001"
+    assert later["creator006@example.com"] == "HS-MORE-0004"
+
+
+def test_raising_the_quota_serves_the_waitlist(app, factory, session, smtp_server):
+    program, claim_ids = stocked_program(app, factory, session, quota=2, creators=6, codes=10,
+                                         countries=("PK", "IN"), country_quotas={"PK": 1})
+    allocate_each(app, claim_ids)
+    assert [s for _id, s, _r, _c in claim_states(session, program)] == (
+        ["allocated"] * 2 + ["waitlisted"] * 4)
+    with app.app_context():
+        programs.set_quota(get_session(), program_id=program.id, quota=4, actor="test")
+    states = claim_states(session, program)
+    # creator000 PK, 001 IN, 002 PK (country full), 003 IN, 004 PK (full), 005 IN
+    assert [(s, r) for _id, s, r, _c in states] == [
+        ("allocated", None), ("allocated", None), ("waitlisted", "country_quota_reached"),
+        ("allocated", None), ("waitlisted", "country_quota_reached"), ("allocated", None)]
+    with app.app_context():
+        programs.set_quota(get_session(), program_id=program.id, quota=6,
+                           country_quotas={"PK": None}, actor="test")
+    assert [s for _id, s, _r, _c in claim_states(session, program)] == ["allocated"] * 6
+    verified(app, program)
+
+
+def test_the_database_refuses_an_overrun_counter(app, factory, session):
+    program = factory.program(quota=1)
+    with pytest.raises(sa.exc.IntegrityError):
+        session.execute(sa.update(Program).where(Program.id == program.id)
+                        .values(allocated_count=2))
+        session.commit()
+    session.rollback()
+
+
+def test_the_database_refuses_a_negative_stock_counter(app, factory, session):
+    program = factory.program(quota=1)
+    with pytest.raises(sa.exc.IntegrityError):
+        session.execute(sa.update(Program).where(Program.id == program.id)
+                        .values(in_stock_count=-1))
+        session.commit()
+    session.rollback()
+
+
+def test_the_stock_counter_follows_allocation(app, factory, session, smtp_server):
+    program, claim_ids = stocked_program(app, factory, session, quota=8, creators=10, codes=6)
+    assert stock(session, program.id) == (6, 6)
+    allocate_each(app, claim_ids)  # 6 served (in parallel batches), 4 wait for stock
+    assert stock(session, program.id) == (0, 0)
+    factory.codes(program, [f"HS-MORE-{i:04d}" for i in range(5)])  # serves 2: the quota is 8
+    assert stock(session, program.id) == (3, 3)
+    verified(app, program)
+
+
+def test_same_claim_allocated_from_many_threads_once(app, factory, session, smtp_server):
+    program, [claim_id] = stocked_program(app, factory, session, quota=10, creators=1,
+                                          codes=10)
+    allocate_each(app, [claim_id] * 12, threads=6)
+    verified(app, program)
+    assert session.exec(select(sa.func.count()).select_from(OutboundEmail)).one() == 1
+    assert len(smtp_server.messages) == 1
+
+
+def test_rerunning_allocation_changes_nothing(app, factory, session, smtp_server):
+    program, [claim_id] = stocked_program(app, factory, session, quota=10, creators=1, codes=2)
+    with app.app_context():
+        first = allocation.allocate_program(get_session(), program_id=program.id)
+        again = allocation.allocate_program(get_session(), program_id=program.id)
+    assert first.allocated == [claim_id] and first.changed
+    assert not again.changed
+    verified(app, program)
+    assert len(smtp_server.messages) == 1
+
+
+def test_unknown_program_is_ignored(app):
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=424242)
+    assert not result.changed and result.outbound_ids == []
+
+
+def test_waitlist_reason_follows_what_holds_it(app, factory, session, smtp_server):
+    program, claim_ids = stocked_program(app, factory, session, quota=3, creators=5, codes=1)
+    allocate_each(app, claim_ids)
+    assert [(s, r) for _id, s, r, _c in claim_states(session, program)] == (
+        [("allocated", None)] + [("waitlisted", "out_of_stock")] * 4)
+    factory.codes(program, ["HS-MORE-0001", "HS-MORE-0002", "HS-MORE-0003"])
+    assert [(s, r) for _id, s, r, _c in claim_states(session, program)] == (
+        [("allocated", None)] * 3 + [("waitlisted", "quota_reached")] * 2)
+    verified(app, program)

@@ -1,0 +1,193 @@
+"""The sign-in and account rules (``services/auth.py``), called directly: a sign-in mail only
+for an address on a list, links that work once and for LOGIN_TOKEN_MAX_AGE, and manager
+accounts that store a hash, never the password. The pages are ``web/test_auth.py``'s."""
+
+from __future__ import annotations
+
+import time
+
+import itsdangerous.timed
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+from werkzeug.security import check_password_hash
+
+from wellness_perks.db import get_session
+from wellness_perks.models import AuditEvent, Creator, Manager, OutboundEmail
+from wellness_perks.services import auth, tokens
+from wellness_perks.services.errors import Conflict, InvalidInput
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def program(factory):
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com", "bilal@example.com"])
+    return program
+
+
+def _fresh(session, statement):
+    session.rollback()  # a fresh snapshot: SQLite's WAL keeps a reader at its first view
+    return session.exec(statement.execution_options(populate_existing=True)).all()
+
+
+def _count(session, model) -> int:
+    [count] = _fresh(session, select(sa.func.count()).select_from(model))
+    return count
+
+
+def _ayesha(session) -> Creator:
+    [creator] = _fresh(session, select(Creator).where(Creator.email == "ayesha@example.com"))
+    return creator
+
+
+def _token(app, creator, minted_ago: int = 0, monkeypatch=None) -> str:
+    with app.app_context():
+        if not minted_ago:
+            return tokens.mint_sign_in_token(creator)
+        real_time = time.time
+        with monkeypatch.context() as patch:
+            patch.setattr(itsdangerous.timed.time, "time", lambda: real_time() - minted_ago)
+            return tokens.mint_sign_in_token(creator)
+
+
+def _redeem(app, token: str) -> Creator:
+    with app.app_context():
+        return auth.redeem_sign_in_token(get_session(), token=token)
+
+
+# --------------------------------------------------------------------------- request_sign_in
+
+
+def test_a_sign_in_mail_is_owed_only_to_an_address_on_a_list(app, program, session,
+                                                             smtp_server):
+    session.add(Creator(email="former@example.com", handle="@former", country="PK"))
+    session.commit()  # known, but on no program's list
+    with app.app_context():
+        known = auth.request_sign_in(get_session(), email=" Ayesha@Example.com ")
+        unknown = auth.request_sign_in(get_session(), email="nobody@example.com")
+        unlisted = auth.request_sign_in(get_session(), email="former@example.com")
+    assert isinstance(known, int)
+    assert unknown is None and unlisted is None
+    rows = _fresh(session, select(OutboundEmail.id, OutboundEmail.to_email, OutboundEmail.kind))
+    assert rows == [(known, "ayesha@example.com", "sign_in")]
+    assert len(smtp_server.wait_for_mail("ayesha@example.com", "sign-in")) == 1
+    assert smtp_server.to("nobody@example.com") == smtp_server.to("former@example.com") == []
+
+
+@pytest.mark.parametrize(("address", "code"), [("not-an-email", "email_invalid"),
+                                               ("ayesha@", "email_invalid"),
+                                               ("  ", "email_empty")])
+def test_a_malformed_address_is_refused_and_owes_nothing(app, program, session, smtp_server,
+                                                         address, code):
+    with app.app_context(), pytest.raises(InvalidInput) as refused:
+        auth.request_sign_in(get_session(), email=address)
+    assert (refused.value.code, refused.value.field) == (code, "email")
+    assert _count(session, OutboundEmail) == 0
+    assert smtp_server.messages == []
+
+
+# --------------------------------------------------------------------------- redeem_sign_in_token
+
+
+def test_a_link_signs_its_creator_in_once(app, program, session):
+    creator = _ayesha(session)
+    nonce = creator.login_nonce
+    token = _token(app, creator)
+    assert _redeem(app, token).id == creator.id
+    after = _ayesha(session)
+    assert after.login_nonce == nonce + 1 and after.last_login_at is not None
+    events = _fresh(session, select(AuditEvent.action, AuditEvent.actor, AuditEvent.object_id)
+                    .where(AuditEvent.action == "creator.signed_in"))
+    assert events == [("creator.signed_in", f"creator:{creator.id}", creator.id)]
+    with pytest.raises(auth.SignInLinkUsed):
+        _redeem(app, token)
+    assert _ayesha(session).login_nonce == nonce + 1
+
+
+def test_using_a_link_spends_the_links_minted_before_it(app, program, session, monkeypatch):
+    creator = _ayesha(session)
+    older = _token(app, creator, minted_ago=60, monkeypatch=monkeypatch)
+    newer = _token(app, creator)
+    assert older != newer
+    _redeem(app, newer)
+    with pytest.raises(auth.SignInLinkUsed):
+        _redeem(app, older)
+
+
+def test_an_expired_link_is_refused(app, program, session, monkeypatch):
+    assert app.config["LOGIN_TOKEN_MAX_AGE"] == 15 * 60
+    creator = _ayesha(session)
+    nonce = creator.login_nonce
+    with pytest.raises(auth.SignInLinkExpired):
+        _redeem(app, _token(app, creator, minted_ago=16 * 60, monkeypatch=monkeypatch))
+    assert _ayesha(session).login_nonce == nonce  # nothing spent
+    assert _redeem(app, _token(app, creator, minted_ago=14 * 60,
+                               monkeypatch=monkeypatch)).id == creator.id
+
+
+@pytest.mark.parametrize("forge", [
+    lambda app, c, t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # signature changed
+    lambda app, c, t: "x" + t,                                              # payload changed
+    lambda app, c, t: "garbage",
+    lambda app, c, t: itsdangerous.URLSafeTimedSerializer(
+        "another-key", salt=tokens.SIGN_IN_SALT).dumps({"c": c.id, "n": c.login_nonce}),
+    lambda app, c, t: itsdangerous.URLSafeTimedSerializer(
+        app.config["SECRET_KEY"], salt=tokens.SIGN_IN_SALT).dumps({"c": 999999, "n": 0}),
+    lambda app, c, t: itsdangerous.URLSafeTimedSerializer(
+        app.config["SECRET_KEY"], salt=tokens.SIGN_IN_SALT).dumps([c.id, c.login_nonce]),
+], ids=["signature", "payload", "garbage", "another-key", "unknown-creator", "not-a-link"])
+def test_a_forged_link_is_refused(app, program, session, forge):
+    creator = _ayesha(session)
+    nonce = creator.login_nonce
+    with pytest.raises(auth.SignInLinkInvalid):
+        _redeem(app, forge(app, creator, _token(app, creator)))
+    assert _ayesha(session).login_nonce == nonce
+
+
+# --------------------------------------------------------------------------- create_manager
+
+
+def test_create_manager_stores_a_hash_not_the_password(app, session):
+    with app.app_context():
+        created = auth.create_manager(get_session(), email="Boss@Example.COM", password=PASSWORD,
+                                      actor="test")
+    assert created.email == "boss@example.com"
+    [manager] = _fresh(session, select(Manager))
+    assert manager.email == "boss@example.com"
+    assert PASSWORD not in manager.password_hash
+    assert manager.password_hash.split(":")[0] in {"scrypt", "pbkdf2"}  # werkzeug's format
+    assert check_password_hash(manager.password_hash, PASSWORD)
+    assert not check_password_hash(manager.password_hash, PASSWORD + "!")
+    [event] = _fresh(session, select(AuditEvent))
+    assert event.action == "manager.created" and PASSWORD not in (event.detail or "")
+
+
+@pytest.mark.parametrize(("email", "password", "message"), [
+    ("boss@example.com", "elevenchars", "password must be at least 12 characters"),
+    ("boss@example.com", "", "password must be at least 12 characters"),
+    ("not-an-email", PASSWORD, "not a valid email address"),
+    ("boss@", PASSWORD, "not a valid email address"),
+    ("", PASSWORD, "email address is empty"),
+])
+def test_create_manager_refuses_bad_input(app, session, email, password, message):
+    with app.app_context(), pytest.raises(InvalidInput) as refused:
+        auth.create_manager(get_session(), email=email, password=password, actor="test")
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert _count(session, Manager) == 0
+    assert _count(session, AuditEvent) == 0
+
+
+def test_create_manager_refuses_a_duplicate_whatever_the_case(app, session):
+    with app.app_context():
+        auth.create_manager(get_session(), email="boss@example.com", password=PASSWORD,
+                            actor="test")
+    [before] = _fresh(session, select(Manager))
+    with app.app_context(), pytest.raises(
+            Conflict, match="^a manager with email boss@example.com already exists$"):
+        auth.create_manager(get_session(), email="BOSS@example.com",
+                            password="another password!", actor="test")
+    [after] = _fresh(session, select(Manager))
+    assert (after.id, after.password_hash) == (before.id, before.password_hash)
+    assert _count(session, AuditEvent) == 1

@@ -1,0 +1,136 @@
+"""The claim rules (``services/claims.py``), called directly: a request answers with the claim
+as it stands, once per creator however many requests race; refused off the list; stored even
+when the broker is down; recorded while the program's row is locked by an allocation."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlmodel import select
+
+from tests.unit.services.scenarios import run_in_threads, verified
+from wellness_perks.db import get_session
+from wellness_perks.models import AuditEvent, Claim, Creator, Program
+from wellness_perks.services import claims, programs
+
+
+def _claims(session):
+    session.rollback()  # a fresh snapshot: SQLite's WAL keeps a reader at its first view
+    return session.exec(select(Claim).order_by(Claim.id)).all()
+
+
+def test_claim_request_returns_the_claim_as_it_stands(app, factory, session):
+    from wellness_perks.db import get_session
+    from wellness_perks.services import claims as claim_service
+    from wellness_perks.services.errors import NotFound, ProgramNotFound
+
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    other = factory.program(slug="other-6m", name="Other")
+    with app.app_context():
+        first = claim_service.request_claim(get_session(), program="headspace-6m", creator_id=1)
+        again = claim_service.request_claim(get_session(), program=program, creator_id=1)
+        refused = claim_service.request_claim(get_session(), program=other, creator_id=1)
+        with pytest.raises(ProgramNotFound):
+            claim_service.request_claim(get_session(), program="nope", creator_id=1)
+        with pytest.raises(NotFound, match="no creator"):
+            claim_service.request_claim(get_session(), program=program, creator_id=999)
+    assert (first.state, first.reason) == ("pending", None)  # as recorded; allocation follows
+    assert again.id == first.id
+    assert (refused.state, refused.reason) == ("refused", "not_eligible")
+    assert sorted(c.id for c in _claims(session)) == sorted({first.id, refused.id})
+    session.rollback()
+    events = session.exec(select(AuditEvent).where(AuditEvent.object_type == "claim")
+                          .order_by(AuditEvent.id)).all()
+    assert [(e.action, e.object_id, e.actor) for e in events] == [
+        ("claim.requested", first.id, "creator:1"), ("claim.refused", refused.id, "creator:1")]
+    assert events[0].at.tzinfo is not None and events[1].detail == '{"reason": "not_eligible"}'
+
+
+def test_claims_are_stored_when_the_broker_is_down(app_config, factory, session):
+    """The claim is committed before its task is published; a dead broker leaves it pending for
+    the sweeper, and after one failure the process stops trying for a while (circuit breaker)."""
+    from tests.conftest import Factory
+    from wellness_perks import create_app, dispatch
+    from wellness_perks.services import claims as claim_service
+
+    app_config["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    app = create_app(app_config)
+    dispatch.reset_circuit()
+    factory = Factory(app)
+    program = factory.program()
+    factory.creators(program, ["a@example.com", "b@example.com"])
+    try:
+        with app.app_context():
+            from wellness_perks.db import get_session
+            for creator_id in (1, 2):
+                claim_service.request_claim(get_session(), program=program,
+                                            creator_id=creator_id)
+            assert dispatch._broker_down_until > 0
+    finally:
+        dispatch.reset_circuit()
+        app.extensions["db_engine"].dispose()
+    assert [c.state for c in _claims(session)] == ["pending", "pending"]
+
+
+def test_claims_are_recorded_while_the_program_row_is_locked(app, factory, session, backend):
+    """Allocation batches, quota changes, voids, reissues and restores lock the program's row
+    (``programs.lock_program``). A new claim (whose row refers to the program) must not wait
+    for that lock: FOR UPDATE would make every claim queue behind every batch; the lock is FOR
+    NO KEY UPDATE, which a reference doesn't conflict with."""
+    if backend != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite serialises writers by design")
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-CODE-0001"])
+    errors = []
+
+    def claim():  # with no broker, allocation then runs here, and waits for the lock
+        try:
+            with app.app_context():
+                claims.request_claim(get_session(), program=program, creator_id=1)
+        except Exception as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=claim)
+    with app.app_context():
+        lock_holder = get_session()
+        programs.lock_program(lock_holder, program.id)
+        try:
+            thread.start()
+            deadline = time.monotonic() + 10
+            while not _claims(session) and time.monotonic() < deadline and thread.is_alive():
+                time.sleep(0.02)
+            recorded_under_lock = [c.state for c in _claims(session)]
+        finally:
+            lock_holder.rollback()
+    thread.join(timeout=30)
+    assert errors == []
+    assert recorded_under_lock == ["pending"], (
+        "the claim waited for the lock on the program")
+    assert [c.state for c in _claims(session)] == ["allocated"]
+
+
+def test_concurrent_claims_by_one_creator_make_one_claim(app, factory, session, smtp_server):
+    program = factory.program(quota=10)
+    factory.creators(program, ["creator000@example.com"])
+    factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(10)])
+    creator_id = session.exec(select(Creator.id)).one()
+    session.rollback()  # end this read: SQLite would keep showing the database as it is now
+    barrier = threading.Barrier(6)
+    answers = []
+
+    def claim(s):
+        barrier.wait(timeout=10)
+        answers.append(claims.request_claim(s, program=s.get(Program, program.id),
+                                            creator_id=creator_id).id)
+
+    run_in_threads(app, [claim] * 6, threads=6)
+    verified(app, program)
+    [only] = session.exec(select(Claim.id)).all()
+    assert answers == [only] * 6  # every request answers with the one claim
+    assert session.exec(select(AuditEvent.action).where(AuditEvent.object_type == "claim")
+                        ).all() == ["claim.requested", "claim.allocated"]
+    assert len(smtp_server.messages) == 1

@@ -1,0 +1,223 @@
+"""The program rules (``services/programs.py``), called directly: what a program may be created
+with, quotas that never drop below what is allocated, and the numbers ``quota`` shows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from tests.unit.services.scenarios import allocate_each, stocked_program
+from wellness_perks.db import get_session
+from wellness_perks.models import (
+    DEFAULT_CODE_PATTERN,
+    AuditEvent,
+    Claim,
+    Code,
+    CountryQuota,
+    Creator,
+    Program,
+)
+from wellness_perks.services import claims, codes, programs
+from wellness_perks.services.errors import Conflict, InvalidInput
+
+SLUG = "headspace-6m"
+PKT = timezone(timedelta(hours=5))
+
+
+def _create(app, **given):
+    arguments = {"slug": SLUG, "name": "Headspace", "quota": 10, "actor": "test"} | given
+    with app.app_context():
+        return programs.create_program(get_session(), **arguments)
+
+
+def _fresh(session, statement):
+    session.rollback()  # a fresh snapshot: SQLite's WAL keeps a reader at its first view
+    return session.exec(statement.execution_options(populate_existing=True)).all()
+
+
+def _count(session, model) -> int:
+    [count] = _fresh(session, select(sa.func.count()).select_from(model))
+    return count
+
+
+# --------------------------------------------------------------------------- create_program
+
+
+def test_create_program_stores_what_it_was_given(app, session):
+    _create(app, name="  Headspace · 6 months ", quota=500, perk_months=12,
+            opens_at=datetime(2026, 12, 1, 9, 0, tzinfo=PKT),
+            closes_at=datetime(2027, 1, 31, 18, 0, tzinfo=UTC),
+            redeem_url="https://headspace.example/redeem?code={code}",
+            country_quotas={"PK": 200})
+    [program] = _fresh(session, select(Program))
+    assert program.name == "Headspace · 6 months"
+    assert (program.quota, program.perk_months, program.allocated_count) == (500, 12, 0)
+    assert program.opens_at == datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
+    assert program.code_pattern == DEFAULT_CODE_PATTERN
+    assert _fresh(session, select(CountryQuota.country, CountryQuota.quota,
+                                  CountryQuota.allocated_count)) == [("PK", 200, 0)]
+    assert _fresh(session, select(AuditEvent.action)) == ["program.created"]
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"slug": "Headspace 6m"}, "slug must be 2 to 64 lower-case letters"),
+    ({"slug": "-headspace"}, "slug must be 2 to 64 lower-case letters"),
+    ({"slug": "h"}, "slug must be 2 to 64 lower-case letters"),
+    ({"name": "   "}, "name must not be empty"),
+    ({"quota": -1}, "quota must be zero or more"),
+    ({"opens_at": datetime(2026, 12, 2, tzinfo=UTC),
+      "closes_at": datetime(2026, 12, 1, tzinfo=UTC)},
+     "the claim window closes before it opens"),
+    ({"opens_at": datetime(2026, 12, 1, 10, 0, tzinfo=PKT),
+      "closes_at": datetime(2026, 12, 1, 5, 0, tzinfo=UTC)},
+     "the claim window closes before it opens"),  # the same instant
+    ({"opens_at": datetime(2026, 12, 1, 9, 0)}, "opens must include a time zone"),
+    ({"redeem_url": "ftp://headspace.example/{code}"}, "redeem URL must be an http(s) URL"),
+    ({"redeem_url": "headspace.example/redeem"}, "redeem URL must be an http(s) URL"),
+    ({"redeem_url": "javascript:alert(1)"}, "redeem URL must be an http(s) URL"),
+    ({"code_pattern": "HS-[A-Z"}, "code format is not a valid regular expression"),
+    ({"code_pattern": "(?P<x>"}, "code format is not a valid regular expression"),
+])
+def test_create_program_refuses_bad_input_and_creates_nothing(app, session, given, message):
+    with pytest.raises(InvalidInput) as refused:
+        _create(app, **given)
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert _count(session, Program) == 0
+    assert _count(session, AuditEvent) == 0
+
+
+@pytest.mark.parametrize(("given", "field"), [
+    ({"name": "N" * 201}, "name"),
+    ({"redeem_url": "https://app.example/" + "r" * 490}, "redeem-url"),
+    ({"code_pattern": "[A-Z]" * 101}, "code-format"),
+])
+def test_create_program_refuses_over_long_fields(app, session, given, field):
+    with pytest.raises(InvalidInput, match=f"^{field} is longer than ") as refused:
+        _create(app, **({"slug": "long-6m", "name": "Long", "quota": 5} | given))
+    assert refused.value.field == field
+    assert _fresh(session, select(Program)) == []
+
+
+def test_create_program_refuses_a_duplicate_slug(app, session):
+    _create(app, name="First", quota=10)
+    with pytest.raises(Conflict, match=f"^a program with slug '{SLUG}' already exists$"):
+        _create(app, name="Second", quota=20)
+    [program] = _fresh(session, select(Program))
+    assert (program.name, program.quota) == ("First", 10)
+    assert _fresh(session, select(AuditEvent.action)) == ["program.created"]
+
+
+# --------------------------------------------------------------------------- set_quota
+
+
+def test_set_quota_raises_lowers_and_removes(app, session, allocated_three):
+    with app.app_context():
+        programs.set_quota(get_session(), program_id=allocated_three.id, quota=4,
+                           country_quotas={"IN": 1}, actor="test")
+    assert _fresh(session, select(Program.quota)) == [4]
+    by_country = dict(_fresh(session, select(CountryQuota.country, CountryQuota.allocated_count)))
+    assert by_country == {"PK": 2, "IN": 1}  # a new country quota counts what is there already
+    with app.app_context():
+        programs.set_quota(get_session(), program_id=allocated_three.id,
+                           country_quotas={"PK": None}, actor="test")
+    assert _fresh(session, select(CountryQuota.country)) == ["IN"]
+    assert _fresh(session, select(AuditEvent.action).where(
+        AuditEvent.action == "program.quota_changed")) == ["program.quota_changed"] * 2
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"quota": 2}, "quota 2 is below the 3 codes already allocated"),
+    ({"country_quotas": {"PK": 1}}, "PK quota 1 is below the 2 codes already allocated there"),
+    ({"country_quotas": {"IN": 0}}, "IN quota 0 is below the 1 codes already allocated there"),
+    ({"country_quotas": {"IN": -1}}, "IN quota must be zero or more"),
+])
+def test_set_quota_refusals_change_nothing(app, session, allocated_three, change, message):
+    with app.app_context(), pytest.raises(InvalidInput, match=f"^{message}$"):
+        programs.set_quota(get_session(), program_id=allocated_three.id, actor="test", **change)
+    assert _fresh(session, select(Program.quota)) == [10]
+    assert _fresh(session, select(CountryQuota.country, CountryQuota.quota)) == [("PK", 3)]
+
+
+def test_quota_cannot_drop_below_allocations(app, factory, session, smtp_server):
+    program, claim_ids = stocked_program(app, factory, session, quota=5, creators=3, codes=5,
+                                         countries=("PK",))
+    allocate_each(app, claim_ids)
+    with app.app_context(), pytest.raises(InvalidInput, match="below the 3 codes"):
+        programs.set_quota(get_session(), program_id=program.id, quota=2, actor="test")
+    with app.app_context(), pytest.raises(InvalidInput, match="PK quota 1 is below"):
+        programs.set_quota(get_session(), program_id=program.id, country_quotas={"PK": 1},
+                           actor="test")
+    session.rollback()
+    assert session.get(Program, program.id, populate_existing=True).quota == 5
+
+
+# --------------------------------------------------------------------------- quota_summary
+
+
+def _summary(app, slug=SLUG) -> dict:
+    with app.app_context():
+        return programs.quota_summary(get_session(), programs.get_program(get_session(), slug))
+
+
+def test_quota_summary_counts_claims_by_state(app, session, factory):
+    program = factory.program(slug=SLUG, quota=2)
+    other = factory.program(slug="calm-1y")
+    factory.creators(program, ["a@example.com", "b@example.com", "c@example.com",
+                               "d@example.com"])
+    factory.creators(other, ["outsider@example.com"])
+    factory.codes(program, [f"HS-QUOTA-000{i}" for i in range(5)])
+    with app.app_context():
+        db = get_session()
+        ids = dict(db.exec(select(Creator.email, Creator.id)).all())
+        for email in ("a@example.com", "b@example.com", "c@example.com",
+                      "outsider@example.com"):
+            claims.request_claim(db, program=program, creator_id=ids[email])
+        # Not decided yet:
+        db.add(Claim(program_id=program.id, creator_id=ids["d@example.com"], country="PK"))
+        db.commit()
+    states = _fresh(session, select(Claim.state).order_by(Claim.id))
+    assert states == ["allocated", "allocated", "waitlisted", "refused", "pending"]
+
+    summary = _summary(app)
+    assert {k: summary[k] for k in ("quota", "allocated", "remaining", "in_stock")} == {
+        "quota": 2, "allocated": 2, "remaining": 0, "in_stock": 3}
+    assert summary["claims"] == {"pending": 1, "allocated": 2, "waitlisted": 1, "refused": 1}
+    assert _summary(app, "calm-1y")["claims"] == {
+        "pending": 0, "allocated": 0, "waitlisted": 0, "refused": 0}
+
+
+def test_quota_summary_matches_a_direct_count(app, session, factory):
+    program = factory.program(slug=SLUG, quota=3)
+    other = factory.program(slug="calm-1y", quota=5)
+    factory.creators(program, [f"{c}@example.com" for c in "abcde"])
+    factory.creators(other, ["outsider@example.com"])
+    factory.codes(program, [f"HS-DIRECT-{i:04d}" for i in range(7)])
+    factory.codes(other, ["CALM-0001", "CALM-0002"])
+    with app.app_context():
+        db = get_session()
+        ids = dict(db.exec(select(Creator.email, Creator.id)).all())
+        for email in ("a@example.com", "b@example.com", "c@example.com", "d@example.com",
+                      "outsider@example.com"):
+            claims.request_claim(db, program=program, creator_id=ids[email])
+        claims.request_claim(db, program=other, creator_id=ids["outsider@example.com"])
+        db.add(Claim(program_id=program.id, creator_id=ids["e@example.com"], country="PK"))
+        db.commit()
+        codes.void_code(db, program_id=program.id, value="HS-DIRECT-0006", reason="x",
+                        actor="test")
+        codes.reissue_claim(db, program_id=program.id, creator_email="a@example.com",
+                            reason="x", actor="test")
+
+    summary = _summary(app)
+    by_state = dict(_fresh(session, select(Claim.state, sa.func.count())
+                           .where(Claim.program_id == program.id).group_by(Claim.state)))
+    assert summary["claims"] == {state: by_state.get(state, 0)
+                                 for state in ("pending", "allocated", "waitlisted", "refused")}
+    assert summary["claims"] == {"pending": 1, "allocated": 3, "waitlisted": 1, "refused": 1}
+    [in_stock] = _fresh(session, select(sa.func.count()).select_from(Code).where(
+        Code.program_id == program.id, Code.status == "available"))
+    assert (summary["allocated"], summary["remaining"], summary["in_stock"]) == (3, 0, in_stock)
+    assert in_stock == 2  # 7 imported, 3 given out, 1 voided, 1 given in a reissue
+    assert _summary(app, "calm-1y")["in_stock"] == 1
