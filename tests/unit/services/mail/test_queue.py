@@ -12,8 +12,8 @@ from sqlmodel import select
 
 from wellness_perks import create_app
 from wellness_perks.db import get_session
-from wellness_perks.models import Creator, OutboundEmail
-from wellness_perks.services import claims, mail
+from wellness_perks.models import Creator, MailKind, OutboundEmail
+from wellness_perks.services import auth, claims, codes, mail
 from wellness_perks.services.mail import transport
 
 
@@ -170,3 +170,31 @@ def test_the_writes_a_batch_costs(request, stocked, session, smtp_server, lease,
     assert len(outcome.sent) == 20
     assert len(seen) == writes
     assert len(set(_leases(session, stocked))) == leases
+
+
+def _speaks(session, email: str, locale: str) -> None:
+    session.execute(sa.update(Creator).where(Creator.email == email).values(locale=locale))
+    session.commit()
+
+
+def test_each_kind_of_mail_records_its_creators_language(app, factory, session, smtp_server):
+    program = factory.program(quota=5)
+    factory.creators(program, ["ayesha@example.com", "bilal@example.com"])
+    factory.codes(program, ["HS-CODE-0001", "HS-CODE-0002", "HS-CODE-0003"])
+    _speaks(session, "ayesha@example.com", "ur")
+    with app.app_context():
+        auth.request_sign_in(get_session(), email="ayesha@example.com")
+        auth.request_sign_in(get_session(), email="bilal@example.com")
+        for creator_id in (1, 2):
+            claims.request_claim(get_session(), program=program, creator_id=creator_id)
+        codes.reissue_claim(get_session(), program_id=program.id,
+                            creator_email="ayesha@example.com", reason="test", actor="test")
+    session.rollback()
+    recorded = session.exec(select(OutboundEmail.to_email, OutboundEmail.kind,
+                                   OutboundEmail.locale).order_by(OutboundEmail.id)).all()
+    assert sorted(recorded) == sorted([
+        ("ayesha@example.com", MailKind.sign_in, "ur"),
+        ("bilal@example.com", MailKind.sign_in, "en"),
+        ("ayesha@example.com", MailKind.redemption, "ur"),
+        ("bilal@example.com", MailKind.redemption, "en"),
+        ("ayesha@example.com", MailKind.reissue, "ur")])
