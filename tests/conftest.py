@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from celery.signals import task_failure
 from hypothesis import settings as hypothesis_settings
 from hypothesis.configuration import set_hypothesis_home_dir
 from sqlmodel import Session, SQLModel
@@ -31,6 +33,30 @@ BACKENDS = ("sqlite", "postgresql")
 hypothesis_settings.register_profile("wellness-perks", database=None)
 hypothesis_settings.load_profile("wellness-perks")
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="wellness-perks-hypothesis-"))
+
+
+# Tasks run in-process in the unit tests (no broker), where Celery keeps a task's exception in
+# its result and the caller goes on: a task that raises fails the test that ran it instead.
+_task_failures: list[str] = []
+_task_failures_lock = threading.Lock()
+
+
+@task_failure.connect(weak=False)
+def _record_task_failure(sender=None, task_id=None, exception=None, **_kwargs) -> None:
+    with _task_failures_lock:
+        _task_failures.append(f"{getattr(sender, 'name', sender)}[{task_id}]: {exception!r}")
+
+
+@pytest.fixture(autouse=True)
+def _tasks_must_not_fail(request):
+    with _task_failures_lock:
+        _task_failures.clear()
+    yield
+    with _task_failures_lock:
+        failures = list(_task_failures)
+        _task_failures.clear()
+    if failures and request.node.get_closest_marker("tasks_may_fail") is None:
+        pytest.fail("a task run in-process raised:\n  " + "\n  ".join(failures))
 
 
 @pytest.fixture(scope="session", autouse=True)

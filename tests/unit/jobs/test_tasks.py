@@ -3,6 +3,8 @@ queued" mark before the service reads the waiting claims."""
 
 from __future__ import annotations
 
+import pytest
+
 from wellness_perks import dispatch
 from wellness_perks.services import allocation
 
@@ -33,3 +35,21 @@ def test_the_allocation_service_leaves_the_queue_alone(app, factory, monkeypatch
         from wellness_perks.db import get_session
 
         assert not allocation.allocate_program(get_session(), program_id=program.id).changed
+
+
+@pytest.mark.tasks_may_fail
+def test_a_task_that_raises_in_process_is_caught_for_the_test(app, factory, monkeypatch):
+    """With no broker the request that queued a task goes on when it raises (its rows wait
+    for the sweeper); the tests' guard (tests/conftest.py) still sees it, and fails any test
+    not marked ``tasks_may_fail``."""
+    from tests import conftest
+
+    program = factory.program()
+
+    def broken(session, *, program_id, **kwargs):
+        raise RuntimeError("allocation broke")
+
+    monkeypatch.setattr(allocation, "allocate_program", broken)
+    with app.app_context():
+        dispatch.allocate_program(program.id)  # returns: the caller is not failed
+    assert [f for f in conftest._task_failures if "allocation broke" in f]

@@ -68,6 +68,24 @@ def test_country_quota_caps_one_country_while_others_are_served(
     assert summary["countries"] == {"PK": {"quota": 4, "allocated": 4, "remaining": 0}}
 
 
+def test_creators_of_a_country_the_batch_filled_wait_for_their_country(
+        app, factory, session, smtp_server):
+    """PK's creators wait for codes; a batch of codes fills PK's quota: the PK creators still
+    waiting now wait for their country (another batch of codes would not serve them), the
+    others still for codes."""
+    program, claim_ids = stocked_program(
+        app, factory, session, quota=30, creators=6, codes=0, countries=("PK", "IN"),
+        country_quotas={"PK": 1})
+    allocate_each(app, claim_ids[:1], threads=1)
+    assert {r for _id, _s, r, _c in claim_states(session, program)} == {"out_of_stock"}
+    factory.codes(program, ["HS-MORE-0001", "HS-MORE-0002"])  # one PK, one IN served
+    verified(app, program)
+    assert [(c, s, r) for _id, s, r, c in claim_states(session, program)] == [
+        ("PK", "allocated", None), ("IN", "allocated", None),
+        ("PK", "waitlisted", "country_quota_reached"), ("IN", "waitlisted", "out_of_stock"),
+        ("PK", "waitlisted", "country_quota_reached"), ("IN", "waitlisted", "out_of_stock")]
+
+
 def test_new_batch_serves_the_waitlist_in_claim_order(app, factory, session, smtp_server):
     program, claim_ids = stocked_program(app, factory, session, quota=20, creators=10, codes=3)
     allocate_each(app, claim_ids)

@@ -1,34 +1,47 @@
 """Property-based (stateful) test of the allocation engine, on SQLite and PostgreSQL.
 
-Hypothesis drives random sequences of claims, code batch uploads, quota and country-quota
-changes, voids (of codes in stock and of codes held, which reissues), restores, lost allocation
-tasks, sweeps and worker re-runs. After every step the invariants I1-I3 must hold, as the real
-``verify`` sees them, and nobody may wait who could be served.
+Hypothesis drives random sequences of claims (on and off the list), code batch uploads, quota
+and country-quota changes, voids (of codes in stock and of codes held, which reissues),
+restores, lost allocation tasks, sweeps and worker re-runs. After every step the invariants
+I1-I3 must hold, as the real ``verify`` sees them, nobody may wait who could be served, and
+whoever waits, waits for the reason that holds. The run must have allocated, waitlisted and
+refused claims, or it proved nothing.
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from sqlmodel import select
 
 from tests.conftest import _empty_tables
 from wellness_perks.db import get_session
-from wellness_perks.models import Claim, ClaimState, Code, CountryQuota, Creator, Program
+from wellness_perks.models import (
+    Claim,
+    ClaimReason,
+    ClaimState,
+    Code,
+    CountryQuota,
+    Creator,
+    Program,
+)
 from wellness_perks.services import allocation, claims, codes, imports, programs, sweeper
 from wellness_perks.services.errors import DomainError
 from wellness_perks.services.verify import verify_program
 
 COUNTRIES = ("PK", "IN", "BR")
-CREATORS = 14
+CREATORS = 14  # on the program's list
+STRANGERS = 2  # known from another program's list only
 
 
-def machine_for(app):
+def machine_for(app, exercised: Counter):
+    """The state machine; ``exercised`` counts the claim states the steps led to."""
     class AllocationMachine(RuleBasedStateMachine):
         def __init__(self):
             super().__init__()
@@ -44,6 +57,14 @@ def machine_for(app):
             imports.import_creators(self.s, program=self.program, actor="test",
                                     stream=io.BytesIO(rows.encode()))
             self.creator_ids = self.s.exec(select(Creator.id).order_by(Creator.id)).all()
+            other = programs.create_program(self.s, slug="other-6m", name="Other", quota=1,
+                                            actor="test")
+            rows = "handle,email,country\n" + "".join(
+                f"@s{i},s{i}@example.com,PK\n" for i in range(STRANGERS))
+            imports.import_creators(self.s, program=other, actor="test",
+                                    stream=io.BytesIO(rows.encode()))
+            self.stranger_ids = self.s.exec(select(Creator.id).where(
+                Creator.id.not_in(self.creator_ids)).order_by(Creator.id)).all()
             self.next_code = 0
             self.lost: set[int] = set()  # claims whose allocation task was (deliberately) lost
 
@@ -57,6 +78,18 @@ def machine_for(app):
         def claim(self, who):
             claims.request_claim(self.s, program=self.program, creator_id=self.creator_ids[who])
 
+        @rule(first=st.integers(0, CREATORS - 1), count=st.integers(2, 8))
+        def rush_while_the_worker_is_away(self, first, count):
+            """Several claims at once, served by one allocation run (as on launch day)."""
+            for who in range(first, min(first + count, CREATORS)):
+                self.claim_whose_task_is_lost(who)
+            allocation.allocate_program(self.s, program_id=self.program.id)
+            self.lost.clear()
+
+        @rule(who=st.integers(0, STRANGERS - 1))
+        def claim_off_the_list(self, who):
+            claims.request_claim(self.s, program=self.program, creator_id=self.stranger_ids[who])
+
         @rule(who=st.integers(0, CREATORS - 1))
         def claim_whose_task_is_lost(self, who):
             creator = self.s.get(Creator, self.creator_ids[who])
@@ -68,7 +101,7 @@ def machine_for(app):
             self.s.commit()
             self.lost.add(claim.id)
 
-        @rule(count=st.integers(0, 4))
+        @rule(count=st.integers(0, 8))  # up to more than the quota's room: the quota decides
         def upload_batch(self, count):
             values = [f"PROP-{self.next_code + i:05d}" for i in range(count)]
             self.next_code += count
@@ -127,6 +160,13 @@ def machine_for(app):
         # ------------------------------------------------------------------ invariants
 
         @invariant()
+        def count_what_was_exercised(self):
+            for state, n in self.s.exec(select(Claim.state, sa.func.count()).where(
+                    Claim.program_id == self.program.id).group_by(Claim.state)):
+                exercised[state] = max(exercised[state], n)
+            self.s.commit()
+
+        @invariant()
         def i1_to_i3_hold(self):
             found = [v for v in verify_program(self.s, program_id=self.program.id)
                      if v.invariant in {"I1", "I2", "I3"}]
@@ -158,6 +198,43 @@ def machine_for(app):
                 f"{len(servable)} servable claims wait with {in_stock} codes in stock and "
                 f"{program.quota - program.allocated_count} quota left")
 
+        @invariant()
+        def whoever_waits_waits_for_the_reason_that_holds(self):
+            """Once allocation has run (no claim pending): a full program makes everyone wait
+            for the quota (or, in a full country, for the country's quota: both hold); else a
+            full country its creators; else only the stock can be the reason, and then there is
+            none in stock."""
+            s = self.s
+            if s.exec(select(Claim.id).where(Claim.state == ClaimState.pending)).first():
+                s.commit()
+                return
+            program = s.get(Program, self.program.id, populate_existing=True)
+            full = {cq.country for cq in s.exec(select(CountryQuota)
+                                                .execution_options(populate_existing=True))
+                    if cq.allocated_count >= cq.quota}
+            in_stock = s.exec(select(sa.func.count()).select_from(Code)
+                              .where(Code.status == "available")).one()
+            waiting = s.exec(select(Claim.id, Claim.country, Claim.reason)
+                             .where(Claim.state == ClaimState.waitlisted)).all()
+            refused = s.exec(select(Claim.reason).where(Claim.state == ClaimState.refused)
+                             ).all()
+            s.commit()
+            for claim_id, country, reason in waiting:
+                if program.allocated_count >= program.quota:
+                    expected = {ClaimReason.quota_reached}
+                    if country in full:
+                        expected.add(ClaimReason.country_quota_reached)
+                elif country in full:
+                    expected = {ClaimReason.country_quota_reached}
+                else:
+                    expected = {ClaimReason.out_of_stock}
+                    assert in_stock == 0, f"claim {claim_id} waits with {in_stock} in stock"
+                assert reason in expected, (
+                    f"claim {claim_id} ({country}) waits for {reason}, not {expected}: "
+                    f"{program.allocated_count} of {program.quota} allocated, full {full}, "
+                    f"{in_stock} in stock")
+            assert set(refused) <= {ClaimReason.not_eligible}, refused
+
     return AllocationMachine
 
 
@@ -172,8 +249,15 @@ def outbox_app(app_config):
 
 
 def test_allocation_invariants_hold_under_random_operations(outbox_app):
+    exercised: Counter = Counter()
     run_state_machine_as_test(
-        machine_for(outbox_app),
-        settings=settings(max_examples=25, stateful_step_count=25, deadline=None,
+        machine_for(outbox_app, exercised),
+        # No shrinking: on a broken rule it would replay database-heavy steps for minutes;
+        # the failing steps are printed as found.
+        settings=settings(max_examples=25, stateful_step_count=30, deadline=None,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate],
                           suppress_health_check=[HealthCheck.too_slow]),
     )
+    # The run reached every outcome a claim can have.
+    assert {state: exercised[state] > 0 for state in ("allocated", "waitlisted", "refused")} == {
+        "allocated": True, "waitlisted": True, "refused": True}, exercised

@@ -134,3 +134,41 @@ def test_concurrent_claims_by_one_creator_make_one_claim(app, factory, session, 
     assert session.exec(select(AuditEvent.action).where(AuditEvent.object_type == "claim")
                         ).all() == ["claim.requested", "claim.allocated"]
     assert len(smtp_server.messages) == 1
+
+
+@pytest.mark.parametrize("program_given_as", ["object", "slug"])
+def test_two_first_claims_racing_in_one_transaction_each_return_the_winner(
+        app, factory, session, backend, monkeypatch, program_given_as):
+    """Two first requests of one creator that both read "no claim yet" before either writes
+    (the transactional path, as a reconsidered refusal takes): the unique constraint makes the
+    second insert fail, and the request answers with the claim that won, recorded once."""
+    if backend != "postgresql":
+        pytest.skip("SQLite serialises writers (BEGIN IMMEDIATE): the two cannot interleave")
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    both_read = threading.Barrier(2, timeout=30)
+    real_decide, real_get_claim = claims._decide, claims.get_claim
+    fallbacks = []
+
+    def decide_then_wait(*args, **kwargs):
+        decision = real_decide(*args, **kwargs)
+        both_read.wait()  # neither writes before both have read
+        return decision
+
+    def get_claim(*args, **kwargs):
+        fallbacks.append(kwargs)
+        return real_get_claim(*args, **kwargs)
+
+    monkeypatch.setattr(claims, "_record_new_claim_autocommit", lambda *a, **k: None)
+    monkeypatch.setattr(claims, "_decide", decide_then_wait)
+    monkeypatch.setattr(claims, "get_claim", get_claim)
+    given = program if program_given_as == "object" else program.slug
+    answers = []
+    run_in_threads(app, [lambda s: answers.append(
+        claims.request_claim(s, program=given, creator_id=1))] * 2, threads=2)
+    [stored] = _claims(session)
+    assert [a.id for a in answers] == [stored.id, stored.id]
+    assert len(fallbacks) == 1  # the loser took the fallback, and only the loser
+    session.rollback()
+    assert len(session.exec(select(AuditEvent).where(AuditEvent.action == "claim.requested"))
+               .all()) == 1

@@ -3,7 +3,7 @@ be served, mails due or interrupted; and hands it out once."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import select
@@ -83,3 +83,38 @@ def test_due_and_interrupted_mails_are_sent_once(app, factory, session, smtp_ser
     rows = session.exec(select(OutboundEmail).order_by(OutboundEmail.id)
                         .execution_options(populate_existing=True)).all()
     assert [(r.status, r.attempts) for r in rows] == [("sent", 2), ("sent", 2)]
+
+
+def test_mails_still_being_sent_or_waiting_out_their_backoff_are_left_alone(
+        app, factory, session, smtp_server):
+    """A mail in ``sending`` whose lease is fresh is in a live attempt: taking it back would
+    send it twice. A queued mail whose retry is not due yet waits out its backoff."""
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com", "b@example.com", "c@example.com"])
+    factory.codes(program, ["HS-A1-0001", "HS-A2-0002", "HS-A3-0003"])
+    smtp_server.refuse_with = "451 later"
+    lost_claims(session, program, ["a@example.com", "b@example.com", "c@example.com"])
+    with app.app_context():
+        sweeper.sweep(get_session())  # allocates; every first attempt refused
+    session.rollback()
+    sending, backing_off, due = session.exec(select(OutboundEmail).order_by(OutboundEmail.id)
+                                             ).all()
+    timeout = app.config["MAIL_SENDING_TIMEOUT_SECONDS"]
+    now = datetime.now(UTC)
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == sending.id).values(
+        status="sending", sending_started_at=now - timedelta(seconds=timeout - 30)))
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == backing_off.id).values(
+        next_attempt_at=now + timedelta(minutes=5)))
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == due.id).values(
+        next_attempt_at=now - timedelta(seconds=1)))
+    session.commit()
+    smtp_server.refuse_with = None
+    with app.app_context():
+        report = sweeper.sweep(get_session(), now=now)
+    assert (report.mails, report.interrupted_mails) == ([due.id], [])
+    rows = {r.id: r for r in session.exec(select(OutboundEmail).execution_options(
+        populate_existing=True)).all()}
+    assert (rows[sending.id].status, rows[sending.id].attempts) == ("sending", 1)
+    assert (rows[backing_off.id].status, rows[backing_off.id].attempts) == ("queued", 1)
+    assert rows[due.id].status == "sent"
+    assert smtp_server.to("a@example.com") == smtp_server.to("b@example.com") == []

@@ -155,3 +155,23 @@ def test_sign_out(client, program, signed_in):
     page = client.get("/")
     assert client.post("/logout", data={"csrf_token": csrf_token(page.text)}).status_code == 302
     assert client.get("/").status_code == 302
+
+
+def test_signing_in_starts_a_fresh_session(app, client, program, signed_in, session):
+    """Nothing of the session before a sign-in survives it (a planted value, the old CSRF
+    token, another creator's sign-in): session fixation gets nowhere."""
+    client.get("/login")  # an anonymous session, with its CSRF token
+    with client.session_transaction() as before:
+        before["planted"] = "from before the sign-in"
+        old_csrf = before["csrf_token"]
+    signed_in("bilal@example.com")
+    with client.session_transaction() as after:
+        assert "planted" not in after and after.get("csrf_token") != old_csrf
+        assert after["_user_id"] == "c:2"
+        after["planted"] = "bilal's"
+    ayesha = session.exec(select(Creator).where(Creator.email == "ayesha@example.com")).one()
+    with app.app_context():
+        token = mint_sign_in_token(ayesha)
+    assert client.get(f"/login/{token}").status_code == 302
+    with client.session_transaction() as switched:
+        assert switched["_user_id"] == f"c:{ayesha.id}" and "planted" not in switched
