@@ -16,6 +16,8 @@ from sqlmodel import select
 from werkzeug.security import check_password_hash
 
 from tests.unit.services.scenarios import lost_claims
+from tests.unit.services.test_verify import CASES as VERIFY_CASES
+from tests.unit.services.test_verify import constraints_lifted, corrupt, healthy_program
 from wellness_perks.migrate import alembic_config
 from wellness_perks.models import (
     DEFAULT_CODE_PATTERN,
@@ -29,6 +31,7 @@ from wellness_perks.models import (
     Manager,
     Program,
 )
+from wellness_perks.services.verify import Violation
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CREATORS_SAMPLE = DATA / "creators-sample.csv"
@@ -511,11 +514,50 @@ def test_verify_command_exits_non_zero_on_violation(runner, app, factory, sessio
     program = factory.program(quota=10)
     factory.creators(program, ["a@example.com"])
     lost_claims(session, program, ["a@example.com"])
+    [(claim_id, creator_id, requested_at)] = _all(
+        session, select(Claim.id, Claim.creator_id, Claim.requested_at))
+    line = f"I4: pending since {requested_at:%Y-%m-%d %H:%M:%S} (claim={claim_id} " \
+           f"creator={creator_id})"
     result = runner.invoke(args=["verify", program.slug])
-    assert result.exit_code == 1
-    assert "I4: pending since" in result.output and "1 violation" in result.output
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.stdout.splitlines() == [line, f"{program.slug}: 1 violation(s)"]
     result = runner.invoke(args=["verify", program.slug, "--json"])
-    assert result.exit_code == 1 and '"invariant": "I4"' in result.output
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert _json(result) == {"program": program.slug, "ok": False, "violations": [
+        {"invariant": "I4", "message": f"pending since {requested_at:%Y-%m-%d %H:%M:%S}",
+         "claim_id": claim_id, "code_id": None, "creator_id": creator_id}]}
+
+
+def test_verify_command_on_a_healthy_program(runner, app, factory, session, smtp_server):
+    healthy_program(app, factory, session, smtp_server)
+    result = runner.invoke(args=["verify", SLUG])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout == f"{SLUG}: I1-I5 hold\n"
+    result = runner.invoke(args=["verify", SLUG, "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert _json(result) == {"program": SLUG, "ok": True, "violations": []}
+
+
+# One corruption of each invariant (tests/unit/services/test_verify.py has one per message).
+@pytest.mark.parametrize("name", [
+    "I1 held code voided", "I2 country counter behind", "I3 two claims by one creator",
+    "I4 refused without a reason", "I5 failed without an error", "I4 allocated without a code"])
+def test_verify_command_prints_each_violation_and_exits_1(name, runner, app, factory, session,
+                                                          smtp_server, backend):
+    case = VERIFY_CASES[name]
+    w = healthy_program(app, factory, session, smtp_server)
+    with constraints_lifted(session, backend, case.lifts):
+        corrupt(session, backend, case, w)
+        expected = case.expected(w)
+        result = runner.invoke(args=["verify", SLUG])
+        assert result.exit_code == 1, (result.output, result.exception)
+        assert result.stdout.splitlines() == [*expected,
+                                              f"{SLUG}: {len(expected)} violation(s)"]
+        result = runner.invoke(args=["verify", SLUG, "--json"])
+        assert result.exit_code == 1, (result.output, result.exception)
+        document = _json(result)
+        assert (document["program"], document["ok"]) == (SLUG, False)
+        assert [str(Violation(**v)) for v in document["violations"]] == expected
 
 
 # --------------------------------------------------------------------------- seed-demo
