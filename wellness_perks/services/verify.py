@@ -1,13 +1,13 @@
 """``verify``: check the invariants I1-I5 of a program against the database.
 
-I1 a code is assigned to at most one claim, ever;
+I1 a code is assigned to at most one claim, ever, and only an allocated claim holds one;
 I2 allocations never exceed the quota, global or per country, and the counters (allocations,
    global and per country, and codes in stock) match the rows they count;
 I3 at most one claim per creator per program;
 I4 every accepted claim ends allocated, waitlisted or refused (with a reason); none stays
    pending longer than ``grace``;
-I5 every allocated claim's current code has a redemption mail that is sent, or failed with its
-   error visible; none is overdue.
+I5 every allocated claim's current code has a redemption mail (not cancelled) that is sent, or
+   failed with its error visible; none is overdue, none in a state the outbox does not know.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ class Violation:
                 "code_id": self.code_id, "creator_id": self.creator_id}
 
 
+KNOWN_MAIL_STATES = frozenset(MailStatus)
+
+
 def verify_program(session: Session, *, program_id: int, now: datetime | None = None,
                    pending_grace: timedelta = timedelta(minutes=5),
                    mail_grace: timedelta = timedelta(minutes=30)) -> list[Violation]:
@@ -68,12 +71,15 @@ def verify_program(session: Session, *, program_id: int, now: datetime | None = 
             CodeAssignment.program_id == program_id)
             .group_by(CodeAssignment.code_id).having(sa.func.count() > 1)):
         out.append(Violation("I1", f"code assigned {n} times", code_id=code_id))
-    for claim_id, code_id, creator_id, status, holder in q(
-            sa.select(Claim.id, Claim.code_id, Claim.creator_id, Code.status,
+    for claim_id, code_id, creator_id, state, status, holder in q(
+            sa.select(Claim.id, Claim.code_id, Claim.creator_id, Claim.state, Code.status,
                       CodeAssignment.claim_id)
             .join(Code, Code.id == Claim.code_id)
             .outerjoin(CodeAssignment, CodeAssignment.code_id == Claim.code_id)
             .where(Claim.program_id == program_id)):
+        if state != ClaimState.allocated:
+            out.append(Violation("I1", f"{state} claim holds a code", claim_id, code_id,
+                                 creator_id))
         if status != CodeStatus.assigned:
             out.append(Violation("I1", f"claim holds a code whose status is {status}",
                                  claim_id, code_id, creator_id))
@@ -141,9 +147,11 @@ def verify_program(session: Session, *, program_id: int, now: datetime | None = 
                                  creator_id=creator_id))
 
     # I5 -----------------------------------------------------------------------------------
+    # A cancelled mail is not one the creator gets: it does not count as the code's mail.
     mails = sa.select(OutboundEmail).where(
         OutboundEmail.claim_id == Claim.id, OutboundEmail.code_id == Claim.code_id,
-        OutboundEmail.kind.in_([MailKind.redemption, MailKind.reissue])).correlate(Claim)
+        OutboundEmail.kind.in_([MailKind.redemption, MailKind.reissue]),
+        OutboundEmail.status != MailStatus.cancelled).correlate(Claim)
     for claim_id, code_id, creator_id in q(
             sa.select(Claim.id, Claim.code_id, Claim.creator_id)
             .where(Claim.program_id == program_id, Claim.state == ClaimState.allocated,
@@ -163,5 +171,8 @@ def verify_program(session: Session, *, program_id: int, now: datetime | None = 
             if due < now - mail_grace:
                 out.append(Violation("I5", f"mail #{mail.id} {mail.status} and overdue since "
                                            f"{due:%Y-%m-%d %H:%M:%S}", **refs))
+        elif mail.status not in KNOWN_MAIL_STATES:
+            out.append(Violation("I5", f"mail #{mail.id} has unknown status {mail.status!r}",
+                                 **refs))
     session.commit()
     return out

@@ -31,6 +31,7 @@ from wellness_perks.models import (
     CountryQuota,
     Creator,
     MailKind,
+    MailProblem,
     MailStatus,
     OutboundEmail,
     Program,
@@ -289,12 +290,14 @@ def _delete_mail(name: str) -> Corruption:
 
 CASES: dict[str, Case] = {
     # I1 ---------------------------------------------------------------------------------------
-    # The waitlisted pk3 given pk2's code. Its assignment names pk2, so the holder check reports
-    # the second holder too: the two lines are one corruption.
+    # The waitlisted pk3 given pk2's code. It is not allocated, and the code's assignment names
+    # pk2, so those checks report the second holder too: the three lines are one corruption.
     "I1 code held by two claims": Case(
         lambda s, w: s.execute(sa.update(Claim).where(Claim.id == w.claim["pk3"])
                                .values(code_id=w.code["pk2"])),
         lambda w: [f"I1: code held by 2 claims (code={w.code['pk2']})",
+                   f"I1: waitlisted claim holds a code "
+                   f"(claim={w.claim['pk3']} code={w.code['pk2']} creator={w.creator['pk3']})",
                    f"I1: claim holds a code whose assignment names another claim "
                    f"(claim={w.claim['pk3']} code={w.code['pk2']} creator={w.creator['pk3']})"],
         (UNIQUE_CLAIM_CODE,)),
@@ -381,6 +384,22 @@ CASES: dict[str, Case] = {
     "I5 failed with an empty error": Case(
         _update_mail("pk2", status=MailStatus.failed.value, last_error=""),
         lambda w: [f"I5: mail #{w.mail['pk2']} failed with no error recorded {_refs(w, 'pk2')}"]),
+    # The only mail for the code pk2 holds cancelled: pk2 gets no mail for its code.
+    "I5 the held code's mail cancelled": Case(
+        _update_mail("pk2", status=MailStatus.cancelled.value,
+                     last_error=MailProblem.code_voided.value, sent_at=None),
+        lambda w: [f"I5: allocated, but no mail for its code {_refs(w, 'pk2')}"]),
+    "I5 unknown mail status": Case(
+        _update_mail("pk2", status="bounced"),
+        lambda w: [f"I5: mail #{w.mail['pk2']} has unknown status 'bounced' "
+                   f"{_refs(w, 'pk2')}"]),
+    # pk2 waitlisted but still holding its code; the allocation counters (global and PK's)
+    # count pk2 still, so they disagree with the claims.
+    "I1 a claim not allocated holds a code": Case(
+        _update_claim("pk2", state=ClaimState.waitlisted.value,
+                      reason=ClaimReason.out_of_stock.value),
+        lambda w: [f"I1: waitlisted claim holds a code {_refs(w, 'pk2')}",
+                   "I2: 2 allocated, counter says 3", "I2: PK: 1 allocated, counter says 2"]),
     "I5 sent without a time": Case(
         _update_mail("pk2", sent_at=None),
         lambda w: [f"I5: mail #{w.mail['pk2']} sent with no time {_refs(w, 'pk2')}"]),
