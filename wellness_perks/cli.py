@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from .db import get_session
 from .models import Manager
-from .services import auth, codes, imports, programs, sweeper
+from .services import auth, codes, imports, privacy, programs, sweeper
 from .services import verify as violations
 from .services.countries import normalise_country, parse_country_quota
 from .services.errors import DomainError
@@ -307,6 +307,24 @@ def verify_command(slug: str, as_json: bool) -> None:
         sys.exit(1)
 
 
+@click.command("forget")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def forget_command(email: str, yes: bool) -> None:
+    """Remove a person's email, handle and name from every table (their claim and code stay,
+    anonymous, for the accounting)."""
+    if not yes:
+        click.confirm(f"Forget {email}? This cannot be undone", abort=True)
+    try:
+        result = privacy.forget_creator(get_session(), email=email, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    failed = (f"; {result.mails_failed} mail(s) still owed to them marked failed"
+              if result.mails_failed else "")
+    click.echo(f"creator #{result.creator_id} forgotten{failed}")
+
+
 @click.command("sweep")
 @with_appcontext
 def sweep_command() -> None:
@@ -392,6 +410,7 @@ COMMANDS = (
     quota_command,
     verify_command,
     sweep_command,
+    forget_command,
     seed_demo_command,
 )
 

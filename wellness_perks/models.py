@@ -85,6 +85,7 @@ class MailProblem(enum.StrEnum):
 
     code_voided = "code_voided"  # cancelled: its code was voided before it was sent
     interrupted = "interrupted"  # its attempt was cut off mid-send (its worker stopped)
+    recipient_forgotten = "recipient_forgotten"  # failed: its creator asked to be forgotten
 
 
 class MailKind(enum.StrEnum):

@@ -611,3 +611,18 @@ def test_init_db_on_a_migrated_database_is_idempotent(runner, session, program):
     versions = _fresh(session).execute(sa.text("SELECT version_num FROM alembic_version"))
     head = ScriptDirectory.from_config(alembic_config("unused")).get_current_head()
     assert versions.scalars().all() == [head]
+
+
+def test_forget_removes_a_person_and_says_what_became_of_their_mails(runner, app, factory,
+                                                                      session, smtp_server):
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    unknown = runner.invoke(args=["forget", "nobody@example.com", "--yes"])
+    assert unknown.exit_code == 1 and "nobody with the address nobody@example.com" in unknown.output
+    refused = runner.invoke(args=["forget", "ayesha@example.com"], input="n\n")
+    assert refused.exit_code == 1 and "Aborted" in refused.output
+    result = runner.invoke(args=["forget", "ayesha@example.com", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "creator #1 forgotten"
+    session.rollback()
+    assert session.exec(select(Creator.email)).all() == ["forgotten-1@forgotten.invalid"]

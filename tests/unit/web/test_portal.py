@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from tests.helpers import csrf_token, redemption_code, text_body
-from wellness_perks.models import Claim, Code, OutboundEmail
+from wellness_perks.models import AuditEvent, Claim, Code, OutboundEmail
 
 
 def _claim(client, slug="headspace-6m"):
@@ -200,3 +200,24 @@ def test_unknown_program_is_404(client, factory, signed_in):
     assert client.get("/programs/nope").status_code == 404
     token = csrf_token(client.get("/programs/headspace-6m").text)
     assert client.post("/programs/nope/claim", data={"csrf_token": token}).status_code == 404
+
+
+def test_a_creator_sees_what_is_kept_about_them_and_can_ask_for_deletion(
+        client, factory, signed_in, session):
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com", "bilal@example.com"])
+    assert client.get("/me").status_code == 302  # nobody signed in
+    signed_in("ayesha@example.com")
+    page = client.get("/me")
+    assert page.status_code == 200
+    assert "ayesha@example.com" in page.text and "Headspace" in page.text
+    assert "bilal" not in page.text
+    assert client.post("/me/delete").status_code == 400  # a form post needs its token
+    response = client.post("/me/delete", data={"csrf_token": csrf_token(page.text)},
+                           follow_redirects=True)
+    assert "Your request is recorded" in response.text
+    assert "You asked us to delete your data on" in response.text
+    session.rollback()
+    assert [(e.actor, e.object_id) for e in session.exec(
+        select(AuditEvent).where(AuditEvent.action == "creator.deletion_requested"))] == [
+        ("creator:1", 1)]

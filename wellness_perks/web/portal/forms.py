@@ -5,3 +5,7 @@ from flask_wtf import FlaskForm
 
 class ClaimForm(FlaskForm):
     """No fields: the button and its CSRF token."""
+
+
+class DeletionForm(FlaskForm):
+    """No fields: the button and its CSRF token."""

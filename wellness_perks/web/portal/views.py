@@ -8,10 +8,10 @@ from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from flask_login import current_user
 
 from ...db import get_session
-from ...services import claims, programs
+from ...services import claims, privacy, programs
 from ...services.errors import ClaimWindowNotOpen, ProgramNotFound
 from ..security import creator_required
-from .forms import ClaimForm
+from .forms import ClaimForm, DeletionForm
 
 bp = Blueprint("portal", __name__)
 
@@ -68,3 +68,18 @@ def claim(slug: str):
     except ClaimWindowNotOpen as exc:
         flash({"code": exc.code, **exc.params}, "error")
     return redirect(url_for("portal.program", slug=slug))
+
+
+@bp.route("/me")
+@creator_required
+def my_data():
+    stored = privacy.stored_data(get_session(), creator_id=current_user.creator_id)
+    return render_template("portal/my_data.html", stored=stored, form=DeletionForm())
+
+
+@bp.route("/me/delete", methods=["POST"])
+@creator_required
+def request_deletion():
+    privacy.request_deletion(get_session(), creator_id=current_user.creator_id)
+    flash("deletion_requested", "message")
+    return redirect(url_for("portal.my_data"))
