@@ -100,12 +100,14 @@ def allocate_program(session: Session, *, program_id: int,
 def _allocate_batch(session: Session, program_id: int,
                     batch_size: int) -> tuple[AllocationResult, bool]:
     """One transaction: returns what it did, and whether more claims may be servable."""
-    now = datetime.now(UTC)
     result = AllocationResult(program_id)
     with write_transaction(session):
         conn = session.connection()
         with planned_each_execution(session):  # the reads that find the batch's rows
             program = lock_program(session, program_id)
+            # Decisions are dated once the lock is held: a claim recorded while this batch
+            # waited for it, and served by it, is never decided before it was requested.
+            now = datetime.now(UTC)
             room = program.quota - program.allocated_count
             country_room = {country: left for country, left in
                             conn.execute(_COUNTRY_ROOM, {"b_program": program_id})}

@@ -4,14 +4,23 @@ PostgreSQL, with ``verify`` checking I1-I5 after each scenario."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
 from tests.helpers import redemption_code, stock
-from tests.unit.services.scenarios import allocate_each, claim_states, stocked_program, verified
+from tests.unit.services.scenarios import (
+    allocate_each,
+    claim_states,
+    pending_claims,
+    stocked_program,
+    verified,
+)
 from wellness_perks.db import get_session
-from wellness_perks.models import OutboundEmail, Program
+from wellness_perks.models import Claim, Creator, OutboundEmail, Program
 from wellness_perks.services import allocation, programs
 
 
@@ -183,3 +192,53 @@ def test_waitlist_reason_follows_what_holds_it(app, factory, session, smtp_serve
     assert [(s, r) for _id, s, r, _c in claim_states(session, program)] == (
         [("allocated", None)] * 3 + [("waitlisted", "quota_reached")] * 2)
     verified(app, program)
+
+
+def test_a_claim_is_decided_after_it_was_requested_even_when_the_batch_waited(
+        app, factory, session, backend, smtp_server):
+    """A batch reads the clock once it holds the program's lock: a claim recorded while the
+    batch waited for that lock (and served by it) is never decided before it was requested."""
+    if backend != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite serialises writers before any clock read")
+    program = factory.program(quota=5)
+    factory.creators(program, ["creator000@example.com", "creator001@example.com"])
+    factory.codes(program, ["HS-CODE-0001", "HS-CODE-0002"])
+    pending_claims(session, program, 1)
+    errors = []
+
+    def allocate():
+        try:
+            with app.app_context():
+                allocation.allocate_program(get_session(), program_id=program.id)
+        except Exception as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    def waiting_for_a_lock() -> int:
+        session.rollback()
+        return session.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()")).scalar_one()
+
+    thread = threading.Thread(target=allocate)
+    with app.app_context():
+        lock_holder = get_session()
+        programs.lock_program(lock_holder, program.id)
+        try:
+            thread.start()
+            deadline = time.monotonic() + 10
+            while not waiting_for_a_lock() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert waiting_for_a_lock() == 1, "the batch never waited for the program's lock"
+            late = session.exec(select(Creator).where(
+                Creator.email == "creator001@example.com")).one()
+            session.add(Claim(program_id=program.id, creator_id=late.id, country=late.country))
+            session.commit()
+        finally:
+            lock_holder.rollback()
+    thread.join(timeout=30)
+    assert errors == []
+    session.rollback()
+    rows = session.exec(select(Claim).order_by(Claim.id)).all()
+    assert [c.state for c in rows] == ["allocated", "allocated"]
+    assert all(c.decided_at >= c.requested_at for c in rows), [
+        (c.requested_at, c.decided_at) for c in rows]
