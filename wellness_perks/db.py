@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, current_app, g
 from sqlalchemy import event
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
+
+from .logs import log_event
+
+T = TypeVar("T")
 
 # Execution option that makes a SQLite transaction take the write lock at BEGIN
 # (BEGIN IMMEDIATE), so read-then-write units like allocation serialise instead of
@@ -136,6 +143,27 @@ def write_transaction(session: Session):
     except BaseException:
         session.rollback()
         raise
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """The database went away under a statement (the server restarted or ended the
+    connection), or could not be reached: trying again may work, the request's input was fine."""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or (
+        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated)
+
+
+def once_more_if_disconnected(session: Session, work: Callable[[], T]) -> T:
+    """Run ``work``; if the connection died under it, roll back and run it once more on a fresh
+    connection. Only for work that is idempotent (the claim: one per creator, whatever ran
+    before), since the first attempt may have committed before the connection was lost."""
+    try:
+        return work()
+    except sa.exc.DBAPIError as exc:
+        if not connection_lost(exc):
+            raise
+        session.rollback()
+        log_event("db.retry_after_disconnect", logging.WARNING, error=type(exc.orig).__name__)
+        return work()
 
 
 def is_postgresql(session: Session) -> bool:

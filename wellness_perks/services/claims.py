@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from .. import dispatch
-from ..db import found_by_key, is_postgresql, write_transaction
+from ..db import found_by_key, is_postgresql, once_more_if_disconnected, write_transaction
 from ..logs import log_event
 from ..models import (
     AuditEvent,
@@ -89,6 +89,14 @@ def request_claim(
     a lost race) takes the general path: read and write in one transaction.
     """
     now = now or datetime.now(UTC)
+    # A connection that died under the claim costs a second try, not an error: the claim is
+    # one per creator, so a first attempt that did commit is found, not repeated.
+    return once_more_if_disconnected(
+        session, lambda: _request_claim(session, program, creator_id, now))
+
+
+def _request_claim(session: Session, program: Program | str, creator_id: int,
+                   now: datetime) -> ClaimRequested:
     result = None
     try:
         if is_postgresql(session):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, get_template_attribute, jsonify, render_template, request
+import sqlalchemy as sa
+from flask import Flask, g, get_template_attribute, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from ..db import get_session
+from ..db import connection_lost, get_session
 from ..logs import log_event
 from ..services.errors import DomainError
 
@@ -30,7 +31,11 @@ HTTP_CODES = {
     413: "too_large",
     429: "too_many_requests",
     500: "internal_error",
+    503: "database_unavailable",
 }
+
+# Seconds a client is asked to wait (Retry-After) when the database cannot be reached.
+RETRY_AFTER_SECONDS = 5
 
 
 def wants_json() -> bool:
@@ -76,8 +81,27 @@ def init_app(app: Flask) -> None:
             return body, status, {"Allow": ", ".join(exc.valid_methods)}
         return response
 
+    @app.errorhandler(sa.exc.DBAPIError)
+    def database_error(exc: sa.exc.DBAPIError):
+        if not connection_lost(exc):
+            return unexpected(exc)
+        # Nothing half-done: the transaction is rolled back with its connection.
+        log_event("request.database_unavailable", logging.WARNING,
+                  error=type(exc.orig).__name__)
+        _roll_back()
+        g.database_unavailable = True
+        body, status = error_response(503, "database_unavailable")
+        return body, status, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         app.logger.exception("unhandled error")
-        get_session().rollback()
+        _roll_back()
         return error_response(500, "internal_error")
+
+
+def _roll_back() -> None:
+    try:
+        get_session().rollback()
+    except sa.exc.DBAPIError:  # the connection is gone: nothing of it is left to undo
+        pass

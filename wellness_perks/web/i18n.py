@@ -7,14 +7,15 @@ Mail is rendered in the language its row records (``services/mail/render.py``).
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, g, request
 from flask_login import current_user
 
 from ..models import DEFAULT_LOCALE, SUPPORTED_LOCALES, text_direction
 
 
 def get_locale() -> str:
-    if getattr(current_user, "is_authenticated", False):
+    # With the database unreachable, the creator's own language cannot be read: the browser's.
+    if getattr(current_user, "is_authenticated", False) and not g.get("database_unavailable"):
         locale = getattr(current_user, "locale", None)
         if locale in SUPPORTED_LOCALES:
             return locale

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 
 from tests.unit.services.scenarios import run_in_threads, verified
@@ -172,3 +173,26 @@ def test_two_first_claims_racing_in_one_transaction_each_return_the_winner(
     session.rollback()
     assert len(session.exec(select(AuditEvent).where(AuditEvent.action == "claim.requested"))
                .all()) == 1
+
+
+def test_a_claim_survives_its_connection_being_cut(app, factory, session, backend, smtp_server):
+    """The database ended the request's pooled connection (a restart, a failover, an idle
+    timeout): the claim is tried once more on a fresh connection, and recorded once."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has no server to cut a connection")
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-CODE-0001"])
+    session.close()
+    with app.app_context():
+        doomed = get_session()
+        pid = doomed.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        doomed.rollback()  # back to the pool, which hands it out again next
+        outsider = sa.create_engine(app.config["DATABASE_URL"], poolclass=sa.pool.NullPool)
+        with outsider.begin() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"),
+                                {"pid": pid}).scalar_one()
+        outsider.dispose()
+        claim = claims.request_claim(doomed, program=program.slug, creator_id=1)
+    assert claim.state in ("pending", "allocated")
+    assert [c.state for c in _claims(session)] == ["allocated"]

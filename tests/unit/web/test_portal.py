@@ -221,3 +221,25 @@ def test_a_creator_sees_what_is_kept_about_them_and_can_ask_for_deletion(
     assert [(e.actor, e.object_id) for e in session.exec(
         select(AuditEvent).where(AuditEvent.action == "creator.deletion_requested"))] == [
         ("creator:1", 1)]
+
+
+def test_a_claim_while_the_database_is_down_is_answered_503_and_recorded_nowhere(
+        app, client, factory, session, signed_in):
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    factory.codes(program, ["HS-CODE-0001"])
+    signed_in("ayesha@example.com")
+    page = client.get("/programs/headspace-6m")
+    token = csrf_token(page.text)
+    working = app.extensions["db_sessionmaker"].kw["bind"]
+    down = sa.create_engine("postgresql+psycopg://127.0.0.1:9/none", pool_pre_ping=False)
+    app.extensions["db_sessionmaker"].configure(bind=down)
+    try:
+        response = client.post("/programs/headspace-6m/claim", data={"csrf_token": token})
+    finally:
+        app.extensions["db_sessionmaker"].configure(bind=working)
+        down.dispose()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert "try again" in response.text.lower()
+    assert _claims(session) == []
