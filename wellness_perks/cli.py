@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from .db import get_session
 from .models import Manager
-from .services import auth, codes, imports, privacy, programs, sweeper
+from .services import auth, codes, imports, mail, privacy, programs, sweeper
 from .services import verify as violations
 from .services.countries import normalise_country, parse_country_quota
 from .services.errors import DomainError
@@ -397,6 +397,22 @@ def seed_demo_command() -> None:
     click.echo("  4. open the program and press Claim; the code mail lands in the same place")
 
 
+@click.command("resend-failed")
+@click.argument("slug")
+@click.option("--since", help="Only mails created at or after this time (ISO 8601; no zone: UTC).")
+@with_appcontext
+def resend_failed_command(slug: str, since: str | None) -> None:
+    """Send again the code mails of a program that failed (not those whose code was voided
+    since, nor those of a forgotten creator)."""
+    since_at = _parse_when(since, "--since")
+    program = _program(slug)
+    ids = mail.resend_failed(get_session(), program_id=program.id, actor=CLI_ACTOR, since=since_at)
+    if ids:
+        click.echo(f"{len(ids)} failed code mail{'s' if len(ids) != 1 else ''} queued again")
+    else:
+        click.echo("no failed code mail to send again")
+
+
 COMMANDS = (
     init_db_command,
     create_manager_command,
@@ -410,6 +426,7 @@ COMMANDS = (
     quota_command,
     verify_command,
     sweep_command,
+    resend_failed_command,
     forget_command,
     seed_demo_command,
 )

@@ -626,3 +626,31 @@ def test_forget_removes_a_person_and_says_what_became_of_their_mails(runner, app
     assert result.output.strip() == "creator #1 forgotten"
     session.rollback()
     assert session.exec(select(Creator.email)).all() == ["forgotten-1@forgotten.invalid"]
+
+
+def test_resend_failed_sends_a_programs_failed_code_mails_again(
+        runner, app, factory, session, smtp_server):
+    program = factory.program()
+    factory.creators(program, ["p1@example.com", "p2@example.com"])
+    factory.codes(program, ["HS-CODE-0001", "HS-CODE-0002"])
+    smtp_server.refuse_with = "550 5.7.1 relay refused for now"
+    from wellness_perks.db import get_session
+    from wellness_perks.services import claims
+    with app.app_context():
+        for creator_id in (1, 2):
+            claims.request_claim(get_session(), program=program, creator_id=creator_id)
+    smtp_server.refuse_with = None
+    assert _run(runner, "resend-failed", "nope").exit_code == 1
+    bad = _run(runner, "resend-failed", SLUG, "--since", "yesterday")
+    assert bad.exit_code == 1 and "--since 'yesterday'" in bad.output
+    later = _run(runner, "resend-failed", SLUG, "--since", "2999-01-01")
+    assert later.exit_code == 0 and later.output.strip() == "no failed code mail to send again"
+    result = _run(runner, "resend-failed", SLUG)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "2 failed code mails queued again"
+    assert len(smtp_server.to("p1@example.com", "code")) == 1
+    assert len(smtp_server.to("p2@example.com", "code")) == 1
+    assert "HS-CODE" not in result.output
+    again = _run(runner, "resend-failed", SLUG)
+    assert again.output.strip() == "no failed code mail to send again"
+    assert _run(runner, "verify", SLUG).exit_code == 0

@@ -2,8 +2,17 @@
 (``render``, ``mime``), and how it goes out (``transport``: SMTP, or ``.eml`` files in
 ``OUTBOX_DIR`` without an SMTP host)."""
 
-from .queue import BatchOutcome, MailRetryLater, owe, owed, retry_delay, send, send_batch
+from .queue import (
+    BatchOutcome,
+    MailRetryLater,
+    owe,
+    owed,
+    resend_failed,
+    retry_delay,
+    send,
+    send_batch,
+)
 from .transport import PermanentMailError, close_pools
 
 __all__ = ["BatchOutcome", "MailRetryLater", "PermanentMailError", "close_pools", "owe", "owed",
-           "retry_delay", "send", "send_batch"]
+           "resend_failed", "retry_delay", "send", "send_batch"]

@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlmodel import Session
 
-from ...db import found_by_key, is_postgresql, planned_each_execution
+from ... import dispatch
+from ...db import found_by_key, is_postgresql, planned_each_execution, write_transaction
 from ...logs import log_event
 from ...models import (
     DEFAULT_LOCALE,
@@ -35,6 +36,7 @@ from ...models import (
     OutboundEmail,
     Program,
 )
+from .. import audit
 from . import transport
 from .render import render
 from .transport import Outgoing, PermanentMailError
@@ -335,3 +337,47 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
         for outbound_id in cancelled:
             log_event("mail.cancelled", outbound_id=outbound_id)
     return outgoing
+
+
+CODE_MAIL_KINDS = (MailKind.redemption.value, MailKind.reissue.value)
+RESENT = "mail.resent"
+
+
+def resend_failed(session: Session, *, program_id: int, actor: str,
+                  since: datetime | None = None) -> list[int]:
+    """Queue again the code mails of a program that failed (those created at or after
+    ``since``, if given), and hand them to the mail workers; returns their ids.
+
+    Only a mail that still carries its claim's code is sent again: one whose code was voided
+    since (its claim has a new code and a mail of its own) stays failed, and so does one to a
+    creator who asked to be forgotten (no address is left to send to). Each mail sent again
+    starts a new run of attempts, and an audit event says who asked for it.
+    """
+    from ..privacy import FORGOTTEN_DOMAIN
+
+    now = datetime.now(UTC)
+    with write_transaction(session):
+        condition = sa.and_(
+            OutboundEmail.status == MailStatus.failed.value,
+            OutboundEmail.kind.in_(CODE_MAIL_KINDS),
+            Claim.program_id == program_id,
+            Claim.code_id == OutboundEmail.code_id,
+            ~OutboundEmail.to_email.endswith(f"@{FORGOTTEN_DOMAIN}"))
+        if since is not None:
+            condition = sa.and_(condition, OutboundEmail.created_at >= since)
+        ids = list(session.execute(
+            sa.select(OutboundEmail.id).join(Claim, Claim.id == OutboundEmail.claim_id)
+            .where(condition).order_by(OutboundEmail.id).with_for_update(of=OutboundEmail)
+        ).scalars())
+        if ids:
+            session.execute(
+                sa.update(OutboundEmail).where(OutboundEmail.id.in_(ids))
+                .values(status=MailStatus.queued.value, attempts=0, next_attempt_at=now,
+                        sending_started_at=None))
+            audit.record(session, *(audit.event(
+                actor=actor, action=RESENT, object_type="outbound_email", object_id=outbound_id,
+                program_id=program_id, at=now) for outbound_id in ids))
+    if ids:
+        log_event(RESENT, program_id=program_id, count=len(ids))
+        dispatch.send_emails(ids)
+    return ids

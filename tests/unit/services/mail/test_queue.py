@@ -12,8 +12,8 @@ from sqlmodel import select
 
 from wellness_perks import create_app
 from wellness_perks.db import get_session
-from wellness_perks.models import Creator, MailKind, OutboundEmail
-from wellness_perks.services import auth, claims, codes, mail
+from wellness_perks.models import AuditEvent, Creator, MailKind, OutboundEmail, Program
+from wellness_perks.services import auth, claims, codes, mail, privacy
 from wellness_perks.services.mail import transport
 
 
@@ -199,3 +199,63 @@ def test_each_kind_of_mail_records_its_creators_language(app, factory, session, 
         ("ayesha@example.com", MailKind.redemption, "ur"),
         ("bilal@example.com", MailKind.redemption, "en"),
         ("ayesha@example.com", MailKind.reissue, "ur")])
+
+
+def _fail_for_good(app, outbound_id, smtp_server):
+    smtp_server.refuse_with = "550 5.7.1 relay refused for now"
+    with app.app_context():
+        assert mail.send(get_session(), outbound_id=outbound_id) == "failed"
+    smtp_server.refuse_with = None
+
+
+def test_failed_code_mails_are_sent_again_on_request(app, allocated, session, smtp_server):
+    _fail_for_good(app, allocated, smtp_server)
+    program_id = session.exec(select(Program.id)).one()
+    with app.app_context():
+        resent = mail.resend_failed(get_session(), program_id=program_id, actor="cli")
+        again = mail.resend_failed(get_session(), program_id=program_id, actor="cli")
+    assert resent == [allocated] and again == []  # a sent mail is not resent
+    row = _row(session, allocated)
+    assert (row.status, row.last_error) == ("sent", None)
+    assert len(smtp_server.to("ayesha@example.com", "code")) == 1
+    [event] = session.exec(select(AuditEvent).where(AuditEvent.action == "mail.resent")).all()
+    assert (event.actor, event.program_id, event.object_id) == ("cli", program_id, allocated)
+
+
+def test_a_failed_mail_of_a_code_voided_since_is_not_sent(
+        app, allocated, factory, session, smtp_server):
+    """Its claim got a new code (and a mail of its own): the voided code must not go out."""
+    _fail_for_good(app, allocated, smtp_server)
+    program = session.exec(select(Program)).one()
+    program_id = program.id
+    session.rollback()
+    factory.codes(program, ["HS-AAAA-0002"])
+    with app.app_context():
+        codes.reissue_claim(get_session(), program_id=program_id,
+                            creator_email="ayesha@example.com", reason="test", actor="cli")
+        assert mail.resend_failed(get_session(), program_id=program_id, actor="cli") == []
+    assert _row(session, allocated).status == "failed"
+    assert [m.kind for m in session.exec(select(OutboundEmail).where(
+        OutboundEmail.status == "sent")).all()] == ["reissue"]
+    assert _row(session, allocated).status == "failed"
+
+
+def test_resend_failed_leaves_other_programs_and_older_failures(
+        app, allocated, factory, session, smtp_server):
+    _fail_for_good(app, allocated, smtp_server)
+    program_id = session.exec(select(Program.id)).one()
+    other = factory.program(slug="calm-6m")
+    with app.app_context():
+        assert mail.resend_failed(get_session(), program_id=other.id, actor="cli") == []
+        later = _row(session, allocated).created_at + timedelta(minutes=1)
+        assert mail.resend_failed(get_session(), program_id=program_id, actor="cli",
+                                  since=later) == []
+    assert _row(session, allocated).status == "failed"
+
+
+def test_a_forgotten_creators_failed_mail_is_not_resent(app, allocated, session, smtp_server):
+    _fail_for_good(app, allocated, smtp_server)
+    program_id = session.exec(select(Program.id)).one()
+    with app.app_context():
+        privacy.forget_creator(get_session(), email="ayesha@example.com", actor="cli")
+        assert mail.resend_failed(get_session(), program_id=program_id, actor="cli") == []
