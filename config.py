@@ -117,8 +117,11 @@ class Config:
         self.SMTP_SSL = _env_bool("SMTP_SSL", False)
         self.SMTP_TIMEOUT = _env_int("SMTP_TIMEOUT", 20)
         self.MAIL_FROM = _env("MAIL_FROM", "Wellness Perks <perks@localhost>")
-        self.MAIL_MAX_ATTEMPTS = _env_int("MAIL_MAX_ATTEMPTS", 5)
+        # A mail refused for a reason that may pass is retried with exponential backoff (from
+        # the base, each wait capped) until the waits span the window; then it is failed.
         self.MAIL_RETRY_BASE_SECONDS = _env_int("MAIL_RETRY_BASE_SECONDS", 30)
+        self.MAIL_RETRY_MAX_DELAY_SECONDS = _env_int("MAIL_RETRY_MAX_DELAY_SECONDS", 3600)
+        self.MAIL_RETRY_WINDOW_SECONDS = _env_int("MAIL_RETRY_WINDOW_SECONDS", 24 * 3600)
         # Messages a second each sending process may send (0: as fast as the server takes them).
         self.MAIL_RATE_LIMIT = _env_float("MAIL_RATE_LIMIT", 0.0)
         # Mails per send task (one SMTP connection carries a batch).

@@ -75,7 +75,7 @@ class MailStatus(enum.StrEnum):
     queued = "queued"      # waiting for its first (or next) attempt
     sending = "sending"    # an attempt holds it
     sent = "sent"
-    failed = "failed"      # gave up after MAIL_MAX_ATTEMPTS
+    failed = "failed"      # refused for good, or retried for MAIL_RETRY_WINDOW_SECONDS
     cancelled = "cancelled"  # its code was voided before it went out (a reissue mail follows)
 
 

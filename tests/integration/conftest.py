@@ -52,7 +52,8 @@ from tests.helpers import (
 APP_SETTINGS = (
     "INSTANCE_PATH", "PORT", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "BASE_URL",
     "SMTP_HOST", "SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_STARTTLS", "SMTP_SSL",
-    "SMTP_TIMEOUT", "MAIL_FROM", "MAIL_MAX_ATTEMPTS", "MAIL_RETRY_BASE_SECONDS", "OUTBOX_DIR",
+    "SMTP_TIMEOUT", "MAIL_FROM", "MAIL_RETRY_WINDOW_SECONDS", "MAIL_RETRY_BASE_SECONDS",
+    "OUTBOX_DIR",
     "HELP_EMAIL", "LOGIN_TOKEN_MAX_AGE", "LOG_LEVEL", "ALLOCATION_BATCH_SIZE",
     "SWEEP_INTERVAL_SECONDS", "SWEEP_PENDING_AFTER_SECONDS", "MAIL_SENDING_TIMEOUT_SECONDS",
 )
@@ -229,7 +230,7 @@ def running_stack(mail: SmtpServer, tmp: Path, *, broker_url: str,
                       blocked=APP_SETTINGS) | {
         "MAIL_RETRY_BASE_SECONDS": "1",
         # Backoff 1, 2, 4, 8, 16 s: a refusing server is outlasted (~30 s) on a loaded machine.
-        "MAIL_MAX_ATTEMPTS": "6",
+        "MAIL_RETRY_WINDOW_SECONDS": "31",  # waits of 1, 2, 4, 8, 16 s: six attempts
     } | (settings or {})
     st = Stack(env=env, tmp=tmp, base_url=env["BASE_URL"], database_url=db_url, mail=mail)
     try:

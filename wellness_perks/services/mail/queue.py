@@ -277,10 +277,9 @@ def _in_session(session: Session) -> Book:
 
 
 def _record_failure(book: Book, item: Outgoing, exc: Exception, outcome: BatchOutcome) -> None:
-    config = current_app.config
     error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
     countdown = None
-    if isinstance(exc, PermanentMailError) or item.attempts >= config["MAIL_MAX_ATTEMPTS"]:
+    if isinstance(exc, PermanentMailError) or item.attempts >= gives_up_after():
         status, next_attempt_at = MailStatus.failed, None
         outcome.failed.append(item.outbound_id)
     else:
@@ -296,9 +295,23 @@ def _record_failure(book: Book, item: Outgoing, exc: Exception, outcome: BatchOu
 
 
 def retry_delay(attempts: int) -> int:
-    """Exponential backoff: base, 2x base, 4x base, ... capped at an hour."""
-    base = current_app.config["MAIL_RETRY_BASE_SECONDS"]
-    return int(min(base * 2 ** max(attempts - 1, 0), 3600))
+    """Exponential backoff after the ``attempts``-th failure: base, 2x base, 4x base, ...,
+    each wait at most MAIL_RETRY_MAX_DELAY_SECONDS."""
+    config = current_app.config
+    base = config["MAIL_RETRY_BASE_SECONDS"]
+    return int(min(base * 2 ** max(attempts - 1, 0), config["MAIL_RETRY_MAX_DELAY_SECONDS"]))
+
+
+def gives_up_after() -> int:
+    """The attempt whose failure (short of a permanent refusal) marks a mail failed: the first
+    one by which the waits between attempts span MAIL_RETRY_WINDOW_SECONDS. A mail is owed
+    through a provider's incident of hours; only a refusal for good, or the window, ends it."""
+    window = current_app.config["MAIL_RETRY_WINDOW_SECONDS"]
+    attempts, waited = 1, 0
+    while waited < window:
+        waited += max(retry_delay(attempts), 1)  # a zero base still ends
+        attempts += 1
+    return attempts
 
 
 def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -> list[Outgoing]:

@@ -58,18 +58,39 @@ def test_refused_mail_is_recorded_and_retried_later(app, allocated, session, smt
     assert len(smtp_server.to("ayesha@example.com", "code")) == 1
 
 
-def test_mail_fails_for_good_after_max_attempts(app, allocated, session, smtp_server):
-    max_attempts = app.config["MAIL_MAX_ATTEMPTS"]
+def test_mail_fails_for_good_once_its_retries_span_the_window(app_config, allocated, session,
+                                                               smtp_server):
+    """Retried until the waits between its attempts span MAIL_RETRY_WINDOW_SECONDS: with a
+    1 s base and a 7 s window, attempts 1-3 are followed by waits of 1, 2 and 4 s (7 s in all),
+    so the fourth failure is the last."""
+    app_config["MAIL_RETRY_WINDOW_SECONDS"] = 7
+    app = create_app(app_config)
     with app.app_context():
-        for _ in range(max_attempts - 2):
-            with pytest.raises(mail.MailRetryLater):
+        for attempt in (2, 3):
+            with pytest.raises(mail.MailRetryLater) as later:
                 mail.send(get_session(), outbound_id=allocated)
+            assert later.value.countdown == 2 ** (attempt - 1)
         assert mail.send(get_session(), outbound_id=allocated) == "failed"
         assert mail.send(get_session(), outbound_id=allocated) == "failed"
     row = _row(session, allocated)
-    assert (row.status, row.attempts) == ("failed", max_attempts)
+    assert (row.status, row.attempts) == ("failed", 4)
     assert "451" in row.last_error and row.next_attempt_at is None
-    assert smtp_server.refused == max_attempts
+    assert smtp_server.refused == 4
+    app.extensions["db_engine"].dispose()
+
+
+def test_the_default_window_outlasts_a_provider_incident(app):
+    """Hours, not minutes: at the default base and cap, a mail is still being retried after
+    five hours of refusals, and each wait is at most MAIL_RETRY_MAX_DELAY_SECONDS."""
+    from wellness_perks.services.mail.queue import gives_up_after, retry_delay
+
+    with app.app_context():
+        app.config["MAIL_RETRY_BASE_SECONDS"] = 30
+        attempts = gives_up_after()
+        waits = [retry_delay(n) for n in range(1, attempts)]
+    assert sum(waits) >= 5 * 3600
+    assert max(waits) <= 3600
+    assert waits[:3] == [30, 60, 120]
 
 
 def test_permanent_refusal_fails_at_once(app, allocated, session, smtp_server):
