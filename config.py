@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -54,18 +55,50 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+# Sessions and sign-in links are signed with SECRET_KEY: a short one can be guessed offline
+# from a single signed cookie.
+MIN_SECRET_KEY_BYTES = 32
+MAKE_A_KEY = 'python -c "import secrets;print(secrets.token_urlsafe(48))"'
+
+
 def _secret_key(instance_path: Path) -> str:
     """SECRET_KEY from the environment; for a first run on a bare machine, one kept in instance/."""
     key = _env("SECRET_KEY")
     if key:
         return key
-    key_file = instance_path / "secret_key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    instance_path.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    key_file.write_text(key + "\n")
-    key_file.chmod(0o600)
+    return _instance_secret_key(instance_path / "secret_key")
+
+
+def _instance_secret_key(key_file: Path) -> str:
+    """The development key of this install, made once: every process that starts together on a
+    fresh install reads the same key.
+
+    The key is written whole to a file of its own and then linked to its name, which fails if
+    another process linked its key first: the name only ever holds a complete key, the first.
+    """
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".secret_key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, key_file)
+            except FileExistsError:
+                pass  # another process made the key first: theirs is the install's
+        finally:
+            os.unlink(tmp)
+    return key_file.read_text().strip()
+
+
+def check_secret_key(key: str, where: str) -> str:
+    """A key too short to sign sessions safely stops the process, saying how to make one."""
+    if len(key.encode("utf-8")) < MIN_SECRET_KEY_BYTES:
+        raise RuntimeError(
+            f"{where} must be at least {MIN_SECRET_KEY_BYTES} bytes long, got "
+            f"{len(key.encode('utf-8'))}; make one with: {MAKE_A_KEY}")
     return key
 
 
@@ -84,7 +117,10 @@ class Config:
                                       or _env("INSTANCE_PATH", default_instance)).resolve())
         instance = Path(self.INSTANCE_PATH)
         self.PORT = _env_int("PORT", 5000)
-        self.SECRET_KEY = overrides.pop("SECRET_KEY", None) or _secret_key(instance)
+        given_key = overrides.pop("SECRET_KEY", None)
+        self.SECRET_KEY = check_secret_key(
+            given_key or _secret_key(instance),
+            "SECRET_KEY" if given_key or _env("SECRET_KEY") else str(instance / "secret_key"))
         self.DATABASE_URL = normalise_database_url(
             _env("DATABASE_URL", f"sqlite:///{instance / 'wellness_perks.db'}")
         )
