@@ -165,6 +165,8 @@ class Config:
         self.OUTBOX_DIR = _env("OUTBOX_DIR", str(instance / "outbox"))
         self.HELP_EMAIL = _env("HELP_EMAIL", "help@localhost")
         self.LOGIN_TOKEN_MAX_AGE = _env_int("LOGIN_TOKEN_MAX_AGE", 15 * 60)
+        # The largest request body taken, in bytes; a larger one is answered 413 unread.
+        self.MAX_CONTENT_LENGTH = _env_int("MAX_CONTENT_LENGTH", 64 * 1024)
         self.LOG_LEVEL = _env("LOG_LEVEL", "INFO")
         self.SESSION_COOKIE_SECURE = self.BASE_URL.startswith("https://")
         self.SESSION_COOKIE_HTTPONLY = True
