@@ -292,17 +292,22 @@ def restore_code_command(slug: str, code: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print violations as JSON.")
 @with_appcontext
 def verify_command(slug: str, as_json: bool) -> None:
-    """Check the invariants I1-I5 of a program; exit 0 only when all hold."""
+    """Check the invariants I1-I5 of a program; exit 0 only when all hold. Work the program
+    still owes (failed mails, mails and claims overdue) is listed after, as "owed:" lines."""
     program = _program(slug)
     found = violations.verify_program(get_session(), program_id=program.id)
+    owed = violations.owed_work(get_session(), program_id=program.id)
     if as_json:
         click.echo(json.dumps({"program": slug, "ok": not found,
-                               "violations": [v.as_dict() for v in found]}, indent=2))
+                               "violations": [v.as_dict() for v in found],
+                               "owed": [o.as_dict() for o in owed]}, indent=2))
     else:
         for violation in found:
             click.echo(str(violation))
         click.echo(f"{slug}: {len(found)} violation(s)" if found else
                    f"{slug}: I1-I5 hold")
+        for line in owed:  # work still owed: it does not change the verdict
+            click.echo(str(line))
     if found:
         sys.exit(1)
 
