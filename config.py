@@ -143,6 +143,15 @@ class Config:
         self.SWEEP_INTERVAL_SECONDS = _env_int("SWEEP_INTERVAL_SECONDS", 30)
         self.SWEEP_PENDING_AFTER_SECONDS = _env_int("SWEEP_PENDING_AFTER_SECONDS", 60)
         self.MAIL_SENDING_TIMEOUT_SECONDS = _env_int("MAIL_SENDING_TIMEOUT_SECONDS", 300)
+        # Health: a claim pending, or a mail due, longer than this makes the system "degraded".
+        self.HEALTH_GRACE_SECONDS = _env_int("HEALTH_GRACE_SECONDS", 120)
+        # The bearer token that shows operators the details of /healthz and /metrics. Empty:
+        # only a request from this machine that came through no proxy sees them.
+        self.OPS_TOKEN = _env("OPS_TOKEN", "")
+        if self.OPS_TOKEN and len(self.OPS_TOKEN) < 16:
+            raise RuntimeError("environment variable OPS_TOKEN must be at least 16 characters "
+                               "(make one with: python3 -c 'import secrets; "
+                               "print(secrets.token_urlsafe(32))')")
         self.BASE_URL = _env("BASE_URL", f"http://127.0.0.1:{self.PORT}").rstrip("/")
         # Mail: SMTP when SMTP_HOST is set, otherwise RFC 5322 files in OUTBOX_DIR.
         self.SMTP_HOST = _env("SMTP_HOST", "")

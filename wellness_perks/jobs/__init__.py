@@ -15,7 +15,7 @@ from celery.signals import worker_init
 from flask import Flask
 from kombu import Queue
 
-from .. import dispatch
+from .. import broker, dispatch
 
 QUEUES = ("allocation", "mail", "periodic")
 TASK_ROUTES = {
@@ -34,6 +34,12 @@ def init_app(app: Flask) -> Celery:
         def __call__(self, *args, **kwargs):
             with app.app_context():
                 return self.run(*args, **kwargs)
+
+        def on_failure(self, exc, task_id, args, kwargs, einfo):
+            # A task that failed for good (not one that will be retried) is counted where
+            # every process adds to one total: /metrics' wellness_perks_task_failures.
+            with app.app_context():
+                broker.record_task_failure(self.name)
 
     broker_url = app.config["CELERY_BROKER_URL"]
     celery_app = Celery(app.import_name, task_cls=FlaskTask)
