@@ -21,6 +21,7 @@ from tests.helpers import (
     csrf_token,
     migrated_pg_database,
     sign_in_link,
+    use_sign_in_link,
 )
 from wellness_perks import create_app
 from wellness_perks.db import get_session
@@ -212,7 +213,7 @@ def sign_in(client, smtp_server, address: str) -> None:
     assert response.status_code == 302, response.text
     mails = smtp_server.wait_for_mail(address, "sign-in", count=before + 1)
     link = sign_in_link(mails[-1])
-    response = client.get(link.replace("http://localhost", ""))
+    response = use_sign_in_link(client, link.replace("http://localhost", ""))
     assert response.status_code == 302 and response.headers["Location"] == "/", response.text
 
 

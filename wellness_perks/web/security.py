@@ -12,6 +12,7 @@ CSRF protection is on for every form POST; a blueprint whose requests authentica
 from __future__ import annotations
 
 from functools import wraps
+from urllib.parse import urlsplit
 
 from flask import abort, flash, redirect, request
 from flask_login import LoginManager, UserMixin, current_user, login_url
@@ -82,7 +83,21 @@ def unauthorized():
     if wants_json():
         return error_response(401, "sign_in_required")
     flash(login_manager.login_message, login_manager.login_message_category)
-    return redirect(login_url(login_manager.login_view, next_url=request.url))
+    return redirect(login_url(login_manager.login_view, next_url=local_path(request.full_path)))
+
+
+def local_path(value: str | None) -> str | None:
+    """``value`` if it is a path on this site (``/programs/x?y``), else None: where a sign-in
+    may send its creator next, so never another site (``//evil``, ``https://…``, ``/\\evil``,
+    which browsers read as ``//evil``)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return None
+    if any(ch < " " or ch == "\x7f" for ch in value):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return None
+    return value.removesuffix("?")
 
 
 def kind_required(*kinds: str):
