@@ -129,6 +129,10 @@ class Config:
         self.OUTBOX_DIR = _env("OUTBOX_DIR", str(instance / "outbox"))
         self.HELP_EMAIL = _env("HELP_EMAIL", "help@localhost")
         self.LOGIN_TOKEN_MAX_AGE = _env_int("LOGIN_TOKEN_MAX_AGE", 15 * 60)
+        # A signed-in session ends after this long without a request, and this long after
+        # its sign-in, whatever its use.
+        self.SESSION_IDLE_MINUTES = _env_int("SESSION_IDLE_MINUTES", 30)
+        self.SESSION_MAX_HOURS = _env_int("SESSION_MAX_HOURS", 12)
         self.LOG_LEVEL = _env("LOG_LEVEL", "INFO")
         self.SESSION_COOKIE_SECURE = self.BASE_URL.startswith("https://")
         self.SESSION_COOKIE_HTTPONLY = True

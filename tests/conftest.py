@@ -207,7 +207,7 @@ def factory(app):
 def sign_in(client, smtp_server, address: str) -> None:
     """Sign in through the real flow: form, mail, link."""
     page = client.get("/login")
-    before = len(smtp_server.to(address))
+    before = len(smtp_server.to(address, "sign-in"))
     response = client.post("/login", data={"email": address,
                                            "csrf_token": csrf_token(page.text)})
     assert response.status_code == 302, response.text

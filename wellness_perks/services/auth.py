@@ -80,6 +80,38 @@ def request_sign_in(session: Session, *, email: str) -> int | None:
     return outbound_id
 
 
+@dataclass(frozen=True)
+class SignedInCreator:
+    """Who a session names, read in one query when the session is still theirs."""
+
+    creator_id: int
+    email: str
+    handle: str
+    locale: str
+    session_version: int
+
+
+def signed_in_creator(session: Session, *, creator_id: int,
+                      session_version: int) -> SignedInCreator | None:
+    """The creator a session names, or None when that session has been ended (they signed out,
+    or were forgotten, since it began): every session carries the version it began under."""
+    row = session.execute(
+        sa.select(Creator.email, Creator.handle, Creator.locale, Creator.session_version)
+        .where(Creator.id == creator_id)).first()
+    if row is None or row.session_version != session_version:
+        return None
+    return SignedInCreator(creator_id, row.email, row.handle, row.locale, row.session_version)
+
+
+def end_sessions(session: Session, *, creator_id: int) -> None:
+    """End every session of this creator, on every device, at once (sign-out)."""
+    with write_transaction(session):
+        session.execute(sa.update(Creator).where(Creator.id == creator_id)
+                        .values(session_version=Creator.session_version + 1)
+                        .execution_options(synchronize_session=False))
+    log_event("sign_in.sessions_ended", creator_id=creator_id)
+
+
 def get_creator(session: Session, *, creator_id: int) -> Creator:
     creator = session.get(Creator, creator_id)
     if creator is None:

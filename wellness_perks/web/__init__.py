@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from . import auth, errors, hygiene, i18n, ops, portal
+from . import auth, errors, hygiene, i18n, ops, portal, security
 from .security import csrf, login_manager
 
 # Each surface, and whether its POSTs carry a CSRF token (form posts from our own pages do).
@@ -31,6 +31,7 @@ def init_app(app: Flask) -> None:
     hygiene.init_app(app)  # first: nothing else reads a request with a control character
     csrf.init_app(app)
     login_manager.init_app(app)
+    app.before_request(security.end_expired_session)
     errors.init_app(app)
     i18n.init_app(app)
     for blueprint, csrf_protected in SURFACES:

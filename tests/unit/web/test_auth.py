@@ -167,7 +167,7 @@ def test_signing_in_starts_a_fresh_session(app, client, program, signed_in, sess
     signed_in("bilal@example.com")
     with client.session_transaction() as after:
         assert "planted" not in after and after.get("csrf_token") != old_csrf
-        assert after["_user_id"] == "c:2"
+        assert after["_user_id"] == "c:2:0"
         after["planted"] = "bilal's"
     ayesha = session.exec(select(Creator).where(Creator.email == "ayesha@example.com")).one()
     with app.app_context():
@@ -178,4 +178,4 @@ def test_signing_in_starts_a_fresh_session(app, client, program, signed_in, sess
     answer = client.post(f"/login/{token}", data={"csrf_token": csrf_token(client.get("/").text)})
     assert answer.status_code == 302
     with client.session_transaction() as switched:
-        assert switched["_user_id"] == f"c:{ayesha.id}" and "planted" not in switched
+        assert switched["_user_id"] == f"c:{ayesha.id}:0" and "planted" not in switched

@@ -7,12 +7,12 @@ scanner or a link preview that fetches the link (GET or HEAD) uses nothing up.
 from __future__ import annotations
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
-from flask_login import current_user, login_user, logout_user
+from flask_login import current_user
 
 from ...db import get_session
 from ...services import auth as auth_service
 from ...services.errors import InvalidInput
-from ..security import CreatorUser, local_path
+from ..security import CreatorUser, begin_session, end_session, local_path
 from .forms import ConfirmSignInForm, SignInForm
 
 bp = Blueprint("auth", __name__)
@@ -70,8 +70,8 @@ def redeem(token: str):
     except auth_service.SignInLinkError as exc:
         return _link_refused(exc)
     next_path = local_path(form.next.data or session.get(NEXT_KEY))
-    session.clear()  # no session data survives from before the sign-in
-    login_user(CreatorUser(creator.id, creator.email, creator.handle, creator.locale))
+    begin_session(CreatorUser(creator.id, creator.email, creator.handle, creator.locale,
+                              creator.session_version))
     return _landing(next_path)
 
 
@@ -91,6 +91,5 @@ def _links_are_private(response):
 
 @bp.route("/logout", methods=["POST"])
 def logout():
-    logout_user()
-    session.clear()
+    end_session()  # on every device: a copied cookie stops working too
     return redirect(url_for("auth.login"))

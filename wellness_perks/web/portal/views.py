@@ -16,6 +16,14 @@ from .forms import ClaimForm, DeletionForm
 bp = Blueprint("portal", __name__)
 
 
+@bp.after_request
+def _never_stored(response):
+    """Portal pages show a creator's code and personal data: no cache may keep them (a shared
+    computer's back button, a proxy)."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.route("/")
 @creator_required
 def index():
