@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from . import auth, errors, hygiene, i18n, ops, portal, security
+from . import auth, errors, hygiene, i18n, limits, ops, portal, security
 from .security import csrf, login_manager
 
 # Each surface, and whether its POSTs carry a CSRF token (form posts from our own pages do).
@@ -33,6 +33,7 @@ def init_app(app: Flask) -> None:
     login_manager.init_app(app)
     app.before_request(security.end_expired_session)
     errors.init_app(app)
+    limits.init_app(app)
     i18n.init_app(app)
     for blueprint, csrf_protected in SURFACES:
         register(app, blueprint, csrf_protected=csrf_protected)

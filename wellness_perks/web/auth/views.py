@@ -11,7 +11,9 @@ from flask_login import current_user
 
 from ...db import get_session
 from ...services import auth as auth_service
+from ...services.emails import normalise_email
 from ...services.errors import InvalidInput
+from .. import limits
 from ..security import CreatorUser, begin_session, end_session, local_path
 from .forms import ConfirmSignInForm, SignInForm
 
@@ -25,6 +27,7 @@ def _landing(next_path: str | None):
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@limits.sign_in_per_ip
 def login():
     if current_user.is_authenticated:
         return _landing(request.args.get("next"))
@@ -33,7 +36,9 @@ def login():
         form.next.data = local_path(request.args.get("next"))
     if form.validate_on_submit():
         try:
-            auth_service.request_sign_in(get_session(), email=form.email.data)
+            address = normalise_email(form.email.data)
+            limits.sign_in_per_address(address)  # 429 past the limit: no more mails to them
+            auth_service.request_sign_in(get_session(), email=address)
         except InvalidInput as exc:
             form.email.errors.append({"code": exc.code, **exc.params})
         else:

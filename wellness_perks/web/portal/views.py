@@ -10,6 +10,7 @@ from flask_login import current_user
 from ...db import get_session
 from ...services import claims, privacy, programs
 from ...services.errors import ClaimWindowNotOpen, ProgramNotFound
+from .. import limits
 from ..security import creator_required
 from .forms import ClaimForm, DeletionForm
 
@@ -67,6 +68,7 @@ def program(slug: str):
 
 @bp.route("/programs/<slug>/claim", methods=["POST"])
 @creator_required
+@limits.claim_per_session
 def claim(slug: str):
     # The form has no fields: CSRFProtect has checked its token before this view runs.
     try:
