@@ -176,6 +176,24 @@ class Config:
         self.LOGIN_TOKEN_MAX_AGE = _env_int("LOGIN_TOKEN_MAX_AGE", 15 * 60)
         # The largest request body taken, in bytes; a larger one is answered 413 unread.
         self.MAX_CONTENT_LENGTH = _env_int("MAX_CONTENT_LENGTH", 64 * 1024)
+        # A signed-in session ends after this long without a request, and this long after
+        # its sign-in, whatever its use.
+        self.SESSION_IDLE_MINUTES = _env_int("SESSION_IDLE_MINUTES", 30)
+        self.SESSION_MAX_HOURS = _env_int("SESSION_MAX_HOURS", 12)
+        # Abuse limits (web/limits.py), each "N per PERIOD"; counted in Redis when a broker is
+        # configured, so that every process shares the counts, in memory otherwise.
+        self.RATELIMIT_ENABLED = _env_bool("RATELIMIT_ENABLED", True)
+        self.RATELIMIT_STORAGE_URI = _env("RATELIMIT_STORAGE_URI", "")  # empty: see below
+        self.RATELIMIT_SIGN_IN_PER_ADDRESS = _env("RATELIMIT_SIGN_IN_PER_ADDRESS",
+                                                  "3 per 15 minutes")
+        self.RATELIMIT_SIGN_IN_PER_IP = _env("RATELIMIT_SIGN_IN_PER_IP", "100 per 15 minutes")
+        self.RATELIMIT_CLAIM_PER_SESSION = _env("RATELIMIT_CLAIM_PER_SESSION", "10 per minute")
+        self.RATELIMIT_MANAGER_PASSWORD_FAILURES = _env("RATELIMIT_MANAGER_PASSWORD_FAILURES",
+                                                        "5 per 15 minutes")
+        self.RATELIMIT_API_TOKEN = _env("RATELIMIT_API_TOKEN", "120 per minute")
+        # Proxies in front of the web server whose X-Forwarded-For is believed (the client
+        # address the per-address limits count); 0 when clients connect directly.
+        self.TRUSTED_PROXY_COUNT = _env_int("TRUSTED_PROXY_COUNT", 0)
         self.LOG_LEVEL = _env("LOG_LEVEL", "INFO")
         self.SESSION_COOKIE_SECURE = self.BASE_URL.startswith("https://")
         self.SESSION_COOKIE_HTTPONLY = True
@@ -184,3 +202,6 @@ class Config:
         for key, value in overrides.items():
             setattr(self, key, value)
         self.DATABASE_URL = normalise_database_url(self.DATABASE_URL)
+        if not self.RATELIMIT_STORAGE_URI:  # the broker's Redis, or this process's memory
+            broker_redis = self.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+            self.RATELIMIT_STORAGE_URI = self.CELERY_BROKER_URL if broker_redis else "memory://"

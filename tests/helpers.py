@@ -143,6 +143,13 @@ def sign_in_link(message: EmailMessage) -> str:
     return match.group(0)
 
 
+def use_sign_in_link(client, path: str, **post_data):
+    """Open a sign-in link (a page with one button) and press its button: the POST's answer."""
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    return client.post(path, data={"csrf_token": csrf_token(page.text), **post_data})
+
+
 def csrf_token(html: str) -> str:
     match = CSRF_RE.search(html)
     assert match, "no csrf_token field on the page"

@@ -146,7 +146,8 @@ class Stack(HarnessStack):
                 threads: int = 16) -> dict[str, SignedIn]:
         """A signed-in browser per creator, each having fetched ``path`` once (so it holds a
         CSRF token). The sign-in link is minted as the app mints it (the test knows SECRET_KEY)
-        instead of mailed, and used through ``GET /login/<token>``."""
+        instead of mailed, and used as a creator does: ``GET /login/<token>`` shows the button, its
+        POST (with the page's CSRF token) signs in."""
         emails = list(emails)
         with self.db() as conn:
             rows = {email: (creator_id, nonce) for email, creator_id, nonce in conn.execute(
@@ -160,8 +161,11 @@ class Stack(HarnessStack):
             http = requests.Session()
             self.browsers.append(http)
             token = mint_sign_in_token(self.env["SECRET_KEY"], creator_id, nonce)
-            response = http.get(self.url(f"/login/{token}"), allow_redirects=False,
-                                timeout=HTTP_TIMEOUT)
+            link = self.url(f"/login/{token}")
+            button = http.get(link, allow_redirects=False, timeout=HTTP_TIMEOUT)
+            assert button.status_code == 200, (email, button.status_code, button.text)
+            response = http.post(link, data={"csrf_token": csrf_token(button.text)},
+                                 allow_redirects=False, timeout=HTTP_TIMEOUT)
             assert response.status_code == 302, (email, response.status_code, response.text)
             page = http.get(self.url(path), timeout=HTTP_TIMEOUT)
             assert page.status_code == 200, (email, path, page.status_code)
