@@ -162,9 +162,13 @@ def _print_report(report: ImportReport, path: Path, as_json: bool, rejected: boo
         return
     for issue in report.errors:
         click.echo(f"{path.name}: line {issue.line}, {issue.field}: {issue.reason}", err=True)
+    if not_listed := getattr(report.errors, "not_listed", 0):
+        click.echo(f"{path.name}: and {not_listed:,} more errors", err=True)
     for issue in report.duplicates:
         click.echo(f"{path.name}: line {issue.line}, {issue.field}: duplicate, skipped "
                    f"({issue.reason})", err=True)
+    if not_listed := getattr(report.duplicates, "not_listed", 0):
+        click.echo(f"{path.name}: and {not_listed:,} more duplicates", err=True)
     click.echo(f"imported {report.imported}, duplicate {report.duplicate}, "
                f"invalid {report.invalid}")
     if rejected:  # the file as a whole: --skip-invalid would not help

@@ -293,10 +293,14 @@ def test_import_creators_json_report(runner, program):
     assert report["committed"] is False
     assert [(e["line"], e["field"]) for e in report["errors"]] == [
         (6, "country"), (8, "email"), (20, "handle")]
-    assert all(set(e) == {"line", "field", "reason"} and isinstance(e["line"], int)
-               and e["reason"] for e in report["errors"])
+    assert all(set(e) == {"line", "field", "code", "params", "reason"}
+               and isinstance(e["line"], int) and e["reason"] for e in report["errors"])
+    assert [e["code"] for e in report["errors"]] == [
+        "country_invalid", "email_invalid", "handle_empty"]
     assert report["duplicates"] == [
-        {"line": 21, "field": "email", "reason": "same email as line 2"}]
+        {"line": 21, "field": "email", "code": "duplicate_in_file", "params": {"first_line": 2},
+         "reason": "same email as line 2"}]
+    assert (report["errors_not_listed"], report["duplicates_not_listed"]) == (0, 0)
 
     good = _json(_ok(_run(runner, "import-creators", SLUG, CREATORS_SAMPLE, "--json")))
     assert (good["imported"], good["duplicate"], good["invalid"], good["errors"]) == (
@@ -381,8 +385,13 @@ def test_import_codes_json_report(runner, session, program):
     assert report["committed"] is False and "batch_id" not in report
     assert [(e["line"], e["field"]) for e in report["errors"]] == [
         (5, "code"), (13, "code"), (16, "code")]
-    assert all(set(e) == {"line", "field", "reason"} for e in report["errors"])
-    assert report["duplicates"] == [{"line": 2, "field": "code", "reason": "same code as line 1"}]
+    assert all(set(e) == {"line", "field", "code", "params", "reason"}
+               for e in report["errors"])
+    assert [e["code"] for e in report["errors"]] == ["too_long", "code_format", "code_format"]
+    assert report["errors"][0]["params"] == {"limit": 64}
+    assert report["duplicates"] == [{"line": 2, "field": "code", "code": "duplicate_in_file",
+                                     "params": {"first_line": 1},
+                                     "reason": "same code as line 1"}]
 
     good = _json(_ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--json")))
     assert (good["imported"], good["duplicate"], good["invalid"], good["errors"]) == (
