@@ -63,6 +63,8 @@ def init_app(app: Flask) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        # A worker never gives up on a lost broker: it reconnects for as long as it takes.
+        broker_connection_max_retries=None,
         # A web request must not hang on a broker that is down.
         broker_transport_options={"socket_connect_timeout": 2, "socket_timeout": 5,
                                   "max_retries": 1},
