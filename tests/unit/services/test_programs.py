@@ -101,6 +101,35 @@ def test_create_program_refuses_over_long_fields(app, session, given, field):
     assert _fresh(session, select(Program)) == []
 
 
+BCC = "Bcc: attacker@evil.example"
+
+
+@pytest.mark.parametrize("separator", ["\r\n", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d",
+                                       "\x1e", "\x85", "\u2028", "\u2029", "\r\n\r\n"])
+def test_a_line_break_in_a_program_name_is_refused(app, session, separator):
+    """The name goes into every code mail's subject: a break would start headers of its own."""
+    with pytest.raises(InvalidInput) as refused:
+        _create(app, name=f"Headspace{separator}{BCC}")
+    assert refused.value.field == "name"
+    assert str(refused.value) == "name must be one line: it contains a line break"
+    assert BCC not in str(refused.value)
+    assert _count(session, Program) == 0 and _count(session, AuditEvent) == 0
+
+
+@pytest.mark.parametrize("character", ["\x00", "\x1b", "\t", "\x7f", "\x9b"])
+def test_a_control_character_in_a_program_name_is_refused(app, session, character):
+    with pytest.raises(InvalidInput, match="^name must be plain text: it contains a control "
+                                           "character$") as refused:
+        _create(app, name=f"Head{character}space")
+    assert refused.value.field == "name"
+    assert _count(session, Program) == 0
+
+
+def test_white_space_around_a_name_is_trimmed_not_refused(app, session):
+    _create(app, name="\n  Headspace · 6 months\r\n")
+    assert _fresh(session, select(Program.name)) == ["Headspace · 6 months"]
+
+
 def test_create_program_refuses_a_duplicate_slug(app, session):
     _create(app, name="First", quota=10)
     with pytest.raises(Conflict, match=f"^a program with slug '{SLUG}' already exists$"):
