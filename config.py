@@ -161,6 +161,10 @@ class Config:
         self.SMTP_STARTTLS = _env_bool("SMTP_STARTTLS", False)
         self.SMTP_SSL = _env_bool("SMTP_SSL", False)
         self.SMTP_TIMEOUT = _env_int("SMTP_TIMEOUT", 20)
+        # TLS verifies the server's certificate and name: with the system's CAs, or this file's.
+        self.SMTP_CA_FILE = _env("SMTP_CA_FILE", "")
+        # The SMTP password only goes over an encrypted connection, unless this says otherwise.
+        self.SMTP_ALLOW_PLAINTEXT_AUTH = _env_bool("SMTP_ALLOW_PLAINTEXT_AUTH", False)
         self.MAIL_FROM = _env("MAIL_FROM", "Wellness Perks <perks@localhost>")
         # A mail refused for a reason that may pass is retried with exponential backoff (from
         # the base, each wait capped) until the waits span the window; then it is failed.
@@ -205,3 +209,19 @@ class Config:
         if not self.RATELIMIT_STORAGE_URI:  # the broker's Redis, or this process's memory
             broker_redis = self.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
             self.RATELIMIT_STORAGE_URI = self.CELERY_BROKER_URL if broker_redis else "memory://"
+        _check_smtp_login(self)
+
+
+def _check_smtp_login(config: Config) -> None:
+    """An SMTP password is never sent in clear: a login needs STARTTLS or TLS, or the explicit
+    SMTP_ALLOW_PLAINTEXT_AUTH; and a CA file that is not there stops the process at once."""
+    if not config.SMTP_HOST:
+        return
+    if config.SMTP_USER and not (config.SMTP_STARTTLS or config.SMTP_SSL
+                                 or config.SMTP_ALLOW_PLAINTEXT_AUTH):
+        raise RuntimeError(
+            "SMTP_USER is set but the connection to the SMTP server would not be encrypted, "
+            "so the password would travel in clear: set SMTP_STARTTLS=1 (or SMTP_SSL=1 for TLS "
+            "from the start), or SMTP_ALLOW_PLAINTEXT_AUTH=true for a server on this machine")
+    if config.SMTP_CA_FILE and not Path(config.SMTP_CA_FILE).is_file():
+        raise RuntimeError(f"SMTP_CA_FILE {config.SMTP_CA_FILE} is not a file")

@@ -154,6 +154,8 @@ def test_create_program_defaults(runner, session):
 @pytest.mark.parametrize(("options", "message"), [
     # A rule of the service (all of them: services/test_programs.py), in the command's words:
     (["--slug", "Headspace 6m"], "slug must be 2 to 64 lower-case letters"),
+    (["--name", "Headspace\r\nBcc: attacker@evil.example"],
+     "name must be one line: it contains a line break"),
     # Times as the command reads them: with their zones, the same instant ...
     (["--opens", "2026-12-01T10:00+05:00", "--closes", "2026-12-01T05:00Z"],
      "the claim window closes before it opens"),
