@@ -93,3 +93,16 @@ def test_health_with_a_hung_broker_is_degraded(app_config, hung_broker):  # noqa
     assert document["checks"]["broker"] == {"status": "error", "error": "TimeoutError"}
     assert document["checks"]["database"] == {"status": "ok"}
     app.extensions["db_engine"].dispose()
+
+
+def test_health_lines_name_each_queues_workers_and_depth():
+    from wellness_perks.services.health import Health, Status
+
+    report = Health(Status.degraded, {"queues": {
+        "status": Status.degraded, "without_worker": ["mail"],
+        "allocation": {"workers": ["allocation@a", "allocation@b"], "depth": 3},
+        "mail": {"workers": [], "depth": 12}}}, 120)
+    assert report.lines() == [
+        "health: degraded",
+        "queues: degraded without_worker=mail allocation=workers:allocation@a,allocation@b;"
+        "depth:3 mail=workers:-;depth:12"]

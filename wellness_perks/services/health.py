@@ -68,7 +68,7 @@ class Health:
 
 def _word(value) -> str:
     if isinstance(value, dict):
-        return ",".join(f"{k}:{_word(v)}" for k, v in value.items()) or "-"
+        return ";".join(f"{k}:{_word(v)}" for k, v in value.items()) or "-"
     if isinstance(value, list | tuple):
         return ",".join(map(str, value)) or "-"
     return str(value)

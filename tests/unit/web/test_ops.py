@@ -327,3 +327,13 @@ def test_health_counts_no_sent_mail(ops_app, session):
     body = get(ops_app, "/healthz").json
     assert "sent" not in body["checks"]["mails"]
     assert body["checks"]["mails"]["queued"] == 0
+
+
+def test_metrics_with_the_database_down_say_error(app_config):
+    app_config["DATABASE_URL"] = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
+    app = create_app(app_config)
+    samples = _samples(get(app, "/metrics"))
+    assert samples['wellness_perks_health{status="error"}'] == 1
+    assert samples['wellness_perks_health{status="ok"}'] == 0
+    assert not any(name.startswith("wellness_perks_claims") for name in samples)
+    app.extensions["db_engine"].dispose()
