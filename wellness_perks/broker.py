@@ -118,7 +118,10 @@ def consumers(timeout: float = INSPECT_TIMEOUT) -> dict[str, list[str]]:
     not answer by then are taken for dead). BrokerUnavailable if the broker fails meanwhile.
     """
     celery = current_app.extensions["celery"]
-    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "max_retries": 0}
+    # polling_interval: the reply queue is polled with BRPOPs this short (kombu's default, 1 s,
+    # would outlast the timeout).
+    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "max_retries": 0,
+               "polling_interval": 0.05}
     try:
         with celery.connection_for_read(transport_options=options,
                                         connect_timeout=timeout) as conn:

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from tests.unit.services.scenarios import lost_claims
+from tests.unit.web.test_ops import hung_broker  # noqa: F401  (a fixture)
 from wellness_perks import create_app
 
 
@@ -80,3 +81,28 @@ def test_health_broker_down_exits_1(app_config):
     assert "broker: error error=ConnectionError" in lines
     assert "queues: degraded error=broker" in lines
     app.extensions["db_engine"].dispose()
+
+
+def test_health_with_a_hung_broker_is_degraded(app_config, hung_broker):  # noqa: F811
+    app_config["CELERY_BROKER_URL"] = hung_broker
+    app = create_app(app_config)
+    result = app.test_cli_runner().invoke(args=["health", "--json"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    document = json.loads(result.stdout)
+    assert document["status"] == "degraded"
+    assert document["checks"]["broker"] == {"status": "error", "error": "TimeoutError"}
+    assert document["checks"]["database"] == {"status": "ok"}
+    app.extensions["db_engine"].dispose()
+
+
+def test_health_lines_name_each_queues_workers_and_depth():
+    from wellness_perks.services.health import Health, Status
+
+    report = Health(Status.degraded, {"queues": {
+        "status": Status.degraded, "without_worker": ["mail"],
+        "allocation": {"workers": ["allocation@a", "allocation@b"], "depth": 3},
+        "mail": {"workers": [], "depth": 12}}}, 120)
+    assert report.lines() == [
+        "health: degraded",
+        "queues: degraded without_worker=mail allocation=workers:allocation@a,allocation@b;"
+        "depth:3 mail=workers:-;depth:12"]

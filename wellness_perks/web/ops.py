@@ -2,11 +2,12 @@
 
 ``/healthz`` answers 200 when the node can take claims (``ok`` or ``degraded``) and 503 when
 its database does not answer (``error``): the one case a load balancer should take it out.
-Anybody learns the status alone; an operator also gets every check with its figures. An
-operator is a request with ``Authorization: Bearer <OPS_TOKEN>``, or one from this machine
-(a loopback address) that came through no proxy (no ``X-Forwarded-For``, ``Forwarded`` or
-``X-Real-IP`` header): a reverse proxy on the same machine forwards the public's requests from
-a loopback address too, and says so in those headers.
+Anybody learns only that: ``ok`` or ``error``, from the database alone. An operator gets the
+whole check (``degraded`` included) with every figure. An operator is a request with
+``Authorization: Bearer <OPS_TOKEN>``, or one from this machine (a loopback address) that came
+through no proxy (no ``X-Forwarded-For``, ``Forwarded`` or ``X-Real-IP`` header): a reverse
+proxy on the same machine forwards the public's requests from a loopback address too, and says
+so in those headers.
 
 ``/metrics`` (Prometheus' text format) is for operators only; anybody else gets 401.
 """
@@ -48,9 +49,12 @@ def is_operator() -> bool:
 
 @bp.route("/healthz")
 def healthz():
-    report = health.check(get_session())
+    operator = is_operator()
+    # Anybody else is told whether the node can take claims (its database answers), with no
+    # broadcast to the workers: nothing to learn about the inside, nothing to amplify.
+    report = health.check(get_session()) if operator else health.check_database(get_session())
     code = 503 if report.status == health.Status.error else 200
-    body = report.as_dict() if is_operator() else {"status": report.status.value}
+    body = report.as_dict() if operator else {"status": report.status.value}
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response, code
