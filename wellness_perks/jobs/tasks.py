@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from .. import dispatch
 from ..db import get_session
-from ..services import allocation, mail, sweeper
+from ..services import allocation, auth, mail, sweeper
 
 
 def database_task(name: str):
@@ -47,6 +47,13 @@ def send_emails(self, outbound_ids: list[int]) -> dict:
         for outbound_id, countdown in outcome.retry.items():
             dispatch.send_email(outbound_id, countdown=countdown)
     return outcome.counts()
+
+
+@database_task(dispatch.REQUEST_SIGN_IN)
+def request_sign_in(self, address: str) -> bool:
+    # Whether the address is on a list is decided here, in the worker: the web request that
+    # queued this did the same work for every address.
+    return auth.request_sign_in(get_session(), email=address) is not None
 
 
 @shared_task(name=dispatch.SWEEP, autoretry_for=(OperationalError,), max_retries=2)
