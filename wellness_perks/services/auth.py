@@ -27,6 +27,8 @@ from .emails import mask_email, normalise_email
 from .errors import Conflict, DomainError, InvalidInput, NotFound
 from .mail import owe, owed
 
+MAX_ID = 2**31  # ids and link numbers are INTEGER columns: a token naming more names nobody
+
 
 class SignInLinkError(DomainError):
     """A sign-in link that cannot be used; ``code`` says why."""
@@ -156,7 +158,7 @@ def _payload(token: str) -> tuple[int, int]:
     except BadSignature as exc:
         raise SignInLinkInvalid() from exc
     if (not isinstance(payload, dict) or not {"c", "n"} <= payload.keys()
-            or not all(type(payload[k]) is int for k in ("c", "n"))):
+            or not all(type(payload[k]) is int and 0 <= payload[k] < MAX_ID for k in ("c", "n"))):
         raise SignInLinkInvalid()
     return payload["c"], payload["n"]
 
