@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -54,18 +55,50 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+# Sessions and sign-in links are signed with SECRET_KEY: a short one can be guessed offline
+# from a single signed cookie.
+MIN_SECRET_KEY_BYTES = 32
+MAKE_A_KEY = 'python -c "import secrets;print(secrets.token_urlsafe(48))"'
+
+
 def _secret_key(instance_path: Path) -> str:
     """SECRET_KEY from the environment; for a first run on a bare machine, one kept in instance/."""
     key = _env("SECRET_KEY")
     if key:
         return key
-    key_file = instance_path / "secret_key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    instance_path.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    key_file.write_text(key + "\n")
-    key_file.chmod(0o600)
+    return _instance_secret_key(instance_path / "secret_key")
+
+
+def _instance_secret_key(key_file: Path) -> str:
+    """The development key of this install, made once: every process that starts together on a
+    fresh install reads the same key.
+
+    The key is written whole to a file of its own and then linked to its name, which fails if
+    another process linked its key first: the name only ever holds a complete key, the first.
+    """
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".secret_key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, key_file)
+            except FileExistsError:
+                pass  # another process made the key first: theirs is the install's
+        finally:
+            os.unlink(tmp)
+    return key_file.read_text().strip()
+
+
+def check_secret_key(key: str, where: str) -> str:
+    """A key too short to sign sessions safely stops the process, saying how to make one."""
+    if len(key.encode("utf-8")) < MIN_SECRET_KEY_BYTES:
+        raise RuntimeError(
+            f"{where} must be at least {MIN_SECRET_KEY_BYTES} bytes long, got "
+            f"{len(key.encode('utf-8'))}; make one with: {MAKE_A_KEY}")
     return key
 
 
@@ -84,7 +117,10 @@ class Config:
                                       or _env("INSTANCE_PATH", default_instance)).resolve())
         instance = Path(self.INSTANCE_PATH)
         self.PORT = _env_int("PORT", 5000)
-        self.SECRET_KEY = overrides.pop("SECRET_KEY", None) or _secret_key(instance)
+        given_key = overrides.pop("SECRET_KEY", None)
+        self.SECRET_KEY = check_secret_key(
+            given_key or _secret_key(instance),
+            "SECRET_KEY" if given_key or _env("SECRET_KEY") else str(instance / "secret_key"))
         self.DATABASE_URL = normalise_database_url(
             _env("DATABASE_URL", f"sqlite:///{instance / 'wellness_perks.db'}")
         )
@@ -107,6 +143,15 @@ class Config:
         self.SWEEP_INTERVAL_SECONDS = _env_int("SWEEP_INTERVAL_SECONDS", 30)
         self.SWEEP_PENDING_AFTER_SECONDS = _env_int("SWEEP_PENDING_AFTER_SECONDS", 60)
         self.MAIL_SENDING_TIMEOUT_SECONDS = _env_int("MAIL_SENDING_TIMEOUT_SECONDS", 300)
+        # Health: a claim pending, or a mail due, longer than this makes the system "degraded".
+        self.HEALTH_GRACE_SECONDS = _env_int("HEALTH_GRACE_SECONDS", 120)
+        # The bearer token that shows operators the details of /healthz and /metrics. Empty:
+        # only a request from this machine that came through no proxy sees them.
+        self.OPS_TOKEN = _env("OPS_TOKEN", "")
+        if self.OPS_TOKEN and len(self.OPS_TOKEN) < 16:
+            raise RuntimeError("environment variable OPS_TOKEN must be at least 16 characters "
+                               "(make one with: python3 -c 'import secrets; "
+                               "print(secrets.token_urlsafe(32))')")
         self.BASE_URL = _env("BASE_URL", f"http://127.0.0.1:{self.PORT}").rstrip("/")
         # Mail: SMTP when SMTP_HOST is set, otherwise RFC 5322 files in OUTBOX_DIR.
         self.SMTP_HOST = _env("SMTP_HOST", "")
@@ -116,6 +161,10 @@ class Config:
         self.SMTP_STARTTLS = _env_bool("SMTP_STARTTLS", False)
         self.SMTP_SSL = _env_bool("SMTP_SSL", False)
         self.SMTP_TIMEOUT = _env_int("SMTP_TIMEOUT", 20)
+        # TLS verifies the server's certificate and name: with the system's CAs, or this file's.
+        self.SMTP_CA_FILE = _env("SMTP_CA_FILE", "")
+        # The SMTP password only goes over an encrypted connection, unless this says otherwise.
+        self.SMTP_ALLOW_PLAINTEXT_AUTH = _env_bool("SMTP_ALLOW_PLAINTEXT_AUTH", False)
         self.MAIL_FROM = _env("MAIL_FROM", "Wellness Perks <perks@localhost>")
         # A mail refused for a reason that may pass is retried with exponential backoff (from
         # the base, each wait capped) until the waits span the window; then it is failed.
@@ -129,6 +178,8 @@ class Config:
         self.OUTBOX_DIR = _env("OUTBOX_DIR", str(instance / "outbox"))
         self.HELP_EMAIL = _env("HELP_EMAIL", "help@localhost")
         self.LOGIN_TOKEN_MAX_AGE = _env_int("LOGIN_TOKEN_MAX_AGE", 15 * 60)
+        # The largest request body taken, in bytes; a larger one is answered 413 unread.
+        self.MAX_CONTENT_LENGTH = _env_int("MAX_CONTENT_LENGTH", 64 * 1024)
         # A signed-in session ends after this long without a request, and this long after
         # its sign-in, whatever its use.
         self.SESSION_IDLE_MINUTES = _env_int("SESSION_IDLE_MINUTES", 30)
@@ -158,3 +209,19 @@ class Config:
         if not self.RATELIMIT_STORAGE_URI:  # the broker's Redis, or this process's memory
             broker_redis = self.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
             self.RATELIMIT_STORAGE_URI = self.CELERY_BROKER_URL if broker_redis else "memory://"
+        _check_smtp_login(self)
+
+
+def _check_smtp_login(config: Config) -> None:
+    """An SMTP password is never sent in clear: a login needs STARTTLS or TLS, or the explicit
+    SMTP_ALLOW_PLAINTEXT_AUTH; and a CA file that is not there stops the process at once."""
+    if not config.SMTP_HOST:
+        return
+    if config.SMTP_USER and not (config.SMTP_STARTTLS or config.SMTP_SSL
+                                 or config.SMTP_ALLOW_PLAINTEXT_AUTH):
+        raise RuntimeError(
+            "SMTP_USER is set but the connection to the SMTP server would not be encrypted, "
+            "so the password would travel in clear: set SMTP_STARTTLS=1 (or SMTP_SSL=1 for TLS "
+            "from the start), or SMTP_ALLOW_PLAINTEXT_AUTH=true for a server on this machine")
+    if config.SMTP_CA_FILE and not Path(config.SMTP_CA_FILE).is_file():
+        raise RuntimeError(f"SMTP_CA_FILE {config.SMTP_CA_FILE} is not a file")

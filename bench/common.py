@@ -36,7 +36,7 @@ POSTGRES = PostgresServer(os.environ.get("BENCH_PG_ADMIN_URL",
 # fail against the bench's SMTP sink. Whatever else it holds (LOG_LEVEL, ALLOCATION_BATCH_SIZE,
 # MAIL_RATE_LIMIT, ...) passes through, and is recorded in the results.
 DROPPED_SETTINGS = ("PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_STARTTLS", "SMTP_SSL",
-                    "OUTBOX_DIR")
+                    "SMTP_CA_FILE", "SMTP_ALLOW_PLAINTEXT_AUTH", "OUTBOX_DIR")
 # Tuning settings recorded when set (config.py's).
 TUNING_SETTINGS = ("LOG_LEVEL", "DATABASE_POOL_SIZE", "ALLOCATION_BATCH_SIZE", "MAIL_RATE_LIMIT",
                    "MAIL_CONNECTIONS", "MAIL_BATCH_SIZE",

@@ -26,6 +26,8 @@ REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 POSTGRES = PostgresServer(os.environ.get(
     "TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
     prefix="wp_test")
+# The unit tests' SECRET_KEY: long enough for config.py, which refuses a short one.
+TEST_SECRET_KEY = "test-secret-key-of-at-least-32-bytes"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 CSRF_RE = re.compile(r'<input[^>]*name="csrf_token"[^>]*value="([^"]+)"')

@@ -52,8 +52,9 @@ from tests.helpers import (
 APP_SETTINGS = (
     "INSTANCE_PATH", "PORT", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "BASE_URL",
     "SMTP_HOST", "SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_STARTTLS", "SMTP_SSL",
-    "SMTP_TIMEOUT", "MAIL_FROM", "MAIL_RETRY_WINDOW_SECONDS", "MAIL_RETRY_BASE_SECONDS",
-    "OUTBOX_DIR",
+    "SMTP_TIMEOUT", "SMTP_CA_FILE", "SMTP_ALLOW_PLAINTEXT_AUTH", "MAIL_FROM",
+    "MAIL_RETRY_WINDOW_SECONDS", "MAIL_RETRY_BASE_SECONDS", "MAIL_RETRY_MAX_DELAY_SECONDS",
+    "MAIL_BATCH_SIZE", "OUTBOX_DIR", "MAX_CONTENT_LENGTH",
     "HELP_EMAIL", "LOGIN_TOKEN_MAX_AGE", "LOG_LEVEL", "ALLOCATION_BATCH_SIZE",
     "SWEEP_INTERVAL_SECONDS", "SWEEP_PENDING_AFTER_SECONDS", "MAIL_SENDING_TIMEOUT_SECONDS",
     "SESSION_IDLE_MINUTES", "SESSION_MAX_HOURS", "RATELIMIT_ENABLED", "RATELIMIT_STORAGE_URI",
@@ -256,16 +257,20 @@ def running_stack(mail: SmtpServer, tmp: Path, *, broker_url: str,
 
 @pytest.fixture(scope="module")
 def stack(mail_catcher, tmp_path_factory) -> Iterator[Stack]:
-    """PostgreSQL database + Redis database + settings; gunicorn and the Celery worker running."""
+    """PostgreSQL database + Redis database + settings; gunicorn, the Celery worker and beat
+    running."""
     require_stack_services()
     broker_url, redis_client = _claim_redis_database()
     try:
+        # Beat runs the sweeper every second: it sends the mails whose retry is due.
         with running_stack(mail_catcher, tmp_path_factory.mktemp("e2e"),
-                           broker_url=broker_url) as st:
+                           broker_url=broker_url,
+                           settings={"SWEEP_INTERVAL_SECONDS": "1"}) as st:
             # Node celery@host, the name `celery -A worker worker` takes by default.
             worker = st.start_worker("celery", 2, wait=False)
             wait_for(lambda: worker.ensure_running() or _worker_pings(st.env), timeout=30,
                      interval=0.2, what="the Celery worker to answer `celery inspect ping`")
+            st.start_beat()
             yield st
     finally:
         _release_redis(redis_client)

@@ -27,7 +27,7 @@ from ..models import (
     window_state,
 )
 from . import audit
-from .errors import ClaimWindowNotOpen, NotFound, ProgramNotFound
+from .errors import ClaimWindowNotOpen, NotFound, NotOnList, ProgramNotFound
 
 
 def is_eligible(session: Session, *, program_id: int, creator_id: int) -> bool:
@@ -78,9 +78,9 @@ def request_claim(
     """Record the creator's claim (once) and hand it to allocation. ``program`` is a Program or
     a slug (ProgramNotFound if there is none).
 
-    A second request changes nothing. A claim refused earlier is looked at again, so a creator
-    added to the list or a reopened window is not locked out. Before the window opens nothing is
-    recorded (ClaimWindowNotOpen).
+    A second request changes nothing. A claim refused earlier is looked at again, so a reopened
+    window is not locked out. A creator not on the program's list gets NotOnList (a NotFound)
+    and nothing is recorded; before the window opens nothing is recorded (ClaimWindowNotOpen).
 
     This is the launch-day hot path. One query reads everything the decision needs. On
     PostgreSQL a new claim is then written, with its audit event, by one more statement, each
@@ -154,6 +154,10 @@ def _decide(conn: sa.Connection, program: Program | str, creator_id: int,
                 if claim_id is not None else None)
     if existing is not None and claim_state != ClaimState.refused:
         return _Decision(program_id, country, existing)
+    if existing is None and eligibility_id is None:
+        # A program whose list the creator is not on is none of their business: not even
+        # its window is told, and nothing is recorded.
+        raise NotOnList(program_id=program_id, creator_id=creator_id)
 
     window = window_state(opens_at, closes_at, now)
     if window == WindowState.not_open:

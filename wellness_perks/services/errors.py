@@ -32,6 +32,17 @@ class ProgramNotFound(NotFound):
         super().__init__(f"no program with slug {slug!r}", slug=slug)
 
 
+class NotOnList(NotFound):
+    """A creator asked for a program whose list they are not on. To them the program does not
+    exist: nothing is recorded, and it is answered as an unknown program is."""
+
+    code = "not_on_list"
+
+    def __init__(self, *, program_id: int, creator_id: int) -> None:
+        super().__init__(f"creator {creator_id} is not on the list of program {program_id}",
+                         program_id=program_id, creator_id=creator_id)
+
+
 class ClaimWindowNotOpen(DomainError):
     """A claim before the program's window opens (``name``, ``opens_at``)."""
 

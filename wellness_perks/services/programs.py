@@ -20,8 +20,10 @@ from ..models import (
 )
 from . import audit
 from .errors import Conflict, InvalidInput, NotFound, ProgramNotFound
+from .mail.mime import LINE_BREAK
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,63}")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def get_program(session: Session, slug: str) -> Program:
@@ -68,6 +70,12 @@ def create_program(
         )
     if not (name or "").strip():
         raise InvalidInput("name must not be empty", field="name")
+    # A name goes into mail subjects: a line break there would start headers of its own.
+    if LINE_BREAK.search(name.strip()):
+        raise InvalidInput("name must be one line: it contains a line break", field="name")
+    if _CONTROL_CHARACTER.search(name.strip()):
+        raise InvalidInput("name must be plain text: it contains a control character",
+                           field="name")
     for field, value, limit in (("name", name, 200), ("redeem-url", redeem_url, 500),
                                 ("code-format", code_pattern, 500)):
         if value is not None and len(value) > limit:

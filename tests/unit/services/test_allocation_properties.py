@@ -4,8 +4,9 @@ Hypothesis drives random sequences of claims (on and off the list), code batch u
 and country-quota changes, voids (of codes in stock and of codes held, which reissues),
 restores, lost allocation tasks, sweeps and worker re-runs. After every step the invariants
 I1-I3 must hold, as the real ``verify`` sees them, nobody may wait who could be served, and
-whoever waits, waits for the reason that holds. The run must have allocated, waitlisted and
-refused claims, or it proved nothing.
+whoever waits, waits for the reason that holds, and a creator off the list is turned away
+with nothing recorded. The run must have allocated and waitlisted claims and turned strangers
+away, or it proved nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from wellness_perks.models import (
     Program,
 )
 from wellness_perks.services import allocation, claims, codes, imports, programs, sweeper
-from wellness_perks.services.errors import DomainError
+from wellness_perks.services.errors import DomainError, NotOnList
 from wellness_perks.services.verify import verify_program
 
 COUNTRIES = ("PK", "IN", "BR")
@@ -41,7 +42,8 @@ STRANGERS = 2  # known from another program's list only
 
 
 def machine_for(app, exercised: Counter):
-    """The state machine; ``exercised`` counts the claim states the steps led to."""
+    """The state machine; ``exercised`` counts the claim states the steps led to (and the
+    strangers turned away)."""
     class AllocationMachine(RuleBasedStateMachine):
         def __init__(self):
             super().__init__()
@@ -88,7 +90,11 @@ def machine_for(app, exercised: Counter):
 
         @rule(who=st.integers(0, STRANGERS - 1))
         def claim_off_the_list(self, who):
-            claims.request_claim(self.s, program=self.program, creator_id=self.stranger_ids[who])
+            with pytest.raises(NotOnList):
+                claims.request_claim(self.s, program=self.program,
+                                     creator_id=self.stranger_ids[who])
+            self.s.rollback()
+            exercised["turned_away"] += 1
 
         @rule(who=st.integers(0, CREATORS - 1))
         def claim_whose_task_is_lost(self, who):
@@ -233,7 +239,14 @@ def machine_for(app, exercised: Counter):
                     f"claim {claim_id} ({country}) waits for {reason}, not {expected}: "
                     f"{program.allocated_count} of {program.quota} allocated, full {full}, "
                     f"{in_stock} in stock")
-            assert set(refused) <= {ClaimReason.not_eligible}, refused
+            assert refused == [], refused  # the window stays open; strangers record nothing
+
+        @invariant()
+        def strangers_record_nothing(self):
+            theirs = self.s.exec(select(sa.func.count()).select_from(Claim).where(
+                Claim.creator_id.in_(self.stranger_ids))).one()
+            self.s.commit()
+            assert theirs == 0
 
     return AllocationMachine
 
@@ -259,5 +272,5 @@ def test_allocation_invariants_hold_under_random_operations(outbox_app):
                           suppress_health_check=[HealthCheck.too_slow]),
     )
     # The run reached every outcome a claim can have.
-    assert {state: exercised[state] > 0 for state in ("allocated", "waitlisted", "refused")} == {
-        "allocated": True, "waitlisted": True, "refused": True}, exercised
+    assert {what: exercised[what] > 0 for what in ("allocated", "waitlisted", "turned_away")} == {
+        "allocated": True, "waitlisted": True, "turned_away": True}, exercised

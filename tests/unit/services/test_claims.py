@@ -25,7 +25,7 @@ def _claims(session):
 def test_claim_request_returns_the_claim_as_it_stands(app, factory, session):
     from wellness_perks.db import get_session
     from wellness_perks.services import claims as claim_service
-    from wellness_perks.services.errors import NotFound, ProgramNotFound
+    from wellness_perks.services.errors import NotFound, NotOnList, ProgramNotFound
 
     program = factory.program()
     factory.creators(program, ["ayesha@example.com"])
@@ -33,21 +33,24 @@ def test_claim_request_returns_the_claim_as_it_stands(app, factory, session):
     with app.app_context():
         first = claim_service.request_claim(get_session(), program="headspace-6m", creator_id=1)
         again = claim_service.request_claim(get_session(), program=program, creator_id=1)
-        refused = claim_service.request_claim(get_session(), program=other, creator_id=1)
+        with pytest.raises(NotOnList) as not_on_list:
+            claim_service.request_claim(get_session(), program=other, creator_id=1)
+        with pytest.raises(NotOnList):
+            claim_service.request_claim(get_session(), program="other-6m", creator_id=1)
         with pytest.raises(ProgramNotFound):
             claim_service.request_claim(get_session(), program="nope", creator_id=1)
         with pytest.raises(NotFound, match="no creator"):
             claim_service.request_claim(get_session(), program=program, creator_id=999)
     assert (first.state, first.reason) == ("pending", None)  # as recorded; allocation follows
     assert again.id == first.id
-    assert (refused.state, refused.reason) == ("refused", "not_eligible")
-    assert sorted(c.id for c in _claims(session)) == sorted({first.id, refused.id})
+    assert isinstance(not_on_list.value, NotFound) and not_on_list.value.status_code == 404
+    assert [c.id for c in _claims(session)] == [first.id]  # nothing recorded off the list
     session.rollback()
     events = session.exec(select(AuditEvent).where(AuditEvent.object_type == "claim")
                           .order_by(AuditEvent.id)).all()
     assert [(e.action, e.object_id, e.actor) for e in events] == [
-        ("claim.requested", first.id, "creator:1"), ("claim.refused", refused.id, "creator:1")]
-    assert events[0].at.tzinfo is not None and events[1].detail == '{"reason": "not_eligible"}'
+        ("claim.requested", first.id, "creator:1")]
+    assert events[0].at.tzinfo is not None
 
 
 def test_claims_are_stored_when_the_broker_is_down(app_config, factory, session):

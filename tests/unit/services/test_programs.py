@@ -21,7 +21,7 @@ from wellness_perks.models import (
     Program,
 )
 from wellness_perks.services import claims, codes, programs
-from wellness_perks.services.errors import Conflict, InvalidInput
+from wellness_perks.services.errors import Conflict, InvalidInput, NotOnList
 
 SLUG = "headspace-6m"
 PKT = timezone(timedelta(hours=5))
@@ -101,6 +101,35 @@ def test_create_program_refuses_over_long_fields(app, session, given, field):
     assert _fresh(session, select(Program)) == []
 
 
+BCC = "Bcc: attacker@evil.example"
+
+
+@pytest.mark.parametrize("separator", ["\r\n", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d",
+                                       "\x1e", "\x85", "\u2028", "\u2029", "\r\n\r\n"])
+def test_a_line_break_in_a_program_name_is_refused(app, session, separator):
+    """The name goes into every code mail's subject: a break would start headers of its own."""
+    with pytest.raises(InvalidInput) as refused:
+        _create(app, name=f"Headspace{separator}{BCC}")
+    assert refused.value.field == "name"
+    assert str(refused.value) == "name must be one line: it contains a line break"
+    assert BCC not in str(refused.value)
+    assert _count(session, Program) == 0 and _count(session, AuditEvent) == 0
+
+
+@pytest.mark.parametrize("character", ["\x00", "\x1b", "\t", "\x7f", "\x9b"])
+def test_a_control_character_in_a_program_name_is_refused(app, session, character):
+    with pytest.raises(InvalidInput, match="^name must be plain text: it contains a control "
+                                           "character$") as refused:
+        _create(app, name=f"Head{character}space")
+    assert refused.value.field == "name"
+    assert _count(session, Program) == 0
+
+
+def test_white_space_around_a_name_is_trimmed_not_refused(app, session):
+    _create(app, name="\n  Headspace · 6 months\r\n")
+    assert _fresh(session, select(Program.name)) == ["Headspace · 6 months"]
+
+
 def test_create_program_refuses_a_duplicate_slug(app, session):
     _create(app, name="First", quota=10)
     with pytest.raises(Conflict, match=f"^a program with slug '{SLUG}' already exists$"):
@@ -166,15 +195,18 @@ def test_quota_summary_counts_claims_by_state(app, session, factory):
     program = factory.program(slug=SLUG, quota=2)
     other = factory.program(slug="calm-1y")
     factory.creators(program, ["a@example.com", "b@example.com", "c@example.com",
-                               "d@example.com"])
+                               "d@example.com", "tardy@example.com"])
     factory.creators(other, ["outsider@example.com"])
     factory.codes(program, [f"HS-QUOTA-000{i}" for i in range(5)])
     with app.app_context():
         db = get_session()
         ids = dict(db.exec(select(Creator.email, Creator.id)).all())
-        for email in ("a@example.com", "b@example.com", "c@example.com",
-                      "outsider@example.com"):
+        for email in ("a@example.com", "b@example.com", "c@example.com"):
             claims.request_claim(db, program=program, creator_id=ids[email])
+        claims.request_claim(db, program=program, creator_id=ids["tardy@example.com"],
+                             now=datetime.now(UTC) + timedelta(days=31))  # after it closed
+        with pytest.raises(NotOnList):  # off the list: nothing to count
+            claims.request_claim(db, program=program, creator_id=ids["outsider@example.com"])
         # Not decided yet:
         db.add(Claim(program_id=program.id, creator_id=ids["d@example.com"], country="PK"))
         db.commit()
@@ -192,16 +224,19 @@ def test_quota_summary_counts_claims_by_state(app, session, factory):
 def test_quota_summary_matches_a_direct_count(app, session, factory):
     program = factory.program(slug=SLUG, quota=3)
     other = factory.program(slug="calm-1y", quota=5)
-    factory.creators(program, [f"{c}@example.com" for c in "abcde"])
+    factory.creators(program, [f"{c}@example.com" for c in "abcdef"])
     factory.creators(other, ["outsider@example.com"])
     factory.codes(program, [f"HS-DIRECT-{i:04d}" for i in range(7)])
     factory.codes(other, ["CALM-0001", "CALM-0002"])
     with app.app_context():
         db = get_session()
         ids = dict(db.exec(select(Creator.email, Creator.id)).all())
-        for email in ("a@example.com", "b@example.com", "c@example.com", "d@example.com",
-                      "outsider@example.com"):
+        for email in ("a@example.com", "b@example.com", "c@example.com", "d@example.com"):
             claims.request_claim(db, program=program, creator_id=ids[email])
+        claims.request_claim(db, program=program, creator_id=ids["f@example.com"],
+                             now=datetime.now(UTC) + timedelta(days=31))  # after it closed
+        with pytest.raises(NotOnList):
+            claims.request_claim(db, program=program, creator_id=ids["outsider@example.com"])
         claims.request_claim(db, program=other, creator_id=ids["outsider@example.com"])
         db.add(Claim(program_id=program.id, creator_id=ids["e@example.com"], country="PK"))
         db.commit()

@@ -37,6 +37,7 @@ from wellness_perks.models import (
     Program,
 )
 from wellness_perks.services import claims, codes
+from wellness_perks.services.errors import NotOnList
 from wellness_perks.services.verify import verify_program
 
 SLUG = "headspace-6m"
@@ -54,8 +55,9 @@ class Healthy:
     """The ids of a healthy program, by the local part of each creator's address.
 
     pk1, pk2 (PK) and in1 (IN) hold codes; pk1's first code was voided and reissued, so it holds
-    its second; pk3 (PK) is waitlisted (PK's quota of 2 is full); outsider, on another program's
-    list only, was refused; late is on the list and has not claimed. Two codes are in stock.
+    its second; pk3 (PK) is waitlisted (PK's quota of 2 is full); tardy (PK) claimed after the
+    window closed and was refused; outsider, on another program's list only, was turned away
+    with nothing recorded; late is on the list and has not claimed. Two codes are in stock.
     """
 
     program_id: int
@@ -71,8 +73,8 @@ HOLDERS = ("pk1", "pk2", "in1")
 
 def healthy_program(app, factory, session, smtp_server) -> Healthy:
     program = factory.program(slug=SLUG, quota=10, country_quotas={"PK": 2})
-    factory.creators(program, [f"{n}@example.com" for n in ("pk1", "pk2", "pk3", "late")],
-                     country="PK")
+    factory.creators(program, [f"{n}@example.com"
+                               for n in ("pk1", "pk2", "pk3", "late", "tardy")], country="PK")
     factory.creators(program, ["in1@example.com"], country="IN")
     other = factory.program(slug="calm-1y", name="Calm · 1 year")
     factory.creators(other, ["outsider@example.com"])
@@ -81,8 +83,12 @@ def healthy_program(app, factory, session, smtp_server) -> Healthy:
     creator = {email.split("@")[0]: creator_id for creator_id, email in
                session.exec(select(Creator.id, Creator.email)).all()}
     with app.app_context():
-        for name in ("pk1", "pk2", "in1", "pk3", "outsider"):
+        for name in ("pk1", "pk2", "in1", "pk3"):
             claims.request_claim(get_session(), program=program, creator_id=creator[name])
+        claims.request_claim(get_session(), program=program, creator_id=creator["tardy"],
+                             now=datetime.now(UTC) + timedelta(days=31))  # after it closed
+        with pytest.raises(NotOnList):
+            claims.request_claim(get_session(), program=program, creator_id=creator["outsider"])
     session.rollback()
     name_of = {creator_id: name for name, creator_id in creator.items()}
     claim = {name_of[creator_id]: claim_id for claim_id, creator_id in session.exec(
@@ -118,7 +124,7 @@ def test_the_healthy_program_verifies_clean(app, factory, session, smtp_server):
         w.claim["pk2"]: (ClaimState.allocated, None),
         w.claim["in1"]: (ClaimState.allocated, None),
         w.claim["pk3"]: (ClaimState.waitlisted, ClaimReason.country_quota_reached),
-        w.claim["outsider"]: (ClaimState.refused, ClaimReason.not_eligible),
+        w.claim["tardy"]: (ClaimState.refused, ClaimReason.window_closed),
     }
     program = session.get(Program, w.program_id)
     assert (program.allocated_count, program.in_stock_count) == (3, 2)
@@ -356,9 +362,9 @@ CASES: dict[str, Case] = {
         lambda w: [f"I4: pending since {SINCE} (claim={w.made['claim']} "
                    f"creator={w.creator['late']})"]),
     "I4 refused without a reason": Case(
-        _update_claim("outsider", reason=None),
-        lambda w: [f"I4: refused without a reason (claim={w.claim['outsider']} "
-                   f"creator={w.creator['outsider']})"]),
+        _update_claim("tardy", reason=None),
+        lambda w: [f"I4: refused without a reason (claim={w.claim['tardy']} "
+                   f"creator={w.creator['tardy']})"]),
     # pk2 loses its code: the code is left assigned with no holder (I1), and pk2's mail is about
     # that code, not about none (I5). One corruption, three lines.
     "I4 allocated without a code": Case(

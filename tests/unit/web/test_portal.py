@@ -169,19 +169,37 @@ def test_refused_claim_is_reconsidered_once_the_window_reopens(
 
 
 def test_program_of_another_list_is_hidden_and_cannot_be_claimed(
-        client, factory, signed_in, session):
+        client, factory, signed_in, session, smtp_server):
+    """A signed-in creator POSTs to the claim URL of a program they are not on: the same 404
+    as the program's page and as a program that does not exist, and nothing recorded."""
     mine = factory.program(slug="mine-6m")
     other = factory.program(slug="other-6m", name="Other")
+    not_yet = factory.program(slug="soon-6m", name="Soon",
+                              opens_at=datetime.now(UTC) + timedelta(days=1))
+    closed = factory.program(slug="closed-6m", name="Closed",
+                             opens_at=datetime.now(UTC) - timedelta(days=2),
+                             closes_at=datetime.now(UTC) - timedelta(days=1))
     factory.creators(mine, ["ayesha@example.com"])
+    for program in (other, not_yet, closed):
+        factory.creators(program, ["bilal@example.com"])
     factory.codes(other, ["HS-AAAA-0001"])
     signed_in("ayesha@example.com")
     assert "Other" not in client.get("/").text
-    assert client.get("/programs/other-6m").status_code == 404
     token = csrf_token(client.get("/programs/mine-6m").text)
-    client.post("/programs/other-6m/claim", data={"csrf_token": token})
-    [claim] = _claims(session)
-    assert (claim.program_id, claim.state, claim.reason) == (other.id, "refused", "not_eligible")
+    unknown = client.post("/programs/no-such-6m/claim", data={"csrf_token": token})
+    assert unknown.status_code == 404
+    for slug in ("other-6m", "soon-6m", "closed-6m"):
+        assert client.get(f"/programs/{slug}").status_code == 404
+        for _ in range(2):
+            response = client.post(f"/programs/{slug}/claim", data={"csrf_token": token})
+            assert response.status_code == 404, slug
+            assert response.text == unknown.text  # nothing tells the program exists
+        assert client.get(f"/programs/{slug}").status_code == 404
+    assert _claims(session) == []
+    session.rollback()
+    assert session.exec(select(AuditEvent).where(AuditEvent.object_type == "claim")).all() == []
     assert session.exec(select(Code)).one().status == "available"
+    assert smtp_server.to("ayesha@example.com", "code") == []
 
 
 def test_claim_without_csrf_token_is_rejected(client, factory, signed_in, session):

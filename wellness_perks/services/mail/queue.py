@@ -38,6 +38,7 @@ from ...models import (
 )
 from .. import audit
 from . import transport
+from .mime import HeaderInjection
 from .render import render
 from .transport import Outgoing, PermanentMailError
 
@@ -336,6 +337,9 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
                         outbound.claim_id)
         try:
             item.message_id, item.raw = render(outbound, creator, code, batch, program)
+        except HeaderInjection as exc:  # the same message would be refused on every attempt
+            _record_failure(_in_session(session), item, PermanentMailError(str(exc)), outcome)
+            continue
         except Exception as exc:  # noqa: BLE001 - recorded on the row like a failed send
             _record_failure(_in_session(session), item, exc, outcome)
             continue

@@ -24,6 +24,8 @@ def render(outbound: OutboundEmail, creator: Creator, code: Code | None,
     """(Message-ID, the whole message as bytes)."""
     subject, text, html = _content(outbound, creator, code, batch, program)
     from_addr = current_app.config["MAIL_FROM"]
+    for name, value in (("Subject", subject), ("From", from_addr), ("To", outbound.to_email)):
+        mime.check_header(name, value)  # one line each, whichever way the message is written
     message_id = make_message_id(outbound, from_addr)
     if not outbound.to_email.isascii():  # an internationalised address needs SMTPUTF8
         return message_id, _email_message(outbound, subject, text, html, message_id).as_bytes()

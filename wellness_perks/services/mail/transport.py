@@ -1,6 +1,13 @@
 """Delivering rendered messages: over SMTP (one kept-open connection per process, pipelined
 where the server offers it), or as ``.eml`` files in ``OUTBOX_DIR`` when no SMTP host is set.
 
+TLS to the SMTP server (STARTTLS, or TLS from the start) verifies the server's certificate and
+its name against SMTP_HOST, with the system's CAs or those of SMTP_CA_FILE: a relay that cannot
+prove it is SMTP_HOST gets neither the password nor a message. A certificate that does not
+verify is an error that may pass (the operator fixes the name or the CA file), so the queue
+retries it within its window. The password is never sent over a connection that is not
+encrypted, unless SMTP_ALLOW_PLAINTEXT_AUTH says so (a relay on the same machine).
+
 The transport knows nothing of the queue: it asks a ``Ledger`` whether each message is still
 its to send when its turn comes, and tells it what became of each one.
 """
@@ -10,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import smtplib
+import ssl
 import tempfile
 import threading
 import time
@@ -24,6 +32,10 @@ from flask import current_app
 
 class PermanentMailError(Exception):
     """The server refused the message for good (5xx): retrying won't help."""
+
+
+class PlaintextAuthRefused(Exception):
+    """The SMTP login would go over a connection that is not encrypted."""
 
 
 @dataclass
@@ -74,9 +86,12 @@ class SmtpPool:
         self.host, self.port = config["SMTP_HOST"], config["SMTP_PORT"]
         self.user, self.password = config["SMTP_USER"], config["SMTP_PASSWORD"]
         self.ssl, self.starttls = config["SMTP_SSL"], config["SMTP_STARTTLS"]
+        self.ca_file = config["SMTP_CA_FILE"] or None
+        self.allow_plaintext_auth = config["SMTP_ALLOW_PLAINTEXT_AUTH"]
         self.timeout, self.from_addr = config["SMTP_TIMEOUT"], parseaddr(config["MAIL_FROM"])[1]
         self.rate = config["MAIL_RATE_LIMIT"]
-        self.key = (self.host, self.port, self.user, self.ssl, self.starttls, self.rate)
+        self.key = (self.host, self.port, self.user, self.ssl, self.starttls, self.ca_file,
+                    self.allow_plaintext_auth, self.rate)
         self.connection: smtplib.SMTP | None = None
         self.next_send = 0.0
         self.lock = threading.Lock()
@@ -108,17 +123,33 @@ class SmtpPool:
                     raise
 
     def _connect(self) -> smtplib.SMTP:
-        smtp_class = smtplib.SMTP_SSL if self.ssl else smtplib.SMTP
-        connection = smtp_class(self.host, self.port, timeout=self.timeout)
+        if self.ssl:
+            connection = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                          context=self._tls_context())
+        else:
+            connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         try:
             if self.starttls and not self.ssl:
-                connection.starttls()
+                # Refused (SMTPNotSupportedError) by a server that does not offer it: never
+                # a fall back to plain text.
+                connection.starttls(context=self._tls_context())
             if self.user:
+                if not isinstance(connection.sock, ssl.SSLSocket) and not (
+                        self.allow_plaintext_auth):
+                    raise PlaintextAuthRefused(
+                        "SMTP_USER is set but the connection to the SMTP server is not "
+                        "encrypted: set SMTP_STARTTLS=1 or SMTP_SSL=1, or "
+                        "SMTP_ALLOW_PLAINTEXT_AUTH=true for a server on this machine")
                 connection.login(self.user, self.password)
         except BaseException:
             connection.close()
             raise
         return connection
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Certificate and host name verified (against SMTP_HOST), by the system's CAs or
+        SMTP_CA_FILE's."""
+        return ssl.create_default_context(cafile=self.ca_file)
 
     def _pace(self) -> None:
         if self.rate <= 0:

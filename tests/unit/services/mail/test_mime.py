@@ -65,3 +65,41 @@ def test_ascii_mail_keeps_links_whole_and_non_ascii_is_encoded(app, factory, smt
     assert LINK_RE.search(raw.decode("ascii")) is not None  # no soft line breaks in the link
     assert "@عائشہ" in urdu.get_body(("plain",)).get_content()
     assert LINK_RE.search(urdu.get_body(("plain",)).get_content()) is not None
+
+
+INJECTIONS = ["\r\nBcc: attacker@evil.example", "\nBcc: attacker@evil.example",
+              "\rBcc: attacker@evil.example", "\x85Bcc: x@evil.example",
+              "\u2028Bcc: x@evil.example", "\x0bBcc: x@evil.example",
+              "\r\n Bcc: folded@evil.example", "\r\n\r\n<p>a body of the attacker's</p>"]
+
+
+@pytest.mark.parametrize("header", ["Subject", "From", "To", "Message-ID"])
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_no_header_value_with_a_line_break_is_ever_written(header, injection):
+    values = {"Subject": "Your code", "From": "Perks <perks@example.com>",
+              "To": "ali@example.com", "Message-ID": "<wp.1@example.com>"}
+    values[header] += injection
+    with pytest.raises(mime.HeaderInjection) as refused:
+        mime.check_header(header, values[header])
+    assert refused.value.header == header and "evil" not in str(refused.value)
+    if injection.startswith("\r\n "):
+        return  # folding, as an encoding writes it, continues the header: composing takes it
+    with pytest.raises(mime.HeaderInjection):
+        mime.compose(headers=list(values.items()), text="x", html="<p>x</p>")
+
+
+@pytest.mark.parametrize("name", ["Bcc: x\r\nSubject", "Sub ject", "X:Y", ""])
+def test_a_header_name_that_is_not_one_is_refused(name):
+    with pytest.raises(mime.HeaderInjection):
+        mime.compose(headers=[(name, "x")], text="x", html="x")
+
+
+def test_a_long_non_ascii_subject_is_folded_with_crlf_and_reads_back_whole():
+    subject = "Your " + "🧘" * 200 + " code"
+    encoded = mime.encode_header(subject)
+    assert "\r\n " in encoded  # folded: no line over 998 characters
+    raw = mime.compose(headers=[("Subject", encoded), ("To", "ali@example.com")],
+                       text="x", html="x")
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert str(_parse(raw)["Subject"]) == subject
