@@ -400,9 +400,10 @@ def seed_demo_command() -> None:
     click.echo(f"  2. enter creator01@example.com (any of creator01 .. creator{DEMO_CREATORS:02d})")
     if outbox:
         click.echo(f"  3. open the newest mail in {outbox} (ls -t {outbox} | head -1) and "
-                   "follow its sign-in link")
+                   "follow its sign-in link, then press Sign in")
     else:
-        click.echo("  3. follow the sign-in link in the mail your SMTP server received")
+        click.echo("  3. follow the sign-in link in the mail your SMTP server received, then "
+                   "press Sign in")
     click.echo("  4. open the program and press Claim; the code mail lands in the same place")
 
 

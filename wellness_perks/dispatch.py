@@ -34,6 +34,7 @@ ALLOCATE_PROGRAM = "wellness_perks.allocate_program"
 SEND_EMAIL = "wellness_perks.send_email"
 SEND_EMAILS = "wellness_perks.send_emails"
 SWEEP = "wellness_perks.sweep"
+REQUEST_SIGN_IN = "wellness_perks.request_sign_in"
 
 SCHEDULED_KEY = "wellness-perks:allocation-queued:{}"
 SCHEDULED_TTL_SECONDS = 30
@@ -81,6 +82,13 @@ def allocate_program(program_id: int) -> None:
 
 def send_email(outbound_id: int) -> None:
     _enqueue(SEND_EMAIL, outbound_id, outbound_id=outbound_id)
+
+
+def request_sign_in(address: str) -> bool:
+    """A sign-in request for this normalised address, decided in a worker (mail queue); False
+    when the broker could not take it (nothing is stored for the sweeper: the person asks
+    again)."""
+    return _enqueue(REQUEST_SIGN_IN, address)
 
 
 def send_emails(outbound_ids: list[int]) -> None:

@@ -215,18 +215,20 @@ def test_sign_in_claim_allocate_mail_and_waitlist(stack, tmp_path):
     assert PAGE_CODE_RE.search(program_page(stack, first).text).group(1) == first_code
 
     # Each task message was delivered once (no message reached more than one queue): three
-    # sign-in mails went as single sends; the claims' allocations were coalesced into
-    # program-wide tasks, their mails into batch sends, and the sweeper handed the refused
-    # code mail to a batch send once its retry was due (twice, at most, should a sweep run
-    # before the first such send took it).
+    # sign-in requests were decided by the worker and their mails went as single sends; the
+    # claims' allocations were coalesced into program-wide tasks, their mails into batch
+    # sends, and the sweeper handed the refused code mail to a batch send once its retry was
+    # due (twice, at most, should a sweep run before the first such send took it).
     received = RECEIVED_RE.findall(stack.services["celery"].output())
     task_ids = [task_id for _name, task_id in received]
     assert len(task_ids) == len(set(task_ids)), received
     names = [name for name, _id in received]
+    assert names.count("request_sign_in") == 3, names
     assert names.count("send_email") == 3, names
     assert 1 <= names.count("allocate_program") <= 4, names  # 3 claims and 1 import
     assert 3 <= names.count("send_emails") <= 2 + 2, names   # 2 allocations, 1-2 retries
-    assert set(names) <= {"send_email", "allocate_program", "send_emails", "sweep"}, names
+    assert set(names) <= {"request_sign_in", "send_email", "allocate_program", "send_emails",
+                          "sweep"}, names
 
     # Codes and sign-in tokens are secrets: the processes logged the work, never them.
     logs = {name: service.output() for name, service in stack.services.items()}

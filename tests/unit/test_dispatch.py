@@ -33,6 +33,7 @@ SCRIPT = textwrap.dedent("""
             dispatch.allocate_program(1)
             dispatch.send_email(1)
             dispatch.send_emails([1, 2])
+            dispatch.request_sign_in("ayesha@example.com")
             if broker:
                 celery = app.extensions["celery"]
                 with celery.connection_for_read() as connection:
@@ -52,12 +53,14 @@ def test_each_task_kind_is_published_without_loading_the_worker(tmp_path):
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout.splitlines()[-1])
     assert outcome["worker_modules"] == []
-    # Two allocation tasks (the coalesced trigger and a direct one), two mail tasks.
-    assert outcome["published"] == {"allocation": 2, "mail": 2}
+    # Two allocation tasks (the coalesced trigger and a direct one), three mail tasks (a
+    # sign-in request is decided on the mail queue).
+    assert outcome["published"] == {"allocation": 2, "mail": 3}
 
 
 def test_every_task_is_named_once_and_registered(app):
-    names = {dispatch.ALLOCATE_PROGRAM, dispatch.SEND_EMAIL, dispatch.SEND_EMAILS, dispatch.SWEEP}
+    names = {dispatch.ALLOCATE_PROGRAM, dispatch.SEND_EMAIL, dispatch.SEND_EMAILS, dispatch.SWEEP,
+             dispatch.REQUEST_SIGN_IN}
     registered = {name for name in app.extensions["celery"].tasks
                   if name.startswith("wellness_perks.")}
     assert registered == names

@@ -22,6 +22,7 @@ TASK_ROUTES = {
     dispatch.ALLOCATE_PROGRAM: {"queue": "allocation"},
     dispatch.SEND_EMAIL: {"queue": "mail"},
     dispatch.SEND_EMAILS: {"queue": "mail"},
+    dispatch.REQUEST_SIGN_IN: {"queue": "mail"},
     dispatch.SWEEP: {"queue": "periodic"},
 }
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from .. import dispatch
 from ..db import get_session
 from ..logs import log_event
-from ..services import allocation, mail, sweeper
+from ..services import allocation, auth, mail, sweeper
 
 # Waits before each further try of a task the database failed (a disconnect, a deadlock, a
 # serialisation failure): about 15 s in all, then the task gives up and its rows wait in their
@@ -73,6 +73,13 @@ def send_email(self, outbound_id: int) -> str:
 def send_emails(self, outbound_ids: list[int]) -> dict:
     # Mails to retry hold their next attempt's time on their rows; the sweeper serves them.
     return mail.send_batch(get_session(), outbound_ids=outbound_ids).counts()
+
+
+@database_task(dispatch.REQUEST_SIGN_IN)
+def request_sign_in(self, address: str) -> bool:
+    # Whether the address is on a list is decided here, in the worker: the web request that
+    # queued this did the same work for every address.
+    return auth.request_sign_in(get_session(), email=address) is not None
 
 
 @database_task(dispatch.SWEEP)

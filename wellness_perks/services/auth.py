@@ -27,6 +27,8 @@ from .emails import mask_email, normalise_email
 from .errors import Conflict, DomainError, InvalidInput, NotFound
 from .mail import owe, owed
 
+MAX_ID = 2**31  # ids and link numbers are INTEGER columns: a token naming more names nobody
+
 
 class SignInLinkError(DomainError):
     """A sign-in link that cannot be used; ``code`` says why."""
@@ -52,11 +54,30 @@ class SignInLinkSuperseded(SignInLinkError):
     code = "sign_in_link_superseded"
 
 
+class SignInUnavailable(DomainError):
+    """The request could not be handed to the workers (the broker is down): ask again."""
+
+    status_code = 503
+    code = "sign_in_unavailable"
+
+
+def ask_for_sign_in(*, email: str) -> None:
+    """What ``POST /login`` does: the same work whatever the address, and no look-up at all.
+
+    The normalised address is handed to a task (``request_sign_in``, in a worker) that decides
+    whether it is on a list and mails a link only if it is; so neither the answer nor the time
+    it takes says anything about any list. A malformed address raises InvalidInput (that says
+    nothing about lists either); SignInUnavailable when the task could not be queued.
+    """
+    if not dispatch.request_sign_in(normalise_email(email)):
+        raise SignInUnavailable("the sign-in request could not be queued; try again")
+
+
 def request_sign_in(session: Session, *, email: str) -> int | None:
     """Queue a sign-in mail if the address is on an eligibility list; the mail's id.
 
-    Returns None otherwise; callers answer the same way in both cases. A malformed address
-    raises InvalidInput (that says nothing about any list).
+    Returns None otherwise. Runs in a worker (``ask_for_sign_in`` hands the address over), so
+    the web request does the same work either way. A malformed address raises InvalidInput.
     """
     normalised = normalise_email(email)
     outbound_id = None
@@ -137,7 +158,7 @@ def _payload(token: str) -> tuple[int, int]:
     except BadSignature as exc:
         raise SignInLinkInvalid() from exc
     if (not isinstance(payload, dict) or not {"c", "n"} <= payload.keys()
-            or not all(type(payload[k]) is int for k in ("c", "n"))):
+            or not all(type(payload[k]) is int and 0 <= payload[k] < MAX_ID for k in ("c", "n"))):
         raise SignInLinkInvalid()
     return payload["c"], payload["n"]
 

@@ -9,6 +9,8 @@ import time
 import itsdangerous.timed
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlmodel import select
 from werkzeug.security import check_password_hash
 
@@ -228,3 +230,27 @@ def test_inspecting_a_link_spends_nothing(app, program, session):
     _redeem(app, token)
     with app.app_context(), pytest.raises(auth.SignInLinkUsed):
         auth.inspect_sign_in_link(get_session(), token=token)
+
+
+# --------------------------------------------------------------------------- the token parser
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(token=st.one_of(
+    st.text(max_size=200),
+    st.builds(lambda payload: itsdangerous.URLSafeTimedSerializer(
+        "test-secret-key", salt=tokens.SIGN_IN_SALT).dumps(payload),
+              st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.fixed_dictionaries({"c": st.integers(), "n": st.integers()})
+                           | st.dictionaries(st.sampled_from(["c", "n", "x"]), inner,
+                                             max_size=3), max_leaves=6))))
+def test_any_token_is_a_sign_in_or_a_refusal_never_an_exception(app, program, token):
+    """Whatever a link carries, well signed or not: a creator, or a SignInLinkError."""
+    with app.app_context():
+        for attempt in (auth.inspect_sign_in_link, auth.redeem_sign_in_token):
+            try:
+                attempt(get_session(), token=token)
+            except auth.SignInLinkError:
+                pass

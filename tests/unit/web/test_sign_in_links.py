@@ -6,9 +6,12 @@ for before sign-in is where the creator lands after, never another site."""
 from __future__ import annotations
 
 import re
+import string
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlmodel import select
 
 from tests.helpers import csrf_token, sign_in_link, use_sign_in_link
@@ -184,3 +187,16 @@ def test_a_sign_in_never_sends_the_creator_to_another_site(app, program, smtp_se
     assert answer.status_code == 302 and answer.headers["Location"] == "/"
     signed_in = browser.get("/login?next=" + quote(elsewhere))
     assert signed_in.headers["Location"] == "/"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(token=st.text(alphabet=string.ascii_letters + string.digits + "-_.~%", min_size=1,
+                     max_size=120))
+def test_any_link_opens_a_page_or_a_refusal_never_an_error(app, program, token):
+    client = app.test_client()
+    for method in ("GET", "HEAD"):
+        assert client.open(f"/login/{token}", method=method).status_code in (200, 400, 404)
+    token_field = csrf_token(client.get("/login").text)
+    assert client.post(f"/login/{token}", data={"csrf_token": token_field}).status_code in (
+        400, 404)

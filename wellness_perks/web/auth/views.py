@@ -38,7 +38,7 @@ def login():
         try:
             address = normalise_email(form.email.data)
             limits.sign_in_per_address(address)  # 429 past the limit: no more mails to them
-            auth_service.request_sign_in(get_session(), email=address)
+            auth_service.ask_for_sign_in(email=address)
         except InvalidInput as exc:
             form.email.errors.append({"code": exc.code, **exc.params})
         else:
