@@ -142,7 +142,13 @@ class Config:
         # The sweeper: how often it runs (beat), and when work counts as lost.
         self.SWEEP_INTERVAL_SECONDS = _env_int("SWEEP_INTERVAL_SECONDS", 30)
         self.SWEEP_PENDING_AFTER_SECONDS = _env_int("SWEEP_PENDING_AFTER_SECONDS", 60)
-        self.MAIL_SENDING_TIMEOUT_SECONDS = _env_int("MAIL_SENDING_TIMEOUT_SECONDS", 300)
+        # A mail batch's lease: renewed every third of it while its worker lives; the sweeper
+        # takes back a batch whose lease ran out (its worker died or lost the database).
+        self.MAIL_SENDING_TIMEOUT_SECONDS = _env_float("MAIL_SENDING_TIMEOUT_SECONDS", 20.0)
+        # How long a worker keeps trying to record what became of a message the SMTP server
+        # answered, while the database is away, before it gives up (the message is then
+        # marked possibly sent when its lease is taken over).
+        self.MAIL_RECORD_RETRY_SECONDS = _env_float("MAIL_RECORD_RETRY_SECONDS", 300.0)
         # Health: a claim pending, or a mail due, longer than this makes the system "degraded".
         self.HEALTH_GRACE_SECONDS = _env_int("HEALTH_GRACE_SECONDS", 120)
         # The bearer token that shows operators the details of /healthz and /metrics. Empty:

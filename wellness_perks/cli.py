@@ -301,13 +301,22 @@ def verify_command(slug: str, as_json: bool) -> None:
     program = _program(slug)
     found = violations.verify_program(get_session(), program_id=program.id)
     owed = violations.owed_work(get_session(), program_id=program.id)
+    doubtful = violations.possibly_sent(get_session(), program_id=program.id)
     if as_json:
         click.echo(json.dumps({"program": slug, "ok": not found,
                                "violations": [v.as_dict() for v in found],
-                               "owed": [o.as_dict() for o in owed]}, indent=2))
+                               "owed": [o.as_dict() for o in owed],
+                               "possibly_sent": [{"outbound_id": outbound_id,
+                                                  "claim_id": claim_id}
+                                                 for outbound_id, claim_id in doubtful]},
+                              indent=2))
     else:
         for violation in found:
             click.echo(str(violation))
+        for outbound_id, claim_id in doubtful:
+            click.echo(f"possibly sent twice: mail #{outbound_id} (claim={claim_id}): its "
+                       "worker died mid-send, a second copy with the same Message-ID may "
+                       "have arrived")
         click.echo(f"{slug}: {len(found)} violation(s)" if found else
                    f"{slug}: I1-I5 hold")
         for line in owed:  # work still owed: it does not change the verdict

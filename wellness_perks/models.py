@@ -320,6 +320,10 @@ class OutboundEmail(SQLModel, table=True):
     next_attempt_at: datetime | None = Field(default=None, sa_column=_ts())
     sending_started_at: datetime | None = Field(default=None, sa_column=_ts())
     sent_at: datetime | None = Field(default=None, sa_column=_ts())
+    # When an attempt of this mail was found cut off between handing the message to the SMTP
+    # server and recording what became of it (its worker died): the server may have taken it,
+    # so the creator may hold two copies (same Message-ID) once it is sent again.
+    possibly_sent_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class AuditEvent(SQLModel, table=True):

@@ -73,6 +73,7 @@ class SmtpServer(MailCatcher):
     refuse_count: int = 0
     refuse_reply: str = "451 4.3.0 try again later"
     accept_delay: float = 0.0  # seconds spent on each accepted DATA (a slow mail server)
+    hang: bool = False  # while set, a RCPT is never answered (a server that hangs)
 
     def refuse_next(self, count: int) -> None:
         with self._lock:
@@ -94,6 +95,12 @@ class SmtpServer(MailCatcher):
         with self._lock:
             return [m for m in self.messages
                     if m["To"] in wanted and subject_contains in (m["Subject"] or "")]
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        while self.hang:  # says nothing: the client's timeout ends the conversation
+            await asyncio.sleep(0.05)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         with self._lock:

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 
 from harness.broker import RedisServer
 from harness.waiting import wait_for
@@ -45,6 +46,8 @@ SETTINGS = {
     "MAIL_RETRY_MAX_DELAY_SECONDS": "4",
     "MAIL_RETRY_WINDOW_SECONDS": "3600",
     "MAIL_BATCH_SIZE": "5",  # many batches: each worker runs one and holds the next
+    "MAIL_SENDING_TIMEOUT_SECONDS": "3",  # a batch's lease, renewed every second
+    "SMTP_TIMEOUT": "3",
 }
 MAIL_WORKERS = 2
 _names = (f"m{n}" for n in itertools.count(1))
@@ -129,39 +132,30 @@ def _kill_and_restart_broker(st: Stack) -> None:
     st.broker.start()
 
 
-@pytest.mark.parametrize("pending", ["retries", "batches"])
-def test_redis_killed_and_restarted_workers_live_on(faults, tmp_path, pending):
-    """Redis is SIGKILLed and started again, empty, while mail is owed: ``retries``, with the
-    SMTP server answering 451 to every message, so all 30 code mails wait for their retry;
-    ``batches``, with the SMTP server taking 0.1 s a message, so mail batches are running.
-    Every worker lives through it (a retry is a time on its row, never a message held by a
-    worker: holding one, a worker exited on kombu's ``'NoneType' object has no attribute
-    'hostname'`` as its dead channel tried to give the message back). Then every mail is
-    delivered once. Timing (printed): from the broker's restart to the last mail, a few
-    seconds (a retry's wait, at most 4 s here, plus a sweep interval of 1 s)."""
-    slug = f"broker-{pending}"
+def test_redis_killed_and_restarted_while_mail_retries_wait(faults, tmp_path):
+    """The SMTP server answers 451 to every message, so all 30 code mails wait for their
+    retry; Redis is SIGKILLed and started again, empty, on its port. Every worker lives through
+    it (a retry is a time on its row, never a message held by a worker: holding one, a worker
+    exited on kombu's ``'NoneType' object has no attribute 'hostname'`` as its dead channel
+    tried to give the message back). Once the SMTP server accepts, the sweeper hands out the
+    retries and every mail is delivered once. Timing (printed): from the broker's restart to
+    the last mail, a few seconds (a retry's wait, at most 4 s here, plus a sweep of 1 s)."""
+    slug = "broker"
     emails = emails_for(slug, 30)
     set_up_program(faults, tmp_path, slug, quota=30, codes=30,
                    creators=[(e, "PK") for e in emails])
     browsers = sign_in(faults, slug, emails)
-    if pending == "retries":
-        faults.mail.refuse_all("451 4.3.0 try again later")
-    else:
-        faults.mail.accept_delay = 0.1
+    faults.mail.refuse_all("451 4.3.0 try again later")
     claim_all(faults, slug, browsers.values())
 
-    def retries_pending():
+    def retries_wait():
         rows = mail_rows(faults, slug)
         return len(rows) == 30 and all(
             m.attempts >= 1 and m.status in ("queued", "sending") for m in rows) and all(
             "451" in (m.last_error or "") for m in rows if m.status == "queued")
 
-    if pending == "retries":
-        wait_for(retries_pending, timeout=60, interval=0.2,
-                 what="every code mail refused once and waiting for its retry")
-    else:
-        wait_for(lambda: len(faults.mail.to_any(emails, "code")) >= 4, timeout=60,
-                 interval=0.05, what="the first code mails")
+    wait_for(retries_wait, timeout=60, interval=0.2,
+             what="every code mail refused once and waiting for its retry")
     workers = {w.name: w.pid for w in faults.workers()}
 
     _kill_and_restart_broker(faults)
@@ -173,4 +167,181 @@ def test_redis_killed_and_restarted_workers_live_on(faults, tmp_path, pending):
     assert {w.name: w.pid for w in faults.workers()} == workers  # none died, none replaced
     assert_each_code_mailed_once(faults, slug, emails)
     verify(faults, slug)
-    print(f"\nbroker restarted with {pending} pending: last mail {seconds:.1f} s after")
+    print(f"\nbroker restarted while retries waited: last mail {seconds:.1f} s after")
+
+
+# --------------------------------------------------------------------------- the database
+
+
+def terminate_app_connections(st: Stack) -> int:
+    """``pg_terminate_backend`` on every connection to the stack's database but this one."""
+    with st.db() as conn:
+        ended = conn.execute(sa.text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
+        conn.commit()
+    return ended
+
+
+def possibly_sent(st: Stack, slug: str) -> dict[str, bool]:
+    """Message-ID -> whether its row is marked possibly sent, for the program's code mails."""
+    with st.db() as conn:
+        return {message_id: marked for message_id, marked in conn.execute(sa.text(
+            "SELECT m.message_id, m.possibly_sent_at IS NOT NULL FROM outboundemail m "
+            "JOIN claim ON claim.id = m.claim_id JOIN program ON program.id = claim.program_id "
+            "WHERE program.slug = :slug"), {"slug": slug})}
+
+
+def test_database_connections_terminated_mid_mail_batch(faults, tmp_path):
+    """40 code mails in batches of 5 on two mail workers, the SMTP server taking 0.1 s a
+    message (about 2 s of sending). Once 8 have arrived, and again once 16 have, every
+    connection of the app to the database is ended (``pg_terminate_backend``), so messages the
+    server has just taken are being recorded on a connection that dies. No message is sent
+    twice: the worker keeps each outcome and records it on a new connection. Timing (printed):
+    the rest of the batches goes out within a few seconds of the cut; the test allows 60."""
+    slug = "dbcut"
+    emails = emails_for(slug, 40)
+    set_up_program(faults, tmp_path, slug, quota=40, codes=40,
+                   creators=[(e, "PK") for e in emails])
+    browsers = sign_in(faults, slug, emails)
+    faults.mail.accept_delay = 0.1
+    claim_all(faults, slug, browsers.values())
+
+    ended = []
+    for arrived in (8, 16):
+        wait_for(lambda n=arrived: len(faults.mail.to_any(emails, "code")) >= n, timeout=60,
+                 interval=0.02, what=f"{arrived} code mails")
+        ended.append(terminate_app_connections(faults))
+    cut = time.monotonic()
+    wait_all_sent(faults, slug, 40, timeout=60)
+    seconds = time.monotonic() - cut
+
+    assert all(ended), ended  # the app's connections were there, and were ended
+    assert_each_code_mailed_once(faults, slug, emails)
+    assert not any(possibly_sent(faults, slug).values())
+    verify(faults, slug)
+    print(f"\ndatabase cut twice ({ended} connections): the rest {seconds:.1f} s after the cut")
+
+
+# --------------------------------------------------------------------------- a mail worker
+
+
+def _running_a_batch(worker) -> bool:
+    text = worker.output()
+    return text.count("wellness_perks.send_emails[") > 2 * text.count("succeeded in")
+
+
+def test_mail_worker_killed_mid_batch(faults, tmp_path):
+    """40 code mails in batches of 5, the SMTP server taking 0.1 s a message; once 8 have
+    arrived, a mail worker in the middle of a batch is SIGKILLed (with its pool process). The
+    other mail worker sends the rest of the victim's batch once its lease runs out (3 s here,
+    20 s by default) and the sweeper (every second here) hands it out. At most the one
+    message the victim had in flight arrives twice (same Message-ID), and its row is marked
+    possibly sent. Timing (printed): the last mail a few seconds after the kill (lease plus a
+    sweep); the test allows 60."""
+    slug = "killed"
+    emails = emails_for(slug, 40)
+    set_up_program(faults, tmp_path, slug, quota=40, codes=40,
+                   creators=[(e, "PK") for e in emails])
+    browsers = sign_in(faults, slug, emails)
+    faults.mail.accept_delay = 0.1
+    claim_all(faults, slug, browsers.values())
+    wait_for(lambda: len(faults.mail.to_any(emails, "code")) >= 8, timeout=60, interval=0.02,
+             what="8 code mails")
+    victim = wait_for(lambda: next((w for w in mail_workers(faults) if _running_a_batch(w)),
+                                   None), timeout=30, interval=0.02,
+                      what="a mail worker in the middle of a batch")
+    victim.kill()
+    killed = time.monotonic()
+    wait_all_sent(faults, slug, 40, timeout=60)
+    seconds = time.monotonic() - killed
+
+    by_id = code_mails_by_message_id(faults, emails)
+    repeated = {message_id: n for message_id, n in by_id.items() if n > 1}
+    assert len(repeated) <= 1 and set(repeated.values()) <= {2}, repeated
+    marked = possibly_sent(faults, slug)
+    assert all(marked[message_id] for message_id in repeated)  # a repeat is always marked
+    assert sum(marked.values()) <= 1  # and only the one message that was in flight
+    rows = claims(faults, slug)
+    assert {m["To"]: redemption_code(m) for m in faults.mail.to_any(emails, "code")} == {
+        r.email: r.code for r in rows}
+    verify(faults, slug)
+    print(f"\nmail worker killed: the rest {seconds:.1f} s after; repeated {len(repeated)}, "
+          f"marked possibly sent {sum(marked.values())}")
+
+
+# --------------------------------------------------------------------------- the SMTP server
+
+
+def test_smtp_hanging_while_claims_arrive_allocation_unaffected(faults, tmp_path):
+    """The SMTP server stops answering (it never answers RCPT; SMTP_TIMEOUT is 3 s here) while
+    40 creators claim: the mail workers' batches hang on their timeouts, and allocation, on a
+    worker of its own, decides every claim meanwhile; no code mail arrives. Timing (printed):
+    the slowest claim from requested to decided, measured in the database (a fraction of a
+    second on a quiet machine); the test only asks that all are decided while the server hangs.
+    Once it answers again, every mail is delivered once."""
+    slug = "hang"
+    emails = emails_for(slug, 40)
+    set_up_program(faults, tmp_path, slug, quota=40, codes=40,
+                   creators=[(e, "PK") for e in emails])
+    browsers = sign_in(faults, slug, emails)
+    faults.mail.hang = True
+    try:
+        claim_all(faults, slug, browsers.values())
+        wait_for(lambda: (rows := claims(faults, slug)) and len(rows) == 40
+                 and all(r.state == "allocated" for r in rows), timeout=30, interval=0.1,
+                 what="every claim allocated while the SMTP server hangs")
+        assert faults.mail.to_any(emails) == []
+        with faults.db() as conn:
+            slowest = conn.execute(sa.text(
+                "SELECT max(extract(epoch FROM claim.decided_at - claim.requested_at)) "
+                "FROM claim JOIN program ON program.id = claim.program_id "
+                "WHERE program.slug = :slug"), {"slug": slug}).scalar_one()
+    finally:
+        faults.mail.hang = False
+    seconds = wait_all_sent(faults, slug, 40, timeout=90)
+
+    assert_each_code_mailed_once(faults, slug, emails)
+    verify(faults, slug)
+    print(f"\nSMTP hanging: slowest allocation {float(slowest):.3f} s; every mail "
+          f"{seconds:.1f} s after the server answered again")
+
+
+def test_smtp_refusing_then_451_longer_than_the_old_retry_window(faults, tmp_path):
+    """The SMTP server is down (connections refused), then answers 451 to every message, for
+    longer than the old rule allowed: five attempts, then failed (with these settings, the
+    waits of 2, 4, 4 and 4 s: about 14 s). Each mail is tried at least seven times here, and
+    none is failed (the window is an hour); once the server accepts, all 20 are delivered once.
+    Timing (printed): the last mail within a retry wait (4 s) and a sweep of the healing."""
+    slug = "provider"
+    emails = emails_for(slug, 20)
+    set_up_program(faults, tmp_path, slug, quota=20, codes=20,
+                   creators=[(e, "PK") for e in emails])
+    browsers = sign_in(faults, slug, emails)
+    port = faults.mail.port
+    faults.mail.stop()
+    try:
+        claim_all(faults, slug, browsers.values())
+
+        def tried(times: int, error: str):
+            def enough():
+                rows = mail_rows(faults, slug)
+                return len(rows) == 20 and all(m.attempts >= times for m in rows) and all(
+                    error in (m.last_error or "") for m in rows if m.status == "queued")
+            return enough
+
+        wait_for(tried(3, "Refused"), timeout=60, interval=0.2,
+                 what="every code mail refused a connection three times")
+    finally:
+        faults.mail.start(port)
+    faults.mail.refuse_all("451 4.3.0 try again later")
+    wait_for(tried(7, "451"), timeout=90, interval=0.2,
+             what="every code mail tried seven times, refused with 451")
+    assert {m.status for m in mail_rows(faults, slug)} <= {"queued", "sending"}
+    faults.mail.accept_all()
+    seconds = wait_all_sent(faults, slug, 20, timeout=60)
+
+    assert all(m.attempts >= 7 for m in mail_rows(faults, slug))
+    assert_each_code_mailed_once(faults, slug, emails)
+    verify(faults, slug)
+    print(f"\nprovider incident: every mail {seconds:.1f} s after the server accepted")

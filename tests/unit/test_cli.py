@@ -541,7 +541,8 @@ def test_verify_command_exits_non_zero_on_violation(runner, app, factory, sessio
         {"invariant": "I4", "message": f"pending since {requested_at:%Y-%m-%d %H:%M:%S}",
          "claim_id": claim_id, "code_id": None, "creator_id": creator_id}], "owed": [
         {"kind": "overdue_claims", "count": 1, "since": requested_at.isoformat(),
-         "ids": [claim_id], "message": owed}]}
+         "ids": [claim_id], "message": owed}],
+        "possibly_sent": []}
 
 
 def test_verify_command_lists_owed_work_and_still_exits_0(runner, app, factory, session,
@@ -571,7 +572,30 @@ def test_verify_command_on_a_healthy_program(runner, app, factory, session, smtp
     assert result.stdout == f"{SLUG}: I1-I5 hold\n"
     result = runner.invoke(args=["verify", SLUG, "--json"])
     assert result.exit_code == 0, (result.output, result.exception)
-    assert _json(result) == {"program": SLUG, "ok": True, "violations": [], "owed": []}
+    assert _json(result) == {"program": SLUG, "ok": True, "violations": [], "owed": [],
+                             "possibly_sent": []}
+
+
+def test_verify_command_shows_mails_possibly_sent_twice(runner, app, factory, session,
+                                                        smtp_server):
+    """A mail whose worker died mid-send is no violation, but verify names it."""
+    healthy_program(app, factory, session, smtp_server)
+    session.rollback()
+    outbound_id, claim_id = _all(session, select(OutboundEmail.id, OutboundEmail.claim_id)
+                                 .where(OutboundEmail.claim_id.is_not(None))
+                                 .order_by(OutboundEmail.id))[0]
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == outbound_id)
+                    .values(possibly_sent_at=datetime.now(UTC)))
+    session.commit()
+    result = runner.invoke(args=["verify", SLUG])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.splitlines() == [
+        f"possibly sent twice: mail #{outbound_id} (claim={claim_id}): its worker died "
+        "mid-send, a second copy with the same Message-ID may have arrived",
+        f"{SLUG}: I1-I5 hold"]
+    result = runner.invoke(args=["verify", SLUG, "--json"])
+    assert _json(result)["possibly_sent"] == [{"outbound_id": outbound_id,
+                                               "claim_id": claim_id}]
 
 
 # One corruption of each invariant (tests/unit/services/test_verify.py has one per message).

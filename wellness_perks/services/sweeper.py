@@ -3,21 +3,23 @@
 Run every ``SWEEP_INTERVAL_SECONDS`` by Celery beat (``celery -A worker beat``) and by hand with
 ``wellness-perks sweep``. It reads the database and enqueues: every task it enqueues is
 idempotent, so sweeping a claim or a queued mail that is in fact still in flight costs a no-op.
-A mail in ``sending`` is different: an attempt is only taken for interrupted after
-``MAIL_SENDING_TIMEOUT_SECONDS``, which must stay well above ``SMTP_TIMEOUT``, or a slow but
-live attempt could be repeated.
+A mail in ``sending`` is different: it is held by a batch whose lease a live worker renews
+every third of ``MAIL_SENDING_TIMEOUT_SECONDS``, so it is taken back only once that lease has
+run out (its worker died, or lost the database for that long).
 
 - claims pending longer than ``SWEEP_PENDING_AFTER_SECONDS`` (their message was lost, the broker
   was down when they were made, or their worker died) -> allocate their program;
 - programs with waitlisted claims and both room and stock (a trigger was missed) -> allocate;
 - mails queued and due: a retry whose time has come (retries are times on the rows, never
   messages held by a worker), or a mail whose message was lost -> send, in batches;
-- mails stuck in ``sending`` longer than ``MAIL_SENDING_TIMEOUT_SECONDS`` (their worker died
-  mid-attempt) -> back to queued, the interruption recorded, then send.
+- mails in ``sending`` whose lease ran out (their worker died mid-batch) -> back to queued,
+  the interruption recorded, then send; the one message of each batch that may have been in
+  flight is marked possibly sent (``possibly_sent_at``).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -46,10 +48,24 @@ class SweepReport:
     programs: list[int] = field(default_factory=list)
     mails: list[int] = field(default_factory=list)
     interrupted_mails: list[int] = field(default_factory=list)
+    possibly_sent: list[int] = field(default_factory=list)  # of the interrupted mails
 
     def as_dict(self) -> dict:
         return {"programs": self.programs, "mails": self.mails,
-                "interrupted_mails": self.interrupted_mails}
+                "interrupted_mails": self.interrupted_mails,
+                "possibly_sent": self.possibly_sent}
+
+
+def _in_flight(interrupted: list[tuple[int, datetime]]) -> list[int]:
+    """Of the messages taken back, those that may have been in flight when their worker
+    stopped: the first left of each batch. A batch's messages share their lease (taken, and
+    renewed, at one time for all the batch holds) and go out in id order, each recorded
+    before the next goes; so of a batch's messages still in ``sending``, the one with the
+    smallest id may have reached the SMTP server, and the others were never handed to it."""
+    first: dict[datetime, int] = {}
+    for outbound_id, lease in interrupted:
+        first[lease] = min(outbound_id, first.get(lease, outbound_id))
+    return sorted(first.values())
 
 
 def sweep(session: Session, *, now: datetime | None = None) -> SweepReport:
@@ -73,19 +89,26 @@ def sweep(session: Session, *, now: datetime | None = None) -> SweepReport:
                                                  in_stock, waiting)).scalars())
     report.programs = sorted(stale | servable)
 
-    interrupted = list(q(sa.select(OutboundEmail.id).where(
+    interrupted = q(sa.select(OutboundEmail.id, OutboundEmail.sending_started_at).where(
         OutboundEmail.status == MailStatus.sending,
-        OutboundEmail.sending_started_at < stuck_before).limit(SWEEP_BATCH)).scalars())
+        OutboundEmail.sending_started_at < stuck_before)
+        .order_by(OutboundEmail.id).limit(SWEEP_BATCH)).all()
     session.commit()
     if interrupted:
-        q(sa.update(OutboundEmail)
-          .where(OutboundEmail.id.in_(interrupted), OutboundEmail.status == MailStatus.sending,
-                 OutboundEmail.sending_started_at < stuck_before)
-          .values(status=MailStatus.queued, next_attempt_at=now,
-                  last_error=MailProblem.interrupted)
-          .execution_options(synchronize_session=False))
+        report.interrupted_mails = [outbound_id for outbound_id, _lease in interrupted]
+        report.possibly_sent = _in_flight(interrupted)
+        taken_back = (sa.update(OutboundEmail)
+                      .where(OutboundEmail.status == MailStatus.sending,
+                             OutboundEmail.sending_started_at < stuck_before)
+                      .values(status=MailStatus.queued, next_attempt_at=now,
+                              last_error=MailProblem.interrupted)
+                      .execution_options(synchronize_session=False))
+        q(taken_back.where(OutboundEmail.id.in_(report.possibly_sent))
+          .values(possibly_sent_at=now))
+        q(taken_back.where(OutboundEmail.id.in_(report.interrupted_mails)))
         session.commit()
-        report.interrupted_mails = interrupted
+        for outbound_id in report.possibly_sent:
+            log_event("mail.possibly_sent", logging.WARNING, outbound_id=outbound_id)
     report.mails = list(q(sa.select(OutboundEmail.id).where(
         OutboundEmail.status == MailStatus.queued,
         sa.or_(OutboundEmail.next_attempt_at <= now,

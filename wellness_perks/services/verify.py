@@ -270,3 +270,17 @@ def owed_work(session: Session, *, program_id: int, now: datetime | None = None,
             found.sort()
             out.append(Owed(kind, len(found), found[0][0], tuple(i for _at, i in found)))
     return out
+
+
+def possibly_sent(session: Session, *, program_id: int) -> list[tuple[int, int | None]]:
+    """The program's mails (id, claim id) an attempt of which was cut off mid-send (its worker
+    died between handing the message to the SMTP server and recording it): the creator may
+    hold two copies. Not a violation (every code is still mailed once or more, with one
+    Message-ID), but what an operator should see."""
+    rows = session.execute(
+        sa.select(OutboundEmail.id, OutboundEmail.claim_id)
+        .join(Claim, Claim.id == OutboundEmail.claim_id)
+        .where(Claim.program_id == program_id, OutboundEmail.possibly_sent_at.is_not(None))
+        .order_by(OutboundEmail.id)).all()
+    session.commit()
+    return [(outbound_id, claim_id) for outbound_id, claim_id in rows]

@@ -102,3 +102,32 @@ def test_no_task_publishes_a_countdown_the_sweeper_serves_the_retry(app, app_con
         assert published == [(dispatch.SEND_EMAILS, (ids,), None, None)]
     finally:
         broker_app.extensions["db_engine"].dispose()
+
+
+def test_a_task_the_database_failed_is_tried_again_in_process(app, factory, monkeypatch):
+    """A disconnect (or a deadlock) costs a try again in the worker, after a wait, not a
+    message published for later; once the waits are spent the error is the task's."""
+    from sqlalchemy.exc import OperationalError
+
+    from wellness_perks.jobs import tasks
+
+    program = factory.program()
+    monkeypatch.setattr(tasks, "DATABASE_RETRY_WAITS", (0.0, 0.0))
+    tries = []
+
+    def flaky(session, *, program_id, **kwargs):
+        tries.append(program_id)
+        if len(tries) < 3:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        return allocation.AllocationResult(program_id=program_id)
+
+    monkeypatch.setattr(allocation, "allocate_program", flaky)
+    task = app.extensions["celery"].tasks[dispatch.ALLOCATE_PROGRAM]
+    with app.app_context():
+        assert task.run(program.id) == 0  # as a worker runs it: the third try succeeded
+        assert tries == [program.id] * 3
+        tries.clear()
+        monkeypatch.setattr(tasks, "DATABASE_RETRY_WAITS", (0.0,))
+        with pytest.raises(OperationalError):
+            task.run(program.id)
+        assert tries == [program.id] * 2

@@ -102,7 +102,7 @@ def test_mails_still_being_sent_or_waiting_out_their_backoff_are_left_alone(
     timeout = app.config["MAIL_SENDING_TIMEOUT_SECONDS"]
     now = datetime.now(UTC)
     session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == sending.id).values(
-        status="sending", sending_started_at=now - timedelta(seconds=timeout - 30)))
+        status="sending", sending_started_at=now - timedelta(seconds=timeout / 2)))
     session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == backing_off.id).values(
         next_attempt_at=now + timedelta(minutes=5)))
     session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == due.id).values(
@@ -118,3 +118,35 @@ def test_mails_still_being_sent_or_waiting_out_their_backoff_are_left_alone(
     assert (rows[backing_off.id].status, rows[backing_off.id].attempts) == ("queued", 1)
     assert rows[due.id].status == "sent"
     assert smtp_server.to("a@example.com") == smtp_server.to("b@example.com") == []
+
+
+def test_of_a_batch_cut_off_only_the_message_that_may_have_been_in_flight_is_possibly_sent(
+        app, factory, session, smtp_server):
+    """Two batches whose worker died: each batch's messages share their lease and go out in id
+    order, each recorded before the next, so only the first left of each may have reached the
+    SMTP server. That one is marked possibly sent (and kept so once sent again); the others
+    are just queued again. All are sent."""
+    emails = [f"c{i}@example.com" for i in range(5)]
+    program = factory.program(quota=10)
+    factory.creators(program, emails)
+    factory.codes(program, [f"HS-A{i}-000{i}" for i in range(5)])
+    smtp_server.refuse_with = "451 later"
+    lost_claims(session, program, emails)
+    with app.app_context():
+        sweeper.sweep(get_session())  # allocates; every first attempt refused
+    session.rollback()
+    ids = session.exec(select(OutboundEmail.id).order_by(OutboundEmail.id)).all()
+    first_batch, second_batch = ids[:3], ids[3:]
+    for batch, lease in ((first_batch, LONG_AGO), (second_batch, LONG_AGO + timedelta(seconds=1))):
+        session.execute(sa.update(OutboundEmail).where(OutboundEmail.id.in_(batch))
+                        .values(status="sending", sending_started_at=lease))
+    session.commit()
+    smtp_server.refuse_with = None
+    with app.app_context():
+        report = sweeper.sweep(get_session())
+    assert report.interrupted_mails == ids
+    assert report.possibly_sent == [first_batch[0], second_batch[0]]
+    rows = session.exec(select(OutboundEmail).order_by(OutboundEmail.id)
+                        .execution_options(populate_existing=True)).all()
+    assert [r.status for r in rows] == ["sent"] * 5
+    assert [r.possibly_sent_at is not None for r in rows] == [True, False, False, True, False]

@@ -10,9 +10,10 @@ module keeps the books: which messages are still the batch's to send, and what b
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +22,13 @@ from flask import current_app
 from sqlmodel import Session
 
 from ... import dispatch
-from ...db import found_by_key, is_postgresql, planned_each_execution, write_transaction
+from ...db import (
+    connection_lost,
+    found_by_key,
+    is_postgresql,
+    planned_each_execution,
+    write_transaction,
+)
 from ...logs import log_event
 from ...models import (
     DEFAULT_LOCALE,
@@ -109,68 +116,126 @@ def send_batch(session: Session, *, outbound_ids: list[int]) -> BatchOutcome:
     outcome = BatchOutcome()
     session.commit()
     with planned_each_execution(session):
-        taken = set(session.connection().execute(
-            _TAKE, {"b_ids": list(outbound_ids), "b_now": datetime.now(UTC)}).scalars())
+        taken = dict(session.connection().execute(
+            _TAKE, {"b_ids": list(outbound_ids), "b_now": datetime.now(UTC)}).all())
     session.commit()
     outcome.not_taken = [i for i in outbound_ids if i not in taken]
     if not taken:
         return outcome
 
-    with planned_each_execution(session):
-        outgoing = _prepare(session, sorted(taken), outcome)
-    session.commit()
-    if not outgoing:
-        return outcome
-
-    with _bookkeeping(session) as book:
-        transport.deliver_all(outgoing, _Ledger(book, outgoing, outcome,
-                                                postgresql=is_postgresql(session)))
+    with _Lease(session.get_bind(), taken) as lease:
+        with planned_each_execution(session):
+            outgoing = _prepare(session, sorted(taken), outcome)
+        session.commit()
+        for outbound_id in outcome.failed + list(outcome.retry) + outcome.cancelled:
+            lease.release(outbound_id)
+        if not outgoing:
+            return outcome
+        with _bookkeeping(session) as book:
+            transport.deliver_all(outgoing, _Ledger(book, lease, outgoing, outcome,
+                                                    postgresql=is_postgresql(session)))
     return outcome
 
 
 Book = Callable[[sa.Executable, dict], set[int]]
 
 
+class _Lease:
+    """A batch's lease on its messages, kept alive while its worker lives.
+
+    Taking the batch stamped each message with the lease (``sending_started_at``); the sweeper
+    takes back a message whose lease is MAIL_SENDING_TIMEOUT_SECONDS old. A thread of the
+    batch's own renews the lease of every message the batch still holds, every third of that,
+    on a connection of its own: however long one message takes (a slow or hanging server), a
+    live batch keeps its lease, and one whose worker died loses it within the timeout, so the
+    rest of its messages go out without waiting for anything else. A message a renewal finds
+    no longer ours (the sweeper took it back: our connection to the database was away too
+    long) is dropped from the batch, never sent by it. The renewal stamps one time on all the
+    batch holds: the messages of one batch share their lease, which is how the sweeper tells
+    the one message that may have been in flight (see ``sweeper``).
+    """
+
+    def __init__(self, engine: sa.Engine, held: dict[int, int]) -> None:
+        self.engine = engine
+        self.held = dict(held)  # outbound id -> attempts: the lease is this attempt's
+        self.every = max(current_app.config["MAIL_SENDING_TIMEOUT_SECONDS"] / 3, 0.01)
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._renew_until_stopped, daemon=True,
+                                       name="mail-lease")
+
+    def __enter__(self) -> _Lease:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=30)
+
+    def holds(self, outbound_id: int) -> bool:
+        with self.lock:
+            return outbound_id in self.held
+
+    def release(self, outbound_id: int) -> None:
+        with self.lock:
+            self.held.pop(outbound_id, None)
+
+    def _renew_until_stopped(self) -> None:
+        while not self.stopped.wait(self.every):
+            with self.lock:
+                held = list(self.held.items())
+            if not held:
+                continue
+            try:
+                with self.engine.begin() as connection:
+                    renewed = set(connection.execute(_RENEW_LEASES, {
+                        "b_held": held, "b_now": datetime.now(UTC)}).scalars())
+            except Exception as exc:  # noqa: BLE001 - the database is away: the next beat tries
+                log_event("mail.lease_not_renewed", logging.WARNING, messages=len(held),
+                          error=type(exc).__name__)
+                continue
+            with self.lock:
+                for outbound_id, _attempts in held:
+                    if outbound_id not in renewed:
+                        self.held.pop(outbound_id, None)
+
+
 class _Ledger:
     """The books of one batch while it is delivered: which messages are still ours to send,
     and what became of each.
 
-    Taking the batch stamped each message with a lease (``sending_started_at``). The sweeper
-    puts a message back in the queue only once its lease is MAIL_SENDING_TIMEOUT old, so a
-    lease a third that old is renewed, for all the batch has left, in one statement. Right
-    before each message goes, it is checked to be still ours: one the sweeper took back
-    (another worker may hold it now) is skipped, never sent twice. Each message is recorded the
-    moment the server has taken or refused it, so a worker killed mid-batch leaves at most the
-    one message in flight without an outcome. On PostgreSQL the statement that records a
-    message sent also reads whether the next one is still ours: one bookkeeping statement, one
-    row written, per message on a healthy server.
+    Right before each message goes, it is checked to be still ours (the lease holds it, and
+    its row says so): one the sweeper took back (another worker may hold it now) is skipped,
+    never sent twice. Each message is recorded the moment the server has taken or refused it,
+    and the batch goes on only once it is: if the database is away then, the outcome is kept
+    here and the record tried again (``_bookkeeping``), so a message the server took is never
+    sent again because the database blinked. A worker killed mid-batch leaves at most the one
+    message in flight without an outcome. On PostgreSQL the statement that records a message
+    sent also reads whether the next one is still ours: one bookkeeping statement, one row
+    written, per message on a healthy server.
     """
 
-    def __init__(self, book: Book, outgoing: list[Outgoing], outcome: BatchOutcome, *,
-                 postgresql: bool) -> None:
+    def __init__(self, book: Book, lease: _Lease, outgoing: list[Outgoing],
+                 outcome: BatchOutcome, *, postgresql: bool) -> None:
         self.book = book
+        self.lease = lease
         self.outcome = outcome
-        self.renew_every = current_app.config["MAIL_SENDING_TIMEOUT_SECONDS"] / 3
-        self.leased_at = time.monotonic()
-        self.ours = {item.outbound_id: item.attempts for item in outgoing}  # not yet sent
         self.following = {a.outbound_id: b for a, b in zip(outgoing, outgoing[1:], strict=False)}
         self.checked_ahead: dict[int, bool] = {}  # next message: still ours, as last read
         # SQLite has no UPDATE in a WITH: there, recording and checking are two statements.
         self.record_sent_and_check = _MARK_SENT_AND_CHECK_NEXT if postgresql else None
 
     def still_ours(self, item: Outgoing) -> bool:
-        if time.monotonic() - self.leased_at >= self.renew_every:
-            self._renew_leases()
-        if item.outbound_id not in self.ours:
+        if not self.lease.holds(item.outbound_id):
             return False
         if item.outbound_id in self.checked_ahead:
             return self.checked_ahead.pop(item.outbound_id)
         return self._check(item)
 
     def record(self, item: Outgoing, error: Exception | None) -> None:
-        self.ours.pop(item.outbound_id, None)
         if error is not None:
             _record_failure(self.book, item, error, self.outcome)
+            self.lease.release(item.outbound_id)
             return
         upcoming = self.following.get(item.outbound_id)
         params = {"b_id": item.outbound_id, "b_now": datetime.now(UTC),
@@ -184,6 +249,7 @@ class _Ledger:
             self.book(_MARK_SENT, params)
             if upcoming is not None:
                 self.checked_ahead[upcoming.outbound_id] = self._check(upcoming)
+        self.lease.release(item.outbound_id)
         self.outcome.sent.append(item.outbound_id)
         log_event("mail.sent", outbound_id=item.outbound_id, kind=item.kind,
                   claim_id=item.claim_id, attempts=item.attempts)
@@ -191,13 +257,6 @@ class _Ledger:
     def _check(self, item: Outgoing) -> bool:
         return bool(self.book(_STILL_OURS, {"b_next": item.outbound_id,
                                              "b_next_attempts": item.attempts}))
-
-    def _renew_leases(self) -> None:
-        self.leased_at = time.monotonic()
-        renewed = self.book(_RENEW_LEASES, {"b_held": list(self.ours.items()),
-                                            "b_now": datetime.now(UTC)})
-        self.ours = {i: attempts for i, attempts in self.ours.items() if i in renewed}
-        self.checked_ahead.clear()
 
 
 _outbound = OutboundEmail.__table__.c
@@ -208,7 +267,7 @@ _TAKE = (
            found_by_key(_outbound.status == MailStatus.queued.value))
     .values(status=MailStatus.sending.value, attempts=_outbound.attempts + 1,
             sending_started_at=sa.bindparam("b_now"))
-    .returning(_outbound.id)
+    .returning(_outbound.id, _outbound.attempts)
 )
 _RENEW_LEASES = (
     sa.update(OutboundEmail.__table__)
@@ -218,10 +277,12 @@ _RENEW_LEASES = (
     .values(sending_started_at=sa.bindparam("b_now"))
     .returning(_outbound.id)
 )
+# The server took the message: that is recorded whatever the row says meanwhile (the sweeper
+# may have taken it back while the database was away from us), so that no one sends it again.
 _MARK_SENT = (
     sa.update(OutboundEmail.__table__)
     .where(_outbound.id == sa.bindparam("b_id"),
-           found_by_key(_outbound.status == MailStatus.sending.value))
+           found_by_key(_outbound.status != MailStatus.sent.value))
     .values(status=MailStatus.sent.value, sent_at=sa.bindparam("b_now"),
             message_id=sa.bindparam("b_message_id"), last_error=None, next_attempt_at=None)
     .returning(_outbound.id)
@@ -252,8 +313,10 @@ def _bookkeeping(session: Session) -> Iterator[Book]:
     On PostgreSQL it runs on a connection of its own in autocommit mode with
     ``synchronous_commit`` off: one round trip a statement, and no wait for the disk flush. That
     is durable against a worker dying (the risk here); a database crash could at worst cause a
-    resend. Each statement stands alone (a message's record, or a batch's lease renewal), so
-    nothing needs them in one transaction.
+    resend. Each statement stands alone (a message's record, or whether the next is still ours)
+    and may run twice, so when the connection is lost under one, it is run again on a new
+    connection, with backoff, for up to MAIL_RECORD_RETRY_SECONDS: the outcome of a message
+    the server answered is kept until the database has it.
     """
     if not is_postgresql(session):
         def book_in_session(statement: sa.Executable, params: dict) -> set[int]:
@@ -262,14 +325,47 @@ def _bookkeeping(session: Session) -> Iterator[Book]:
             return ids
         yield book_in_session
         return
-    with session.get_bind().connect() as connection:
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.exec_driver_sql("SET synchronous_commit TO OFF")
-        try:
-            yield lambda statement, params: set(connection.execute(statement, params).scalars())
-        finally:
-            if not connection.invalidated:
-                connection.exec_driver_sql("RESET synchronous_commit")
+    engine = session.get_bind()
+    patience = current_app.config["MAIL_RECORD_RETRY_SECONDS"]
+    held: list[sa.Connection] = []
+
+    def connection() -> sa.Connection:
+        if not held:
+            fresh = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            held.append(fresh)
+            fresh.exec_driver_sql("SET synchronous_commit TO OFF")
+        return held[0]
+
+    def drop_connection() -> None:
+        if held:
+            with suppress(Exception):
+                held.pop().close()
+
+    def book(statement: sa.Executable, params: dict) -> set[int]:
+        give_up_at, wait = None, 0.1
+        while True:
+            try:
+                return set(connection().execute(statement, params).scalars())
+            except sa.exc.DBAPIError as exc:
+                if not connection_lost(exc):
+                    raise
+                drop_connection()
+                now = time.monotonic()
+                give_up_at = give_up_at or now + patience
+                if now >= give_up_at:
+                    raise
+                log_event("mail.bookkeeping_retry", logging.WARNING,
+                          error=type(exc.orig).__name__, retry_in=wait)
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
+
+    try:
+        yield book
+    finally:
+        if held and not held[0].invalidated:
+            with suppress(Exception):
+                held[0].exec_driver_sql("RESET synchronous_commit")
+        drop_connection()
 
 
 def _in_session(session: Session) -> Book:
