@@ -121,6 +121,7 @@ def owed(app, w: Healthy) -> list[Owed]:
 def test_owed_work_is_listed_apart_from_the_invariants(name, app, factory, session,
                                                        smtp_server):
     case = CASES[name]
+    app.config["MAIL_SENDING_TIMEOUT_SECONDS"] = 300  # the lease the cases are written for
     w = healthy_program(app, factory, session, smtp_server)
     session.rollback()
     case.change(session, w)
