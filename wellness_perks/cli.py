@@ -56,7 +56,10 @@ def init_db_command() -> None:
     """Create or upgrade the database schema (alembic upgrade head)."""
     from .migrate import upgrade
 
-    upgrade(current_app.config["DATABASE_URL"])
+    config = current_app.config
+    upgrade(config["DATABASE_URL"], code_keys={
+        "CODE_ENCRYPTION_KEY": config["CODE_ENCRYPTION_KEY"],
+        "CODE_FINGERPRINT_KEY": config["CODE_FINGERPRINT_KEY"]})
     click.echo("database is at the newest schema")
 
 
@@ -167,6 +170,12 @@ def _print_report(report: ImportReport, path: Path, as_json: bool, rejected: boo
                    f"({issue.reason})", err=True)
     click.echo(f"imported {report.imported}, duplicate {report.duplicate}, "
                f"invalid {report.invalid}")
+    if report.in_other_programs:
+        listed = report.in_other_programs_lines
+        more = report.in_other_programs - len(listed)
+        click.echo(f"{report.in_other_programs} of the codes imported are held by another "
+                   f"program too (not an error): line{'s' if len(listed) > 1 else ''} "
+                   f"{', '.join(map(str, listed))}{f' and {more} more' if more else ''}")
     if rejected:  # the file as a whole: --skip-invalid would not help
         click.echo("nothing was imported: the file was rejected", err=True)
     elif not report.committed:

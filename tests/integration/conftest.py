@@ -50,7 +50,8 @@ from tests.helpers import (
 
 # Settings the app reads (config.py): none leaks into the processes from the caller's environment.
 APP_SETTINGS = (
-    "INSTANCE_PATH", "PORT", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "BASE_URL",
+    "INSTANCE_PATH", "PORT", "SECRET_KEY", "CODE_ENCRYPTION_KEY", "CODE_FINGERPRINT_KEY",
+    "DATABASE_URL", "CELERY_BROKER_URL", "BASE_URL",
     "SMTP_HOST", "SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_STARTTLS", "SMTP_SSL",
     "SMTP_TIMEOUT", "MAIL_FROM", "MAIL_RETRY_WINDOW_SECONDS", "MAIL_RETRY_BASE_SECONDS",
     "OUTBOX_DIR",

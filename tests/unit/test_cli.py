@@ -15,6 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlmodel import select
 from werkzeug.security import check_password_hash
 
+from tests.helpers import code_value
 from tests.unit.services.scenarios import lost_claims
 from tests.unit.services.test_verify import CASES as VERIFY_CASES
 from tests.unit.services.test_verify import constraints_lifted, corrupt, healthy_program
@@ -102,10 +103,10 @@ def _emails(session) -> set[str]:
 
 
 def _code_values(session, program_id=None) -> list[str]:
-    statement = select(Code.value).order_by(Code.id)
+    statement = select(Code.value_encrypted).order_by(Code.id)
     if program_id is not None:
         statement = statement.where(Code.program_id == program_id)
-    return list(_all(session, statement))
+    return [code_value(token) for token in _all(session, statement)]
 
 
 def _audit_actions(session) -> list[str]:
@@ -472,9 +473,20 @@ def test_set_quota_refusals_change_nothing(runner, session, allocated_three, arg
     assert _rows(session, select(CountryQuota.country, CountryQuota.quota)) == [("PK", 3)]
 
 
+def test_import_codes_names_the_lines_of_codes_another_program_holds(runner, factory, program,
+                                                                     tmp_path):
+    factory.codes(factory.program(slug="calm-1y"), ["SHARED-0001", "SHARED-0002"])
+    codes_file = tmp_path / "codes.txt"
+    codes_file.write_text("OWN-0001\nSHARED-0002\nSHARED-0001\n")
+    result = _ok(_run(runner, "import-codes", SLUG, codes_file))
+    assert result.stdout == ("imported 3, duplicate 0, invalid 0\n"
+                             "2 of the codes imported are held by another program too (not an "
+                             "error): lines 2, 3\n")
+
+
 def test_void_reissue_and_restore_commands(runner, session, allocated_three, smtp_server):
-    held = _rows(session, select(Code.value).where(Code.status == "assigned")
-                  .order_by(Code.id))
+    held = [code_value(token) for token in _rows(
+        session, select(Code.value_encrypted).where(Code.status == "assigned").order_by(Code.id))]
     result = _run(runner, "void-code", SLUG, held[0], "--reason", "partner: invalid")
     assert result.exit_code == 0, result.output
     assert "voided; claim #1 got code #4" in result.output

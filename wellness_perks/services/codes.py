@@ -1,4 +1,4 @@
-"""Codes after import: voiding, reissuing and restoring.
+"""Codes after import: voiding, reissuing, restoring, and a manager's audited reveal.
 
 A code that was ever assigned is never handed out again (``codeassignment.code_id`` is unique).
 Voiding an available code takes it out of stock; voiding an assigned one reissues: its claim gets
@@ -27,8 +27,8 @@ from ..models import (
     Creator,
     MailKind,
 )
-from . import audit, stock
-from .errors import Conflict, NotFound
+from . import audit, code_cipher, stock
+from .errors import Conflict, InvalidInput, NotFound
 from .mail import owe, owed
 from .programs import lock_program
 
@@ -42,8 +42,10 @@ class VoidResult:
 
 
 def _code_by_value(session: Session, program_id: int, value: str) -> Code:
+    """The program's code with this value, found by its fingerprint (never decrypted)."""
+    fingerprint = code_cipher.cipher().fingerprint(value.strip())
     code = session.exec(
-        select(Code).where(Code.program_id == program_id, Code.value == value.strip())
+        select(Code).where(Code.fingerprint == fingerprint, Code.program_id == program_id)
         .with_for_update().execution_options(populate_existing=True)
     ).first()
     if code is None:
@@ -148,3 +150,35 @@ def _after(result: VoidResult) -> None:
               new_code_id=result.new_code_id)
     if result.outbound_id is not None:
         dispatch.send_email(result.outbound_id)
+
+
+REVEALED = "code.revealed"
+MAX_REVEAL_REASON_LENGTH = 500
+
+
+def reveal_code(session: Session, code_id: int, actor: str, reason: str) -> str:
+    """The code in clear, for a manager who gives a reason; the reveal is an audit event.
+
+    The one way a manager sees a code (everywhere else a code is its id: ``code #12``). The
+    event records who, which code and why, never the code; nothing is logged.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("say why the code is revealed (the reason is audited)",
+                           field="reason")
+    if len(reason) > MAX_REVEAL_REASON_LENGTH:
+        raise InvalidInput(f"reason is longer than {MAX_REVEAL_REASON_LENGTH} characters",
+                           field="reason")
+    with write_transaction(session):
+        row = session.execute(sa.select(Code.value_encrypted, Code.program_id)
+                              .where(Code.id == code_id)).first()
+        if row is None:
+            raise NotFound("no such code")
+        token, program_id = row
+        value = code_cipher.cipher().decrypt(token)
+        audit.record(session, audit.event(actor=actor, action=REVEALED, object_type="code",
+                                          object_id=code_id, program_id=program_id,
+                                          detail={"reason": reason}))
+    log_event(REVEALED, code_id=code_id, program_id=program_id)
+    return value
+

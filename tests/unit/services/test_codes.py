@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from tests.helpers import redemption_code, stock, text_body
+from tests.helpers import code_fingerprint, redemption_code, stock, text_body
+from wellness_perks import dispatch
 from wellness_perks.db import get_session
-from wellness_perks.models import Claim, Code, CodeAssignment, MailStatus, OutboundEmail
+from wellness_perks.models import (
+    AuditEvent,
+    Claim,
+    Code,
+    CodeAssignment,
+    MailStatus,
+    OutboundEmail,
+)
 from wellness_perks.services import claims, codes, mail
-from wellness_perks.services.errors import Conflict, NotFound
+from wellness_perks.services.code_cipher import CodeCipher
+from wellness_perks.services.errors import Conflict, InvalidInput, NotFound
 from wellness_perks.services.verify import verify_program
 
 
@@ -29,7 +40,7 @@ def served(app, factory, session, smtp_server):
 
 def _code(session, value):
     session.rollback()
-    return session.exec(select(Code).where(Code.value == value)).one()
+    return session.exec(select(Code).where(Code.fingerprint == code_fingerprint(value))).one()
 
 
 def _verified(app, program):
@@ -174,3 +185,54 @@ def test_mail_for_a_code_voided_before_sending_is_cancelled(app, factory, sessio
     assert session.exec(select(sa.func.count()).select_from(Code)
                         .where(Code.status == "assigned")).one() == 1
     _verified(app, program)
+
+
+def test_a_manager_reveal_gives_the_code_and_audits_who_which_and_why(app, served, session,
+                                                                      caplog):
+    held = _code(session, "HS-A1-0001")
+    with app.app_context():
+        value = codes.reveal_code(get_session(), held.id, actor="manager:lead@example.com",
+                                  reason="partner asks which code creator a@ got")
+    assert value == "HS-A1-0001"
+    session.rollback()
+    [event] = session.exec(select(AuditEvent).where(AuditEvent.action == "code.revealed")).all()
+    assert (event.actor, event.object_type, event.object_id, event.program_id) == (
+        "manager:lead@example.com", "code", held.id, served.id)
+    assert json.loads(event.detail) == {"reason": "partner asks which code creator a@ got"}
+    assert "HS-A1-0001" not in caplog.text
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "x" * 501])
+def test_a_reveal_needs_a_reason_and_records_nothing_without_one(app, served, session, reason):
+    held = _code(session, "HS-A1-0001")
+    with app.app_context(), pytest.raises(InvalidInput) as refused:
+        codes.reveal_code(get_session(), held.id, actor="manager:m@example.com", reason=reason)
+    assert refused.value.field == "reason"
+    with app.app_context(), pytest.raises(NotFound):
+        codes.reveal_code(get_session(), 999, actor="manager:m@example.com", reason="why")
+    session.rollback()
+    assert session.exec(select(AuditEvent).where(AuditEvent.action == "code.revealed")).all() \
+        == []
+
+
+def test_claims_and_allocation_decrypt_nothing_and_each_mail_decrypts_its_code_once(
+        app, factory, smtp_server, monkeypatch):
+    program = factory.program(quota=10)
+    factory.creators(program, [f"c{i}@example.com" for i in range(5)])
+    factory.codes(program, [f"HS-DEC-{i:04d}" for i in range(6)])
+    decrypted = []
+    real = CodeCipher.decrypt
+    monkeypatch.setattr(CodeCipher, "decrypt",
+                        lambda self, token: decrypted.append(1) or real(self, token))
+    owed = []  # the mails are held back: claims and allocation run alone
+    monkeypatch.setattr(dispatch, "send_emails", owed.extend)
+    with app.app_context():
+        for creator_id in range(1, 6):
+            claims.request_claim(get_session(), program=program, creator_id=creator_id)
+        assert get_session().exec(select(sa.func.count()).select_from(Claim)
+                                  .where(Claim.state == "allocated")).one() == 5
+        assert len(owed) == 5 and decrypted == []
+        for outbound_id in owed:
+            mail.send(get_session(), outbound_id=outbound_id)
+    assert len(smtp_server.messages) == 5 and len(decrypted) == 5
+
