@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from .db import get_session
 from .models import Manager
-from .services import auth, codes, imports, mail, privacy, programs, sweeper
+from .services import auth, code_cipher, codes, imports, mail, privacy, programs, sweeper
 from .services import verify as violations
 from .services.countries import normalise_country, parse_country_quota
 from .services.errors import DomainError
@@ -296,6 +296,39 @@ def restore_code_command(slug: str, code: str) -> None:
     click.echo(f"code #{code_id} is back in stock")
 
 
+@click.command("rotate-code-key")
+@click.option("--batch-size", type=click.IntRange(min=1), default=codes.ROTATION_BATCH,
+              show_default=True, help="Codes re-encrypted per transaction.")
+@click.option("--show-fingerprint-key", is_flag=True,
+              help="Only print the fingerprint key in use (to set CODE_FINGERPRINT_KEY to it "
+                   "before the oldest encryption key is retired).")
+@with_appcontext
+def rotate_code_key_command(batch_size: int, show_fingerprint_key: bool) -> None:
+    """Re-encrypt every code under the newest key of CODE_ENCRYPTION_KEY (resumable: run it
+    again after an interruption)."""
+    cipher = code_cipher.cipher()
+    if show_fingerprint_key:
+        click.echo(cipher.fingerprint_key)
+        return
+    session = get_session()
+    left = codes.codes_under_older_keys(session)
+    with click.progressbar(length=left, label="re-encrypting codes", file=sys.stderr,
+                           hidden=not sys.stderr.isatty() or not left) as bar:
+        try:
+            rotated = codes.rotate_code_key(session, actor=CLI_ACTOR, batch_size=batch_size,
+                                            progress=bar.update)
+        except DomainError as exc:
+            _fail(str(exc))
+    click.echo(f"{rotated} code{'s' if rotated != 1 else ''} re-encrypted under the newest key; "
+               "every code is under it now")
+    if len(cipher.key_ids) > 1:
+        click.echo("the older keys can now be removed from CODE_ENCRYPTION_KEY")
+        if cipher.fingerprint_key_derived:
+            click.echo("before the oldest is removed, set CODE_FINGERPRINT_KEY to what "
+                       "`wellness-perks rotate-code-key --show-fingerprint-key` prints: the "
+                       "fingerprints are derived from the oldest key", err=True)
+
+
 @click.command("verify")
 @click.argument("slug")
 @click.option("--json", "as_json", is_flag=True, help="Print violations as JSON.")
@@ -432,6 +465,7 @@ COMMANDS = (
     void_code_command,
     reissue_command,
     restore_code_command,
+    rotate_code_key_command,
     quota_command,
     verify_command,
     sweep_command,

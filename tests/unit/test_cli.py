@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
+from cryptography.fernet import Fernet
 from sqlmodel import select
 from werkzeug.security import check_password_hash
 
@@ -32,6 +33,7 @@ from wellness_perks.models import (
     Manager,
     Program,
 )
+from wellness_perks.services.code_cipher import CodeCipher
 from wellness_perks.services.verify import Violation
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -482,6 +484,31 @@ def test_import_codes_names_the_lines_of_codes_another_program_holds(runner, fac
     assert result.stdout == ("imported 3, duplicate 0, invalid 0\n"
                              "2 of the codes imported are held by another program too (not an "
                              "error): lines 2, 3\n")
+
+
+def test_rotate_code_key_re_encrypts_under_the_newest_key_and_says_what_is_left(
+        app, runner, factory, program, session):
+    old = app.config["CODE_ENCRYPTION_KEY"]
+    factory.codes(program, ["HS-ROT-0001", "HS-ROT-0002", "HS-ROT-0003"])
+    new = Fernet.generate_key().decode()
+    app.config["CODE_ENCRYPTION_KEY"] = f"{new},{old}"
+    result = _ok(_run(runner, "rotate-code-key", "--batch-size", 2))
+    assert result.stdout == ("3 codes re-encrypted under the newest key; every code is under "
+                             "it now\nthe older keys can now be removed from "
+                             "CODE_ENCRYPTION_KEY\n")
+    assert "set CODE_FINGERPRINT_KEY to what `wellness-perks rotate-code-key " \
+           "--show-fingerprint-key` prints" in result.stderr
+    assert [code_value(t, new) for t in _all(session, select(Code.value_encrypted)
+                                                    .order_by(Code.id))] == [
+        "HS-ROT-0001", "HS-ROT-0002", "HS-ROT-0003"]
+    again = _ok(_run(runner, "rotate-code-key"))
+    assert again.stdout.startswith("0 codes re-encrypted")
+    shown = _ok(_run(runner, "rotate-code-key", "--show-fingerprint-key")).stdout.strip()
+    assert shown == CodeCipher(old).fingerprint_key
+    app.config["CODE_FINGERPRINT_KEY"] = "another key that is at least 32 bytes long"
+    app.config["CODE_ENCRYPTION_KEY"] = f"{Fernet.generate_key().decode()},{new}"
+    refused = _run(runner, "rotate-code-key")
+    assert refused.exit_code == 1 and "was fingerprinted with another key" in refused.output
 
 
 def test_void_reissue_and_restore_commands(runner, session, allocated_three, smtp_server):
