@@ -31,6 +31,7 @@ from wellness_perks.models import (
     Creator,
     Eligibility,
     Manager,
+    OutboundEmail,
     Program,
 )
 from wellness_perks.services.code_cipher import CodeCipher
@@ -295,10 +296,14 @@ def test_import_creators_json_report(runner, program):
     assert report["committed"] is False
     assert [(e["line"], e["field"]) for e in report["errors"]] == [
         (6, "country"), (8, "email"), (20, "handle")]
-    assert all(set(e) == {"line", "field", "reason"} and isinstance(e["line"], int)
-               and e["reason"] for e in report["errors"])
+    assert all(set(e) == {"line", "field", "code", "params", "reason"}
+               and isinstance(e["line"], int) and e["reason"] for e in report["errors"])
+    assert [e["code"] for e in report["errors"]] == [
+        "country_invalid", "email_invalid", "handle_empty"]
     assert report["duplicates"] == [
-        {"line": 21, "field": "email", "reason": "same email as line 2"}]
+        {"line": 21, "field": "email", "code": "duplicate_in_file", "params": {"first_line": 2},
+         "reason": "same email as line 2"}]
+    assert (report["errors_not_listed"], report["duplicates_not_listed"]) == (0, 0)
 
     good = _json(_ok(_run(runner, "import-creators", SLUG, CREATORS_SAMPLE, "--json")))
     assert (good["imported"], good["duplicate"], good["invalid"], good["errors"]) == (
@@ -383,8 +388,13 @@ def test_import_codes_json_report(runner, session, program):
     assert report["committed"] is False and "batch_id" not in report
     assert [(e["line"], e["field"]) for e in report["errors"]] == [
         (5, "code"), (13, "code"), (16, "code")]
-    assert all(set(e) == {"line", "field", "reason"} for e in report["errors"])
-    assert report["duplicates"] == [{"line": 2, "field": "code", "reason": "same code as line 1"}]
+    assert all(set(e) == {"line", "field", "code", "params", "reason"}
+               for e in report["errors"])
+    assert [e["code"] for e in report["errors"]] == ["too_long", "code_format", "code_format"]
+    assert report["errors"][0]["params"] == {"limit": 64}
+    assert report["duplicates"] == [{"line": 2, "field": "code", "code": "duplicate_in_file",
+                                     "params": {"first_line": 1},
+                                     "reason": "same code as line 1"}]
 
     good = _json(_ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--json")))
     assert (good["imported"], good["duplicate"], good["invalid"], good["errors"]) == (
@@ -557,14 +567,38 @@ def test_verify_command_exits_non_zero_on_violation(runner, app, factory, sessio
         session, select(Claim.id, Claim.creator_id, Claim.requested_at))
     line = f"I4: pending since {requested_at:%Y-%m-%d %H:%M:%S} (claim={claim_id} " \
            f"creator={creator_id})"
+    owed = f"owed: 1 claim(s) pending past the grace period, since " \
+           f"{requested_at:%Y-%m-%d %H:%M:%S} (claim #{claim_id})"
     result = runner.invoke(args=["verify", program.slug])
     assert result.exit_code == 1, (result.output, result.exception)
-    assert result.stdout.splitlines() == [line, f"{program.slug}: 1 violation(s)"]
+    assert result.stdout.splitlines() == [line, f"{program.slug}: 1 violation(s)", owed]
     result = runner.invoke(args=["verify", program.slug, "--json"])
     assert result.exit_code == 1, (result.output, result.exception)
     assert _json(result) == {"program": program.slug, "ok": False, "violations": [
         {"invariant": "I4", "message": f"pending since {requested_at:%Y-%m-%d %H:%M:%S}",
-         "claim_id": claim_id, "code_id": None, "creator_id": creator_id}]}
+         "claim_id": claim_id, "code_id": None, "creator_id": creator_id}], "owed": [
+        {"kind": "overdue_claims", "count": 1, "since": requested_at.isoformat(),
+         "ids": [claim_id], "message": owed}]}
+
+
+def test_verify_command_lists_owed_work_and_still_exits_0(runner, app, factory, session,
+                                                          smtp_server):
+    healthy_program(app, factory, session, smtp_server)
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.kind == "reissue")
+                    .values(status="failed", last_error="550 no such user"))
+    session.commit()
+    [(mail_id, created_at)] = _all(session, select(OutboundEmail.id, OutboundEmail.created_at)
+                                   .where(OutboundEmail.status == "failed"))
+    owed = (f"owed: 1 failed code mail(s), owed since {created_at:%Y-%m-%d %H:%M:%S} "
+            f"(mail #{mail_id}); resend-failed sends them again")
+    result = runner.invoke(args=["verify", SLUG])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.splitlines() == [f"{SLUG}: I1-I5 hold", owed]
+    result = runner.invoke(args=["verify", SLUG, "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    document = _json(result)
+    assert (document["ok"], document["violations"]) == (True, [])
+    assert [o["message"] for o in document["owed"]] == [owed]
 
 
 def test_verify_command_on_a_healthy_program(runner, app, factory, session, smtp_server):
@@ -574,7 +608,7 @@ def test_verify_command_on_a_healthy_program(runner, app, factory, session, smtp
     assert result.stdout == f"{SLUG}: I1-I5 hold\n"
     result = runner.invoke(args=["verify", SLUG, "--json"])
     assert result.exit_code == 0, (result.output, result.exception)
-    assert _json(result) == {"program": SLUG, "ok": True, "violations": []}
+    assert _json(result) == {"program": SLUG, "ok": True, "violations": [], "owed": []}
 
 
 # One corruption of each invariant (tests/unit/services/test_verify.py has one per message).
@@ -590,8 +624,9 @@ def test_verify_command_prints_each_violation_and_exits_1(name, runner, app, fac
         expected = case.expected(w)
         result = runner.invoke(args=["verify", SLUG])
         assert result.exit_code == 1, (result.output, result.exception)
-        assert result.stdout.splitlines() == [*expected,
-                                              f"{SLUG}: {len(expected)} violation(s)"]
+        # Work owed (a failed mail) follows as "owed:" lines, tested on their own.
+        assert [line for line in result.stdout.splitlines() if not line.startswith("owed: ")
+                ] == [*expected, f"{SLUG}: {len(expected)} violation(s)"]
         result = runner.invoke(args=["verify", SLUG, "--json"])
         assert result.exit_code == 1, (result.output, result.exception)
         document = _json(result)

@@ -8,8 +8,10 @@ row and nothing is written, unless the caller asks to skip invalid rows.
 from __future__ import annotations
 
 import csv
+import difflib
 import functools
 import io
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,14 +40,34 @@ from .emails import normalise_email
 from .errors import InvalidInput
 
 WRITE_CHUNK = 1000
-# Line numbers of codes also held by another program kept in a report (all are counted).
-MAX_LINES_LISTED = 1000
 MAX_CODE_LENGTH = 64
 CREATOR_COLUMNS = ("handle", "email", "country")
 MAX_HANDLE_LENGTH = 100
 MAX_NAME_LENGTH = 200
 MAX_BATCH_NAME_LENGTH = 200
 NOT_UTF8 = "the file is not UTF-8 text"
+# A report lists this many errors (and as many duplicates); the rest are only counted, so a
+# huge file of bad rows costs no more memory than a good one.
+MAX_LISTED_ISSUES = 1000
+# Line numbers of codes also held by another program kept in a report (all are counted).
+MAX_LINES_LISTED = MAX_LISTED_ISSUES
+# No line is held longer than this (a row of a real list is a few hundred characters): a longer
+# one is read past, never into memory whole.
+MAX_LINE_CHARS = 100_000
+# What a codes file may be headed with; the first line of a file without one of these is a code.
+KNOWN_CODE_HEADERS = ("code",)
+# Words a header of a codes file is made of, known or not: a first line close to one of them
+# is a header (see _header_like), never a code.
+_HEADER_WORDS = ("code", "codes", "voucher", "vouchers", "coupon", "coupons", "promo", "promos",
+                 "promocode", "promocodes", "key", "keys", "serial", "serials", "token", "tokens",
+                 "value", "values", "redemption", "subscription", "gift", "card", "number")
+_HEADER_CUTOFF = 0.8  # difflib ratio: "codes" ~ "code" 0.89, "CODX" ~ "code" 0.75
+# Letters only: one or more words, joined by a space, an underscore or a dash.
+_WORDS = re.compile(r"[^\W\d_]+(?:[ _-][^\W\d_]+)*")
+# Never stored nor mailed: C0 and C1 control characters (NUL, tab, line breaks, escape, DEL, ...)
+# and the Unicode line and paragraph separators. White space around a value is stripped first,
+# so only what would be stored is checked.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # With errors="surrogateescape", each byte that is not UTF-8 decodes to one of these (valid UTF-8
 # never does), so a bad line is found when it is read, with its own line number.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
@@ -55,12 +77,42 @@ Progress = Callable[[int], None]  # called with the number of bytes read so far
 
 @dataclass(frozen=True)
 class RowIssue:
+    """What is wrong on a line: ``code`` and ``params`` are stable (scripts read them from
+    ``--json``), ``reason`` is the same in English for the manager reading the report."""
+
     line: int
     field: str
     reason: str
+    code: str = field(default="row_invalid", compare=False)
+    params: dict = field(default_factory=dict, compare=False, hash=False)
 
     def as_dict(self) -> dict:
-        return {"line": self.line, "field": self.field, "reason": self.reason}
+        return {"line": self.line, "field": self.field, "code": self.code,
+                "params": dict(self.params), "reason": self.reason}
+
+
+class IssueList(list):
+    """The first ``limit`` issues; the rest are counted in ``not_listed``."""
+
+    def __init__(self, issues=(), limit: int = MAX_LISTED_ISSUES) -> None:
+        super().__init__()
+        self.limit = limit
+        self.not_listed = 0
+        self.extend(issues)
+
+    def append(self, issue: RowIssue) -> None:
+        if len(self) < self.limit:
+            super().append(issue)
+        else:
+            self.not_listed += 1
+
+    def extend(self, issues) -> None:
+        for issue in issues:
+            self.append(issue)
+
+    @property
+    def total(self) -> int:
+        return len(self) + self.not_listed
 
 
 @dataclass
@@ -68,8 +120,8 @@ class ImportReport:
     imported: int = 0
     duplicate: int = 0
     invalid: int = 0
-    errors: list[RowIssue] = field(default_factory=list)
-    duplicates: list[RowIssue] = field(default_factory=list)
+    errors: list[RowIssue] = field(default_factory=IssueList)
+    duplicates: list[RowIssue] = field(default_factory=IssueList)
     committed: bool = False
     batch_id: int | None = None
     # Codes imported that another program holds too: not an error (a partner may sell one
@@ -84,7 +136,9 @@ class ImportReport:
             "invalid": self.invalid,
             "committed": self.committed,
             "errors": [e.as_dict() for e in self.errors],
+            "errors_not_listed": _not_listed(self.errors),
             "duplicates": [d.as_dict() for d in self.duplicates],
+            "duplicates_not_listed": _not_listed(self.duplicates),
         }
         if self.in_other_programs:
             data["in_other_programs"] = self.in_other_programs
@@ -94,12 +148,18 @@ class ImportReport:
         return data
 
 
+def _not_listed(issues: list[RowIssue]) -> int:
+    return getattr(issues, "not_listed", 0)
+
+
 class FileRejected(InvalidInput):
     """The file as a whole cannot be read (empty, wrong header, not UTF-8): nothing imported."""
 
-    def __init__(self, line: int, field: str, reason: str) -> None:
-        super().__init__(f"line {line}, {field}: {reason}", field=field)
-        self.issue = RowIssue(line, field, reason)
+    def __init__(self, line: int, field: str, reason: str, *, code: str = "file_rejected",
+                 **params) -> None:
+        super().__init__(f"line {line}, {field}: {reason}", field=field, code=code,
+                         line=line, **params)
+        self.issue = RowIssue(line, field, reason, code, params)
 
 
 class _CountingReader(io.RawIOBase):
@@ -132,22 +192,92 @@ def _open_text(binary: BinaryIO, progress: Progress | None) -> io.TextIOWrapper:
 
 def _check_utf8(line: int, *texts: str) -> None:
     if any(_UNDECODABLE.search(text) for text in texts):
-        raise FileRejected(line, "file", NOT_UTF8)
+        raise FileRejected(line, "file", NOT_UTF8, code="not_utf8")
 
 
-def _csv_rows(reader, first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
+class _LineTooLong(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def _line_too_long(line: int) -> FileRejected:
+    return FileRejected(line, "file", f"line longer than {MAX_LINE_CHARS:,} characters",
+                        code="line_too_long", limit=MAX_LINE_CHARS)
+
+
+class _Lines:
+    """The file's lines, each at most MAX_LINE_CHARS characters in memory; ``number`` is the
+    line last read. Iterated (as csv.reader does), a longer line raises _LineTooLong."""
+
+    def __init__(self, text: io.TextIOWrapper, first_line: int = 1) -> None:
+        self._text = text
+        self.number = first_line - 1
+        self._split_crlf = False  # the last piece ended in CR: a LF next ends the same line
+
+    def _piece(self) -> str:
+        piece = self._text.readline(MAX_LINE_CHARS)
+        if self._split_crlf and piece.startswith("\n"):
+            piece = piece[1:] or self._text.readline(MAX_LINE_CHARS)
+        self._split_crlf = len(piece) == MAX_LINE_CHARS and piece.endswith("\r")
+        return piece
+
+    def read(self) -> tuple[str, bool] | None:
+        """(the next line, whether it is whole), or None at the end of the file."""
+        line = self._piece()
+        if line == "":
+            return None
+        self.number += 1
+        if len(line) < MAX_LINE_CHARS or line.endswith(("\n", "\r")):
+            return line, True
+        while True:  # read past the rest of the line
+            rest = self._piece()
+            if len(rest) < MAX_LINE_CHARS or rest.endswith(("\n", "\r")):
+                return line, False
+
+    def numbered(self) -> Iterator[tuple[int, str, bool]]:
+        """(number, line, whether it is whole) for each line left."""
+        while (got := self.read()) is not None:
+            yield self.number, *got
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        got = self.read()
+        if got is None:
+            raise StopIteration
+        line, whole = got
+        if not whole:
+            raise _LineTooLong(self.number)
+        return line
+
+
+def _control_issue(line: int, name: str, value: str) -> RowIssue | None:
+    """A value holding a control character (see _CONTROL): never stored, mailed or echoed."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    char = f"U+{ord(found.group()):04X}"
+    return RowIssue(line, name, f"contains a control character ({char})",
+                    "control_character", {"character": char})
+
+
+def _csv_rows(lines: _Lines) -> Iterator[tuple[int, list[str]]]:
     """(line where the row starts, fields), skipping blank lines; turns decoding trouble into
     FileRejected with the line it happened on."""
-    line = first_line - 1
+    reader = csv.reader(lines)
     while True:
-        start = line + 1
+        start = lines.number + 1
         try:
             row = next(reader)
         except StopIteration:
             return
+        except _LineTooLong as exc:
+            raise _line_too_long(exc.line) from None
         except csv.Error as exc:
-            raise FileRejected(start, "file", f"unreadable CSV: {exc}") from exc
-        line = first_line - 1 + reader.line_num
+            raise FileRejected(start, "file", f"unreadable CSV: {exc}", code="csv_unreadable",
+                               detail=str(exc)) from exc
         _check_utf8(start, *row)
         if not row or all(not cell.strip() for cell in row):
             continue
@@ -236,11 +366,12 @@ def import_creators(
     program_id = program.id
     begin_write(session)
     text = _open_text(stream, progress)
-    rows = _csv_rows(csv.reader(text))
+    rows = _csv_rows(_Lines(text))
     first = next(rows, None)
     if first is None:
         raise FileRejected(1, "header", "the file is empty: expected a header line "
-                                        "'handle,email,country' (and optionally 'name')")
+                                        "'handle,email,country' (and optionally 'name')",
+                           code="file_empty", expected="handle,email,country")
     header_line, header = first
     columns = [h.strip().lower() for h in header]
     missing = [c for c in CREATOR_COLUMNS if c not in columns]
@@ -249,10 +380,12 @@ def import_creators(
             header_line, "header",
             f"missing column(s) {', '.join(missing)}; expected 'handle,email,country' "
             f"(and optionally 'name'), found {','.join(columns)!r}",
+            code="header_missing_columns", missing=missing, found=columns,
         )
     repeated = sorted({c for c in columns if c and columns.count(c) > 1})
     if repeated:
-        raise FileRejected(header_line, "header", f"column(s) named twice: {', '.join(repeated)}")
+        raise FileRejected(header_line, "header", f"column(s) named twice: {', '.join(repeated)}",
+                           code="header_repeated_columns", repeated=repeated)
     index = {name: columns.index(name) for name in (*CREATOR_COLUMNS, "name") if name in columns}
 
     seen: dict[str, int] = {}
@@ -260,35 +393,15 @@ def import_creators(
                      lambda chunk: _write_creators(session, program_id, chunk, report))
 
     for line, row in rows:
-        if len(row) != len(columns):
-            _invalid(report, [RowIssue(line, "row", f"expected {len(columns)} fields, "
-                                                    f"found {len(row)}")])
-            continue
-        issues: list[RowIssue] = []
-        handle = row[index["handle"]].strip()
-        if not handle:
-            issues.append(RowIssue(line, "handle", "handle is empty"))
-        elif len(handle) > MAX_HANDLE_LENGTH:
-            issues.append(RowIssue(line, "handle", f"longer than {MAX_HANDLE_LENGTH} characters"))
-        email = None
-        try:
-            email = normalise_email(row[index["email"]])
-        except InvalidInput as exc:
-            issues.append(RowIssue(line, "email", str(exc)))
-        country = None
-        try:
-            country = normalise_country(row[index["country"]])
-        except InvalidInput as exc:
-            issues.append(RowIssue(line, "country", str(exc)))
-        name = row[index["name"]].strip() if "name" in index else ""
-        if len(name) > MAX_NAME_LENGTH:
-            issues.append(RowIssue(line, "name", f"longer than {MAX_NAME_LENGTH} characters"))
+        issues, creator = _creator_row(line, row, len(columns), index)
         if issues:
             _invalid(report, issues)
             continue
+        handle, email, country, name = creator
         if email in seen:
             report.duplicate += 1
-            report.duplicates.append(RowIssue(line, "email", f"same email as line {seen[email]}"))
+            report.duplicates.append(RowIssue(line, "email", f"same email as line {seen[email]}",
+                                              "duplicate_in_file", {"first_line": seen[email]}))
             continue
         seen[email] = line
         writer.add((line, handle, email, country, name or None))
@@ -301,6 +414,50 @@ def import_creators(
             detail={"file": filename, "imported": report.imported,
                     "duplicate": report.duplicate, "invalid": report.invalid}))
     return _finish(session, report, skip_invalid)
+
+
+def _wrong_width(line: int, width: int, found: int) -> RowIssue:
+    return RowIssue(line, "row", f"expected {width} fields, found {found}", "row_width",
+                    {"expected": width, "found": found})
+
+
+def _too_long(line: int, name: str, limit: int) -> RowIssue:
+    return RowIssue(line, name, f"longer than {limit} characters", "too_long", {"limit": limit})
+
+
+def _creator_row(line: int, row: list[str], width: int, index: dict[str, int]):
+    """(issues, None) for an invalid row, else ([], (handle, email, country, name or None))."""
+    if len(row) != width:
+        return [_wrong_width(line, width, len(row))], None
+    issues: list[RowIssue] = []
+    values = {name: row[i].strip() for name, i in index.items()}
+    for name, value in values.items():
+        control = _control_issue(line, name, value)
+        if control is not None:
+            issues.append(control)
+    if issues:  # nothing else is said of a value that holds a control character
+        return issues, None
+    handle = values["handle"]
+    if not handle:
+        issues.append(RowIssue(line, "handle", "handle is empty", "handle_empty"))
+    elif len(handle) > MAX_HANDLE_LENGTH:
+        issues.append(_too_long(line, "handle", MAX_HANDLE_LENGTH))
+    email = country = None
+    try:
+        email = normalise_email(values["email"])
+    except InvalidInput as exc:
+        issues.append(RowIssue(line, "email", str(exc), exc.code, exc.params))
+    try:
+        country = normalise_country(values["country"])
+    except InvalidInput as exc:
+        issues.append(RowIssue(line, "country", str(exc), exc.code,
+                               {"value": values["country"][:20]}))
+    name = values.get("name", "")
+    if len(name) > MAX_NAME_LENGTH:
+        issues.append(_too_long(line, "name", MAX_NAME_LENGTH))
+    if issues:
+        return issues, None
+    return [], (handle, email, country, name or None)
 
 
 def _write_creators(session: Session, program_id: int, chunk: list, report: ImportReport) -> None:
@@ -333,7 +490,8 @@ def _write_creators(session: Session, program_id: int, chunk: list, report: Impo
         if creator_id in already:
             report.duplicate += 1
             report.duplicates.append(
-                RowIssue(line, "email", "already on this program's eligibility list"))
+                RowIssue(line, "email", "already on this program's eligibility list",
+                         "already_listed"))
             continue
         eligibility_rows.append({"program_id": program_id, "creator_id": creator_id,
                                  "created_at": now})
@@ -377,6 +535,10 @@ def import_codes(
     if batch_name is not None and len(batch_name) > MAX_BATCH_NAME_LENGTH:
         raise InvalidInput(f"batch name is longer than {MAX_BATCH_NAME_LENGTH} characters",
                            field="batch-name")
+    if batch_name is not None and _CONTROL.search(batch_name):
+        raise InvalidInput("batch name contains a control character", field="batch-name",
+                           code="control_character")
+    filename = _CONTROL.sub("\ufffd", filename)  # a file's name is stored and shown
     report = ImportReport()
     program_id = program.id
     begin_write(session)
@@ -385,22 +547,7 @@ def import_codes(
     format_text = describe_code_pattern(program.code_pattern)
     text = _open_text(stream, progress)
 
-    first_number = 1
-    first_line = text.readline()
-    while first_line and not first_line.strip():  # leading blank lines
-        first_number += 1
-        first_line = text.readline()
-    if first_line == "":
-        raise FileRejected(1, "file", "the file is empty: expected codes, one per line, "
-                                      "or a CSV with a 'code' column")
-    _check_utf8(first_number, first_line)
-    header_cells = [c.strip().lower() for c in next(csv.reader([first_line]), [])]
-    if "code" in header_cells:
-        column = header_cells.index("code")
-        width = len(header_cells)
-        entries = _csv_code_entries(csv.reader(text), column, width, report, first_number + 1)
-    else:
-        entries = _plain_code_entries(text, first_line, first_number)
+    entries = _code_entries(text, report)
 
     batch = CodeBatch(
         program_id=program_id,
@@ -417,16 +564,14 @@ def import_codes(
     for line, value in entries:
         if not value:
             continue
-        if len(value) > MAX_CODE_LENGTH:
-            _invalid(report, [RowIssue(line, "code",
-                                       f"longer than {MAX_CODE_LENGTH} characters")])
-            continue
-        if not pattern.fullmatch(value):
-            _invalid(report, [RowIssue(line, "code", f"does not match {format_text}")])
+        issue = _code_issue(line, value, pattern, format_text)
+        if issue is not None:
+            _invalid(report, [issue])
             continue
         if value in seen:
             report.duplicate += 1
-            report.duplicates.append(RowIssue(line, "code", f"same code as line {seen[value]}"))
+            report.duplicates.append(RowIssue(line, "code", f"same code as line {seen[value]}",
+                                              "duplicate_in_file", {"first_line": seen[value]}))
             continue
         seen[value] = line
         writer.add((line, value))
@@ -453,24 +598,112 @@ def import_codes(
     return report
 
 
-def _plain_code_entries(text: io.TextIOWrapper, first_line: str,
-                        line: int) -> Iterator[tuple[int, str]]:
-    yield line, first_line.strip()
-    while True:
-        raw = text.readline()
-        if raw == "":
-            return
-        line += 1
-        _check_utf8(line, raw)
-        yield line, raw.strip()
+def _code_entries(text: io.TextIOWrapper, report: ImportReport) -> Iterator[tuple[int, str]]:
+    """(line, code stripped) for each code of a codes file: a CSV headed by a known header
+    (its column), or one code per line. A first line that looks like a header but is not a
+    known one rejects the file (see _header_like). Rows found invalid on the way are put in
+    the report."""
+    lines = _Lines(text)
+    first = _next_filled(lines)
+    if first is None:
+        raise FileRejected(1, "file", "the file is empty: expected codes, one per line, "
+                                      "or a CSV with a 'code' column", code="file_empty")
+    first_number, first_text, whole = first
+    _check_utf8(first_number, first_text)
+    cells: list[str] = []
+    if whole:
+        try:
+            cells = [c.strip() for c in next(csv.reader([first_text]), [])]
+        except csv.Error:
+            cells = []
+    lowered = [c.lower() for c in cells]
+    for known in KNOWN_CODE_HEADERS:
+        if known in lowered:
+            return _csv_code_entries(lines, lowered.index(known), len(cells), report)
+    second = _next_filled(lines)
+    if whole and _header_like(cells, second[1].strip() if second else None):
+        found = first_text.strip()[:40]
+        headers = ", ".join(repr(h) for h in KNOWN_CODE_HEADERS)
+        raise FileRejected(
+            first_number, "header",
+            f"{found!r} looks like a header, but the known header is {headers}: name the "
+            f"column {KNOWN_CODE_HEADERS[0]!r}, or, if {found!r} is a code, put a line "
+            f"{KNOWN_CODE_HEADERS[0]!r} above it",
+            code="header_unknown", found=found, known=list(KNOWN_CODE_HEADERS))
+    head = [first] if second is None else [first, second]
+    return _plain_code_entries(itertools.chain(head, lines.numbered()), report)
 
 
-def _csv_code_entries(reader, column: int, width: int, report: ImportReport, first_line: int):
-    for line, row in _csv_rows(reader, first_line=first_line):
+def _next_filled(lines: _Lines) -> tuple[int, str, bool] | None:
+    """The next line that is not blank, as (number, text, whole), or None at the end."""
+    for number, text, whole in lines.numbered():
+        if text.strip() or not whole:
+            return number, text, whole
+    return None
+
+
+def _header_like(cells: list[str], next_code: str | None) -> bool:
+    """Whether a codes file's first line (split as CSV) is a header rather than a code.
+
+    Only letters (words joined by a space, underscore or dash) can be a header; then it is one
+    when it has several cells (a plain file holds one code a line), when a word of it is close
+    to a word headers are made of (``codes``, ``Voucher``, ``coupon_code``, ``promo-code``), or,
+    with no dash in it, when it is not shaped like the code on the next line (``Gutschein``
+    over ``HS-1234``). An all-letters code over codes of its shape (``ABCDEFGH`` over
+    ``QWERTYUI``) stays a code, as does ``HS-abcd`` over ``HS-ABCD``.
+    """
+    words = [c for c in cells if c]
+    if not words or not all(_WORDS.fullmatch(w) for w in words):
+        return False
+    if len(words) > 1:
+        return True
+    [word] = words
+    for part in re.split(r"[ _-]", word.lower()):
+        if difflib.get_close_matches(part, _HEADER_WORDS, n=1, cutoff=_HEADER_CUTOFF):
+            return True
+    return ("-" not in word and next_code is not None
+            and _shape(word) != _shape(next_code))
+
+
+def _shape(text: str) -> str:
+    """Runs of capitals, small letters, digits and other characters: "HS-ab12" -> "A-a9"."""
+    runs: list[str] = []
+    for char in text:
+        kind = ("A" if char.isupper() else "a" if char.isalpha()
+                else "9" if char.isdigit() else char)
+        if not runs or runs[-1] != kind:
+            runs.append(kind)
+    return "".join(runs)
+
+
+def _plain_code_entries(numbered, report: ImportReport) -> Iterator[tuple[int, str]]:
+    for number, raw, whole in numbered:
+        _check_utf8(number, raw)
+        if not whole:
+            _invalid(report, [_too_long(number, "code", MAX_CODE_LENGTH)])
+            continue
+        yield number, raw.strip()
+
+
+def _csv_code_entries(lines: _Lines, column: int, width: int, report: ImportReport):
+    for line, row in _csv_rows(lines):
         if len(row) != width:
-            _invalid(report, [RowIssue(line, "row", f"expected {width} fields, found {len(row)}")])
+            _invalid(report, [_wrong_width(line, width, len(row))])
             continue
         yield line, row[column].strip()
+
+
+def _code_issue(line: int, value: str, pattern: re.Pattern, format_text: str) -> RowIssue | None:
+    """What is wrong with a code (stripped), if anything."""
+    control = _control_issue(line, "code", value)
+    if control is not None:
+        return control
+    if len(value) > MAX_CODE_LENGTH:
+        return _too_long(line, "code", MAX_CODE_LENGTH)
+    if not pattern.fullmatch(value):
+        return RowIssue(line, "code", f"does not match {format_text}", "code_format",
+                        {"pattern": pattern.pattern})
+    return None
 
 
 # PostgreSQL: a chunk of codes is one statement with two array parameters (a statement of 1,000
@@ -524,7 +757,8 @@ def _write_codes(session: Session, program_id: int, batch_id: int, chunk: list,
     for (line, _value), fp in zip(chunk, fingerprints, strict=True):
         if fp not in inserted:
             report.duplicate += 1
-            report.duplicates.append(RowIssue(line, "code", "already in this program's stock"))
+            report.duplicates.append(RowIssue(line, "code", "already in this program's stock",
+                                              "already_in_stock"))
         elif fp in elsewhere:
             report.in_other_programs += 1
             if len(report.in_other_programs_lines) < MAX_LINES_LISTED:
