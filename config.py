@@ -55,6 +55,71 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+MAKE_A_CODE_KEY = ('python -c "from cryptography.fernet import Fernet;'
+                   'print(Fernet.generate_key().decode())"')
+
+
+def _generated_once(key_file: Path, make) -> str:
+    """A key of this install kept in ``key_file``, made by ``make()`` the first time: every
+    process that starts together on a fresh install reads the same key. It is written whole to
+    a file of its own (mode 0600) and then linked to its name, which fails if another process
+    linked its key first: the name only ever holds a complete key, the first."""
+    if not key_file.exists():
+        key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=f".{key_file.name}-")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(make() + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, key_file)
+            except FileExistsError:
+                pass  # another process made the key first: theirs is the install's
+        finally:
+            os.unlink(tmp)
+    return key_file.read_text().strip()
+
+
+def _code_encryption_key(given: str | None, instance_path: Path, database_url: str) -> str:
+    """CODE_ENCRYPTION_KEY: one or more Fernet keys, comma-separated, newest first.
+
+    The embedded default (SQLite) makes a development key in instance/; a production database
+    (PostgreSQL) never runs on a key nobody chose and kept: without one the process stops.
+    """
+    keys = given or _env("CODE_ENCRYPTION_KEY")
+    where = "CODE_ENCRYPTION_KEY"
+    if not keys:
+        if database_url.startswith("postgresql"):
+            raise RuntimeError(
+                "CODE_ENCRYPTION_KEY is not set: codes are stored encrypted, and a PostgreSQL "
+                "database needs a key that is kept safe outside it (lose it and the codes are "
+                f"lost). Make one with: {MAKE_A_CODE_KEY}")
+        from cryptography.fernet import Fernet
+
+        key_file = instance_path / "code_encryption_key"
+        keys = _generated_once(key_file, lambda: Fernet.generate_key().decode())
+        where = str(key_file)
+    return check_code_keys(keys, where)
+
+
+def check_code_keys(keys: str, where: str) -> str:
+    """Each comma-separated part must be a Fernet key (32 bytes, URL-safe base64); the message
+    names which part, never the key."""
+    from cryptography.fernet import Fernet
+
+    parts = [part.strip() for part in keys.split(",")]
+    for number, part in enumerate(parts, start=1):
+        try:
+            Fernet(part)
+        except ValueError:
+            raise RuntimeError(
+                f"{where}: key {number} of {len(parts)} is not a Fernet key (32 bytes, URL-safe "
+                f"base64, newest first, comma-separated); make one with: {MAKE_A_CODE_KEY}"
+            ) from None
+    return ",".join(parts)
+
+
 # Sessions and sign-in links are signed with SECRET_KEY: a short one can be guessed offline
 # from a single signed cookie.
 MIN_SECRET_KEY_BYTES = 32
@@ -70,27 +135,8 @@ def _secret_key(instance_path: Path) -> str:
 
 
 def _instance_secret_key(key_file: Path) -> str:
-    """The development key of this install, made once: every process that starts together on a
-    fresh install reads the same key.
-
-    The key is written whole to a file of its own and then linked to its name, which fails if
-    another process linked its key first: the name only ever holds a complete key, the first.
-    """
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".secret_key-")  # mode 0600
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, key_file)
-            except FileExistsError:
-                pass  # another process made the key first: theirs is the install's
-        finally:
-            os.unlink(tmp)
-    return key_file.read_text().strip()
+    """The development key of this install, made once (``_generated_once``)."""
+    return _generated_once(key_file, lambda: secrets.token_urlsafe(48))
 
 
 def check_secret_key(key: str, where: str) -> str:
@@ -121,6 +167,7 @@ class Config:
         self.SECRET_KEY = check_secret_key(
             given_key or _secret_key(instance),
             "SECRET_KEY" if given_key or _env("SECRET_KEY") else str(instance / "secret_key"))
+        given_code_key = overrides.pop("CODE_ENCRYPTION_KEY", None)
         self.DATABASE_URL = normalise_database_url(
             _env("DATABASE_URL", f"sqlite:///{instance / 'wellness_perks.db'}")
         )
@@ -209,9 +256,19 @@ class Config:
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session
+        # The key that fingerprints codes (HMAC-SHA256) for uniqueness and look-up. It never
+        # changes: empty, it is derived from the oldest key of CODE_ENCRYPTION_KEY, so set it
+        # before that key is retired (docs/design.md, "Codes at rest").
+        self.CODE_FINGERPRINT_KEY = _env("CODE_FINGERPRINT_KEY", "")
         for key, value in overrides.items():
             setattr(self, key, value)
         self.DATABASE_URL = normalise_database_url(self.DATABASE_URL)
+        # Settled last: whether a key may be generated depends on the database it is for.
+        self.CODE_ENCRYPTION_KEY = _code_encryption_key(given_code_key, instance,
+                                                        self.DATABASE_URL)
+        if self.CODE_FINGERPRINT_KEY and len(self.CODE_FINGERPRINT_KEY.encode()) < 32:
+            raise RuntimeError("CODE_FINGERPRINT_KEY must be at least 32 bytes long; make one "
+                               f"with: {MAKE_A_CODE_KEY}")
         if not self.RATELIMIT_STORAGE_URI:  # the broker's Redis, or this process's memory
             broker_redis = self.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
             self.RATELIMIT_STORAGE_URI = self.CELERY_BROKER_URL if broker_redis else "memory://"

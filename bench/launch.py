@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 
+from harness.codes import code_in_clear
 from harness.errors import HarnessError
 from harness.postgres import connect
 from harness.waiting import wait_for
@@ -388,10 +389,12 @@ class LaunchBench(BenchRun):
                    and summary["remaining"] == args.q - expected,
                    f"in_stock {summary['in_stock']}, remaining {summary['remaining']}")
         with connect(self.db_url) as conn:
-            held = conn.execute(
-                "SELECT cr.email, co.value FROM claim c JOIN program p ON p.id = c.program_id "
+            held = [(email, code_in_clear(self.env["CODE_ENCRYPTION_KEY"], token))
+                    for email, token in conn.execute(
+                "SELECT cr.email, co.value_encrypted FROM claim c "
+                "JOIN program p ON p.id = c.program_id "
                 "JOIN creator cr ON cr.id = c.creator_id JOIN code co ON co.id = c.code_id "
-                "WHERE p.slug = %s AND c.state = 'allocated'", (slug,)).fetchall()
+                "WHERE p.slug = %s AND c.state = 'allocated'", (slug,)).fetchall()]
         codes = [code for _email, code in held]
         self.check(prefix + "allocated claims hold distinct codes",
                    len(held) == expected and len(set(codes)) == len(codes),

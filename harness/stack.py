@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.codes import new_code_key
 from harness.commands import BIN
 from harness.errors import HarnessError
 from harness.postgres import plain_url
@@ -38,6 +39,7 @@ def product_env(*, database_url: str, broker_url: str, smtp_port: int, base_url:
         "MAIL_FROM": mail_from,
         "BASE_URL": base_url,
         "SECRET_KEY": secrets.token_hex(32),
+        "CODE_ENCRYPTION_KEY": new_code_key(),
         "INSTANCE_PATH": str(workdir / "instance"),
         "PYTHONUNBUFFERED": "1",
         "HOME": str(workdir / "home"),

@@ -17,6 +17,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from sqlmodel import Session, SQLModel
 
 from tests.helpers import (
+    CODE_ENCRYPTION_KEY,
     TEST_SECRET_KEY,
     MailCatcher,
     csrf_token,
@@ -114,6 +115,7 @@ def app_config(database_url, tmp_path, smtp_server):
         "INSTANCE_PATH": str(tmp_path / "instance"),
         "OUTBOX_DIR": str(tmp_path / "outbox"),
         "SECRET_KEY": TEST_SECRET_KEY,
+        "CODE_ENCRYPTION_KEY": CODE_ENCRYPTION_KEY,
         "BASE_URL": "http://localhost",
         "CELERY_BROKER_URL": "",
         "SMTP_HOST": "127.0.0.1",

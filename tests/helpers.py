@@ -13,6 +13,7 @@ from email.message import EmailMessage
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet, MultiFernet
 
 from harness.broker import redis_ping
 from harness.ports import free_port  # noqa: F401 - the tests take it from here
@@ -22,6 +23,8 @@ from harness.waiting import wait_for
 from wellness_perks.models import Code, CodeStatus, Program
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+# The tests' codes are encrypted under this key (a fresh one per test session).
+CODE_ENCRYPTION_KEY = Fernet.generate_key().decode()
 # Where the tests find the services (test harness settings, not app settings).
 POSTGRES = PostgresServer(os.environ.get(
     "TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
@@ -161,3 +164,19 @@ def redemption_code(message: EmailMessage) -> str:
     match = re.search(r"^ {4}(\S+)\r?$", text_body(message), re.MULTILINE)
     assert match, "no code in the redemption mail"
     return match.group(1)
+
+
+def code_value(token: bytes, keys: str = CODE_ENCRYPTION_KEY) -> str:
+    """A stored code in clear: its token decrypted as Fernet (any of ``keys``) decrypts it."""
+    return MultiFernet([Fernet(k) for k in keys.split(",")]).decrypt(bytes(token)).decode()
+
+
+def code_fingerprint(value: str, keys: str = CODE_ENCRYPTION_KEY) -> bytes:
+    from wellness_perks.services.code_cipher import CodeCipher
+
+    return CodeCipher(keys).fingerprint(value)
+
+
+def code_values(session, statement) -> list[str]:
+    """The codes ``statement`` selects (one column: ``Code.value_encrypted``), in clear."""
+    return [code_value(token) for token in session.exec(statement).all()]

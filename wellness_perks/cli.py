@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from .db import get_session
 from .models import Manager
-from .services import auth, codes, health, imports, mail, privacy, programs, sweeper
+from .services import auth, code_cipher, codes, health, imports, mail, privacy, programs, sweeper
 from .services import verify as violations
 from .services.countries import normalise_country, parse_country_quota
 from .services.errors import DomainError
@@ -56,7 +56,10 @@ def init_db_command() -> None:
     """Create or upgrade the database schema (alembic upgrade head)."""
     from .migrate import upgrade
 
-    upgrade(current_app.config["DATABASE_URL"])
+    config = current_app.config
+    upgrade(config["DATABASE_URL"], code_keys={
+        "CODE_ENCRYPTION_KEY": config["CODE_ENCRYPTION_KEY"],
+        "CODE_FINGERPRINT_KEY": config["CODE_FINGERPRINT_KEY"]})
     click.echo("database is at the newest schema")
 
 
@@ -171,6 +174,12 @@ def _print_report(report: ImportReport, path: Path, as_json: bool, rejected: boo
         click.echo(f"{path.name}: and {not_listed:,} more duplicates", err=True)
     click.echo(f"imported {report.imported}, duplicate {report.duplicate}, "
                f"invalid {report.invalid}")
+    if report.in_other_programs:
+        listed = report.in_other_programs_lines
+        more = report.in_other_programs - len(listed)
+        click.echo(f"{report.in_other_programs} of the codes imported are held by another "
+                   f"program too (not an error): line{'s' if len(listed) > 1 else ''} "
+                   f"{', '.join(map(str, listed))}{f' and {more} more' if more else ''}")
     if rejected:  # the file as a whole: --skip-invalid would not help
         click.echo("nothing was imported: the file was rejected", err=True)
     elif not report.committed:
@@ -289,6 +298,39 @@ def restore_code_command(slug: str, code: str) -> None:
     except DomainError as exc:
         _fail(str(exc))
     click.echo(f"code #{code_id} is back in stock")
+
+
+@click.command("rotate-code-key")
+@click.option("--batch-size", type=click.IntRange(min=1), default=codes.ROTATION_BATCH,
+              show_default=True, help="Codes re-encrypted per transaction.")
+@click.option("--show-fingerprint-key", is_flag=True,
+              help="Only print the fingerprint key in use (to set CODE_FINGERPRINT_KEY to it "
+                   "before the oldest encryption key is retired).")
+@with_appcontext
+def rotate_code_key_command(batch_size: int, show_fingerprint_key: bool) -> None:
+    """Re-encrypt every code under the newest key of CODE_ENCRYPTION_KEY (resumable: run it
+    again after an interruption)."""
+    cipher = code_cipher.cipher()
+    if show_fingerprint_key:
+        click.echo(cipher.fingerprint_key)
+        return
+    session = get_session()
+    left = codes.codes_under_older_keys(session)
+    with click.progressbar(length=left, label="re-encrypting codes", file=sys.stderr,
+                           hidden=not sys.stderr.isatty() or not left) as bar:
+        try:
+            rotated = codes.rotate_code_key(session, actor=CLI_ACTOR, batch_size=batch_size,
+                                            progress=bar.update)
+        except DomainError as exc:
+            _fail(str(exc))
+    click.echo(f"{rotated} code{'s' if rotated != 1 else ''} re-encrypted under the newest key; "
+               "every code is under it now")
+    if len(cipher.key_ids) > 1:
+        click.echo("the older keys can now be removed from CODE_ENCRYPTION_KEY")
+        if cipher.fingerprint_key_derived:
+            click.echo("before the oldest is removed, set CODE_FINGERPRINT_KEY to what "
+                       "`wellness-perks rotate-code-key --show-fingerprint-key` prints: the "
+                       "fingerprints are derived from the oldest key", err=True)
 
 
 @click.command("verify")
@@ -458,6 +500,7 @@ COMMANDS = (
     void_code_command,
     reissue_command,
     restore_code_command,
+    rotate_code_key_command,
     quota_command,
     verify_command,
     health_command,

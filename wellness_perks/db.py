@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ def make_engine(url: str, pool_size: int = 10) -> sa.Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(path))
         engine = sa.create_engine(
             url, hide_parameters=True, connect_args={"timeout": 30, "check_same_thread": False}
         )
@@ -40,6 +41,17 @@ def make_engine(url: str, pool_size: int = 10) -> sa.Engine:
                               max_overflow=pool_size)
     _ping_when_idle(engine)
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """The SQLite file holds every table: made readable by its owner only (0600), before
+    SQLite opens it, in a folder of the owner's (0700 when made here). SQLite gives its -wal
+    and -shm files the database file's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
 
 
 # A pooled connection that has sat idle longer than this is pinged before it is handed out.

@@ -228,8 +228,13 @@ class CodeBatch(SQLModel, table=True):
 
 
 class Code(SQLModel, table=True):
+    """A code, never in clear: its Fernet token and its keyed fingerprint
+    (``services/code_cipher.py``)."""
+
     __table_args__ = (
-        sa.UniqueConstraint("program_id", "value", name="uq_code_program_value"),
+        # A code once per program, compared by fingerprint. Fingerprint first, so the same
+        # index finds a code in any program (an import reports those known elsewhere).
+        sa.UniqueConstraint("fingerprint", "program_id", name="uq_code_fingerprint_program"),
         # Picking the next available code of a program is an index range scan.
         sa.Index("ix_code_pick", "program_id", "status", "id"),
     )
@@ -237,7 +242,12 @@ class Code(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     program_id: int = Field(foreign_key="program.id", nullable=False)
     batch_id: int = Field(foreign_key="codebatch.id", nullable=False, index=True)
-    value: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    # The code encrypted (a Fernet token), and which key made the token (rotation re-encrypts
+    # what another key made).
+    value_encrypted: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    key_id: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    # HMAC-SHA256 of the code under the fingerprint key: equal codes, equal fingerprints.
+    fingerprint: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
     status: CodeStatus = Field(
         default=CodeStatus.available,
         sa_column=sa.Column(sa.String(16), nullable=False, default=CodeStatus.available.value),

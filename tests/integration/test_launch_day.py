@@ -37,6 +37,7 @@ import requests
 import sqlalchemy as sa
 
 from harness.broker import RedisServer
+from harness.codes import code_in_clear
 from harness.waiting import wait_for
 from tests.helpers import redemption_code, service_missing, text_body
 from tests.integration.conftest import SignedIn, Stack, require_stack_services, running_stack
@@ -207,9 +208,12 @@ def claim_all(st: Stack, slug: str, browsers: Iterable[SignedIn],
 
 def claims(st: Stack, slug: str) -> list[ClaimRow]:
     """The program's claims in claim order (claim id), with each one's code."""
+    keys = st.env["CODE_ENCRYPTION_KEY"]
     with st.db() as conn:
-        return [ClaimRow(*row) for row in conn.execute(sa.text(
-            "SELECT claim.id, creator.email, claim.country, claim.state, claim.reason, code.value "
+        return [ClaimRow(*row[:5], code_in_clear(keys, row[5]) if row[5] else None)
+                for row in conn.execute(sa.text(
+            "SELECT claim.id, creator.email, claim.country, claim.state, claim.reason, "
+            "code.value_encrypted "
             "FROM claim JOIN program ON program.id = claim.program_id "
             "JOIN creator ON creator.id = claim.creator_id "
             "LEFT JOIN code ON code.id = claim.code_id "

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
+from cryptography.fernet import Fernet
 from sqlmodel import select
 from werkzeug.security import check_password_hash
 
+from tests.helpers import code_value
 from tests.unit.services.scenarios import lost_claims
 from tests.unit.services.test_verify import CASES as VERIFY_CASES
 from tests.unit.services.test_verify import constraints_lifted, corrupt, healthy_program
@@ -32,6 +34,7 @@ from wellness_perks.models import (
     OutboundEmail,
     Program,
 )
+from wellness_perks.services.code_cipher import CodeCipher
 from wellness_perks.services.verify import Violation
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -103,10 +106,10 @@ def _emails(session) -> set[str]:
 
 
 def _code_values(session, program_id=None) -> list[str]:
-    statement = select(Code.value).order_by(Code.id)
+    statement = select(Code.value_encrypted).order_by(Code.id)
     if program_id is not None:
         statement = statement.where(Code.program_id == program_id)
-    return list(_all(session, statement))
+    return [code_value(token) for token in _all(session, statement)]
 
 
 def _audit_actions(session) -> list[str]:
@@ -484,9 +487,45 @@ def test_set_quota_refusals_change_nothing(runner, session, allocated_three, arg
     assert _rows(session, select(CountryQuota.country, CountryQuota.quota)) == [("PK", 3)]
 
 
+def test_import_codes_names_the_lines_of_codes_another_program_holds(runner, factory, program,
+                                                                     tmp_path):
+    factory.codes(factory.program(slug="calm-1y"), ["SHARED-0001", "SHARED-0002"])
+    codes_file = tmp_path / "codes.txt"
+    codes_file.write_text("OWN-0001\nSHARED-0002\nSHARED-0001\n")
+    result = _ok(_run(runner, "import-codes", SLUG, codes_file))
+    assert result.stdout == ("imported 3, duplicate 0, invalid 0\n"
+                             "2 of the codes imported are held by another program too (not an "
+                             "error): lines 2, 3\n")
+
+
+def test_rotate_code_key_re_encrypts_under_the_newest_key_and_says_what_is_left(
+        app, runner, factory, program, session):
+    old = app.config["CODE_ENCRYPTION_KEY"]
+    factory.codes(program, ["HS-ROT-0001", "HS-ROT-0002", "HS-ROT-0003"])
+    new = Fernet.generate_key().decode()
+    app.config["CODE_ENCRYPTION_KEY"] = f"{new},{old}"
+    result = _ok(_run(runner, "rotate-code-key", "--batch-size", 2))
+    assert result.stdout == ("3 codes re-encrypted under the newest key; every code is under "
+                             "it now\nthe older keys can now be removed from "
+                             "CODE_ENCRYPTION_KEY\n")
+    assert "set CODE_FINGERPRINT_KEY to what `wellness-perks rotate-code-key " \
+           "--show-fingerprint-key` prints" in result.stderr
+    assert [code_value(t, new) for t in _all(session, select(Code.value_encrypted)
+                                                    .order_by(Code.id))] == [
+        "HS-ROT-0001", "HS-ROT-0002", "HS-ROT-0003"]
+    again = _ok(_run(runner, "rotate-code-key"))
+    assert again.stdout.startswith("0 codes re-encrypted")
+    shown = _ok(_run(runner, "rotate-code-key", "--show-fingerprint-key")).stdout.strip()
+    assert shown == CodeCipher(old).fingerprint_key
+    app.config["CODE_FINGERPRINT_KEY"] = "another key that is at least 32 bytes long"
+    app.config["CODE_ENCRYPTION_KEY"] = f"{Fernet.generate_key().decode()},{new}"
+    refused = _run(runner, "rotate-code-key")
+    assert refused.exit_code == 1 and "was fingerprinted with another key" in refused.output
+
+
 def test_void_reissue_and_restore_commands(runner, session, allocated_three, smtp_server):
-    held = _rows(session, select(Code.value).where(Code.status == "assigned")
-                  .order_by(Code.id))
+    held = [code_value(token) for token in _rows(
+        session, select(Code.value_encrypted).where(Code.status == "assigned").order_by(Code.id))]
     result = _run(runner, "void-code", SLUG, held[0], "--reason", "partner: invalid")
     assert result.exit_code == 0, result.output
     assert "voided; claim #1 got code #4" in result.output

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cryptography.fernet import Fernet
 
 from config import Config
 
@@ -35,7 +38,8 @@ def test_given_settings_win_and_a_given_key_writes_no_file(monkeypatch, tmp_path
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "from-environment"))
     monkeypatch.setenv("SECRET_KEY", "")
     config = Config({"INSTANCE_PATH": str(tmp_path / "given"), "SECRET_KEY": GIVEN_KEY,
-                     "DATABASE_URL": "postgresql://perks@db/perks"})
+                     "DATABASE_URL": "postgresql://perks@db/perks",
+                     "CODE_ENCRYPTION_KEY": Fernet.generate_key().decode()})
     assert config.INSTANCE_PATH == str(tmp_path / "given") and config.SECRET_KEY == GIVEN_KEY
     assert config.OUTBOX_DIR == str(tmp_path / "given" / "outbox")
     assert config.DATABASE_URL == "postgresql+psycopg://perks@db/perks"
@@ -51,6 +55,76 @@ def test_without_a_key_one_is_made_once_in_the_instance_folder(monkeypatch, tmp_
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
 
 
+def _no_code_keys(monkeypatch, tmp_path):
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    for name in ("CODE_ENCRYPTION_KEY", "CODE_FINGERPRINT_KEY", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_postgresql_configuration_without_a_code_key_refuses_to_start(monkeypatch, tmp_path):
+    _no_code_keys(monkeypatch, tmp_path)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://perks@db/perks")
+    with pytest.raises(RuntimeError, match=re.escape(
+            "CODE_ENCRYPTION_KEY is not set") + ".*" + re.escape(
+            'Make one with: python -c "from cryptography.fernet import Fernet;'
+            'print(Fernet.generate_key().decode())"')):
+        Config()
+    assert not (tmp_path / "code_encryption_key").exists()
+    key = Fernet.generate_key().decode()
+    monkeypatch.setenv("CODE_ENCRYPTION_KEY", key)
+    assert Config().CODE_ENCRYPTION_KEY == key
+
+
+@pytest.mark.parametrize("keys", ["not-a-key", "{good}, short", "{good},"])
+def test_a_code_key_that_is_not_a_fernet_key_is_refused_by_position_never_shown(
+        monkeypatch, tmp_path, keys):
+    _no_code_keys(monkeypatch, tmp_path)
+    monkeypatch.setenv("CODE_ENCRYPTION_KEY", keys.format(good=Fernet.generate_key().decode()))
+    with pytest.raises(RuntimeError, match=r"CODE_ENCRYPTION_KEY: key \d of \d is not a Fernet "
+                                           r"key.*make one with: python -c") as refused:
+        Config()
+    assert "short" not in str(refused.value) and "not-a-key" not in str(refused.value)
+
+
+def test_several_code_keys_are_kept_newest_first(monkeypatch, tmp_path):
+    _no_code_keys(monkeypatch, tmp_path)
+    new, old = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    monkeypatch.setenv("CODE_ENCRYPTION_KEY", f" {new} , {old} ")
+    assert Config().CODE_ENCRYPTION_KEY == f"{new},{old}"
+
+
+def test_a_short_fingerprint_key_is_refused(monkeypatch, tmp_path):
+    _no_code_keys(monkeypatch, tmp_path)
+    monkeypatch.setenv("CODE_FINGERPRINT_KEY", "short")
+    with pytest.raises(RuntimeError, match="CODE_FINGERPRINT_KEY must be at least 32 bytes"):
+        Config()
+
+
+def test_the_embedded_default_makes_one_code_key_for_every_process_of_an_install(
+        monkeypatch, tmp_path):
+    """Processes starting together on a fresh install all read the one key that was made."""
+    _no_code_keys(monkeypatch, tmp_path)
+    barrier = threading.Barrier(8)
+
+    def start():
+        barrier.wait()
+        return Config().CODE_ENCRYPTION_KEY
+
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: start(), range(8)))
+    key_file = tmp_path / "code_encryption_key"
+    assert keys == {key_file.read_text().strip()}
+    Fernet(keys.pop())  # a real key
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if "code" in p.name] == [
+        "code_encryption_key"]  # no half-made key left behind
+
+
+def test_a_given_code_key_writes_no_file(monkeypatch, tmp_path):
+    _no_code_keys(monkeypatch, tmp_path)
+    key = Fernet.generate_key().decode()
+    assert Config({"CODE_ENCRYPTION_KEY": key}).CODE_ENCRYPTION_KEY == key
+    assert not (tmp_path / "code_encryption_key").exists()
 @pytest.mark.parametrize("key", ["a", "test-secret-key", "x" * 31, "é" * 15])
 def test_a_short_secret_key_is_refused_with_how_to_make_one(monkeypatch, tmp_path, key):
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
@@ -110,7 +184,8 @@ def test_processes_starting_together_on_a_fresh_install_share_one_key(tmp_path):
             assert process.exitcode == 0
         assert len(set(seen)) == 1 and len(seen[0]) >= 32
         assert seen[0] == (instance / "secret_key").read_text().strip()
-        assert sorted(p.name for p in instance.iterdir()) == ["secret_key"]  # no leftovers
+        assert sorted(p.name for p in instance.iterdir()) == [  # no leftovers
+            "code_encryption_key", "secret_key"]
 
 
 def _start_one(start, seen: list, errors: list) -> None:

@@ -10,9 +10,19 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import wellness_perks.models  # noqa: F401  (the tables)
-from tests.helpers import create_pg_database, drop_pg_database, postgres_available, service_missing
+from tests.helpers import (
+    CODE_ENCRYPTION_KEY,
+    code_fingerprint,
+    code_value,
+    create_pg_database,
+    drop_pg_database,
+    postgres_available,
+    service_missing,
+)
 from wellness_perks.db import make_engine
 from wellness_perks.migrate import alembic_config
+
+CODE_KEYS = {"CODE_ENCRYPTION_KEY": CODE_ENCRYPTION_KEY, "CODE_FINGERPRINT_KEY": ""}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -60,7 +70,7 @@ MODEL_CHECKS = {(table.name, constraint.name): _normal(constraint.sqltext)
 
 
 def test_upgrade_matches_models_and_round_trips(empty_database):
-    config = alembic_config(empty_database)
+    config = alembic_config(empty_database, CODE_KEYS)
     command.upgrade(config, "head")
     assert _differences(empty_database) == []
     assert _checks_in_database(empty_database) == MODEL_CHECKS
@@ -78,7 +88,7 @@ def test_the_models_declare_the_checks_the_invariants_rest_on():
 
 
 def test_upgrade_to_0003_counts_each_programs_codes_in_stock(empty_database):
-    config = alembic_config(empty_database)
+    config = alembic_config(empty_database, CODE_KEYS)
     command.upgrade(config, "0002")
     engine = make_engine(empty_database)
     with engine.begin() as conn:
@@ -110,7 +120,7 @@ def test_upgrade_from_0001_keeps_a_programs_rows(empty_database):
     """A database made by the first release, with a claim served and mailed, upgrades to head
     with every row kept. On SQLite the batch migrations rebuild ``program``, ``claim`` and
     ``outboundemail`` (copy, drop, rename), which rows of other tables refer to."""
-    config = alembic_config(empty_database)
+    config = alembic_config(empty_database, CODE_KEYS)
     command.upgrade(config, "0001")
     engine = make_engine(empty_database)
     now = "CURRENT_TIMESTAMP"
@@ -179,7 +189,7 @@ def test_upgrade_to_0005_stores_codes_for_words_and_a_language(empty_database):
     """Claim reasons, a refusal's audit detail and the outbox's own errors were stored as
     English words: 0005 turns them into codes (and back on the way down); every creator and
     mail gets a language, English."""
-    config = alembic_config(empty_database)
+    config = alembic_config(empty_database, CODE_KEYS)
     command.upgrade(config, "0004")
     engine = make_engine(empty_database)
     now = "CURRENT_TIMESTAMP"
@@ -237,4 +247,82 @@ def test_upgrade_to_0005_stores_codes_for_words_and_a_language(empty_database):
         assert details == ['{"reason": "not eligible"}', '{"reason": "claim window closed"}']
         assert errors[:2] == ["its code was voided before it was sent",
                               "attempt interrupted (worker stopped mid-send); outcome unknown"]
+    engine.dispose()
+
+
+def _codes_at_0005(url: str, values: dict[int, list[str]]) -> sa.Engine:
+    """A database at 0005 whose programs (by id) hold these codes in clear, the first of each
+    program assigned."""
+    config = alembic_config(url, CODE_KEYS)
+    command.upgrade(config, "0005")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for program_id, codes in values.items():
+            conn.execute(sa.text(
+                "INSERT INTO program (id, slug, name, perk_months, quota, allocated_count, "
+                "in_stock_count, code_pattern, created_at) VALUES (:id, :slug, 'P', 6, 10, 1, "
+                ":stock, '.*', CURRENT_TIMESTAMP)"),
+                {"id": program_id, "slug": f"p{program_id}", "stock": len(codes) - 1})
+            conn.execute(sa.text(
+                "INSERT INTO codebatch (id, program_id, name, code_count, created_at) "
+                "VALUES (:id, :id, 'b', 0, CURRENT_TIMESTAMP)"), {"id": program_id})
+            conn.execute(sa.text(
+                "INSERT INTO code (program_id, batch_id, value, status) "
+                "VALUES (:p, :p, :value, :status)"),
+                [{"p": program_id, "value": value, "status": "assigned" if i == 0 else
+                  "available"} for i, value in enumerate(codes)])
+    return engine
+
+
+def test_upgrade_to_0006_encrypts_every_stored_code_and_drops_the_clear_column(empty_database):
+    """More codes than one batch of the migration converts, in two programs that share a code:
+    each comes out as a Fernet token under the configured key with its fingerprint, the clear
+    column is gone, and down and up again gives the same codes back."""
+    from wellness_perks.services.code_cipher import key_id
+
+    values = {1: [f"MIG-{i:05d}-CODE" for i in range(5003)], 2: ["MIG-00007-CODE", "OTHER-1"]}
+    engine = _codes_at_0005(empty_database, values)
+    config = alembic_config(empty_database, CODE_KEYS)
+
+    def stored():
+        with engine.connect() as conn:
+            return [(program_id, code_value(token), bytes(fingerprint), kid, status)
+                    for program_id, token, fingerprint, kid, status in conn.execute(sa.text(
+                        "SELECT program_id, value_encrypted, fingerprint, key_id, status "
+                        "FROM code ORDER BY id"))]
+
+    expected = [(p, v, code_fingerprint(v), key_id(CODE_ENCRYPTION_KEY),
+                 "assigned" if i == 0 else "available")
+                for p, codes in values.items() for i, v in enumerate(codes)]
+    for _ in range(2):
+        command.upgrade(config, "0006")
+        assert stored() == expected
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("code")}
+        assert "value" not in columns
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sa.text(  # the same code twice in one program
+                "INSERT INTO code (program_id, batch_id, value_encrypted, key_id, fingerprint, "
+                "status) VALUES (2, 2, :t, 'k', :f, 'available')"),
+                {"t": b"x", "f": code_fingerprint("OTHER-1")})
+        command.downgrade(config, "0005")
+        with engine.connect() as conn:
+            assert [tuple(r) for r in conn.execute(sa.text(
+                "SELECT program_id, value FROM code ORDER BY id"))] == [
+                (p, v) for p, codes in values.items() for v in codes]
+    engine.dispose()
+
+
+def test_upgrade_to_0006_of_stored_codes_on_postgresql_needs_a_key(empty_database,
+                                                                  monkeypatch):
+    """A bare ``alembic upgrade`` reads the key from the environment; a PostgreSQL database
+    with codes is never encrypted under a key made up on the spot."""
+    if not empty_database.startswith("postgresql"):
+        pytest.skip("SQLite makes a development key")
+    engine = _codes_at_0005(empty_database, {1: ["KEEP-ME-1"]})
+    monkeypatch.delenv("CODE_ENCRYPTION_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="CODE_ENCRYPTION_KEY is not set.*Make one with: "
+                                           "python -c"):
+        command.upgrade(alembic_config(empty_database), "0006")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT value FROM code")).scalars().all() == ["KEEP-ME-1"]
     engine.dispose()

@@ -26,7 +26,7 @@ from ..models import (
     WindowState,
     window_state,
 )
-from . import audit
+from . import audit, code_cipher
 from .errors import ClaimWindowNotOpen, NotFound, NotOnList, ProgramNotFound
 
 
@@ -308,9 +308,11 @@ def waitlist_position(session: Session, claim: Claim) -> int | None:
     return ahead + 1
 
 
-def code_for_owner(session: Session, claim: Claim) -> tuple[Code, CodeBatch] | None:
-    """The code of an allocated claim and its batch: for its owner's eyes (page and mail) only."""
+def code_for_owner(session: Session, claim: Claim) -> tuple[str, CodeBatch] | None:
+    """The code of an allocated claim, decrypted, and its batch: for its owner's eyes (their
+    program page) only; the caller has checked the claim is theirs."""
     if claim.code_id is None:
         return None
     code = session.get(Code, claim.code_id)
-    return code, session.get(CodeBatch, code.batch_id)
+    return (code_cipher.cipher().decrypt(code.value_encrypted),
+            session.get(CodeBatch, code.batch_id))

@@ -1,4 +1,4 @@
-"""Codes after import: voiding, reissuing and restoring.
+"""Codes after import: voiding, reissuing, restoring, and a manager's audited reveal.
 
 A code that was ever assigned is never handed out again (``codeassignment.code_id`` is unique).
 Voiding an available code takes it out of stock; voiding an assigned one reissues: its claim gets
@@ -9,6 +9,7 @@ program's stock counter in its transaction, under the program's row lock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,8 +28,8 @@ from ..models import (
     Creator,
     MailKind,
 )
-from . import audit, stock
-from .errors import Conflict, NotFound
+from . import audit, code_cipher, stock
+from .errors import Conflict, InvalidInput, NotFound
 from .mail import owe, owed
 from .programs import lock_program
 
@@ -42,8 +43,10 @@ class VoidResult:
 
 
 def _code_by_value(session: Session, program_id: int, value: str) -> Code:
+    """The program's code with this value, found by its fingerprint (never decrypted)."""
+    fingerprint = code_cipher.cipher().fingerprint(value.strip())
     code = session.exec(
-        select(Code).where(Code.program_id == program_id, Code.value == value.strip())
+        select(Code).where(Code.fingerprint == fingerprint, Code.program_id == program_id)
         .with_for_update().execution_options(populate_existing=True)
     ).first()
     if code is None:
@@ -148,3 +151,97 @@ def _after(result: VoidResult) -> None:
               new_code_id=result.new_code_id)
     if result.outbound_id is not None:
         dispatch.send_email(result.outbound_id)
+
+
+REVEALED = "code.revealed"
+MAX_REVEAL_REASON_LENGTH = 500
+
+
+def reveal_code(session: Session, code_id: int, actor: str, reason: str) -> str:
+    """The code in clear, for a manager who gives a reason; the reveal is an audit event.
+
+    The one way a manager sees a code (everywhere else a code is its id: ``code #12``). The
+    event records who, which code and why, never the code; nothing is logged.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("say why the code is revealed (the reason is audited)",
+                           field="reason")
+    if len(reason) > MAX_REVEAL_REASON_LENGTH:
+        raise InvalidInput(f"reason is longer than {MAX_REVEAL_REASON_LENGTH} characters",
+                           field="reason")
+    with write_transaction(session):
+        row = session.execute(sa.select(Code.value_encrypted, Code.program_id)
+                              .where(Code.id == code_id)).first()
+        if row is None:
+            raise NotFound("no such code")
+        token, program_id = row
+        value = code_cipher.cipher().decrypt(token)
+        audit.record(session, audit.event(actor=actor, action=REVEALED, object_type="code",
+                                          object_id=code_id, program_id=program_id,
+                                          detail={"reason": reason}))
+    log_event(REVEALED, code_id=code_id, program_id=program_id)
+    return value
+
+
+KEY_ROTATED = "codes.key_rotated"
+ROTATION_BATCH = 2000
+_code = Code.__table__
+_REENCRYPT = (sa.update(_code).where(_code.c.id == sa.bindparam("b_id"))
+              .values(value_encrypted=sa.bindparam("b_token"), key_id=sa.bindparam("b_key")))
+
+
+def codes_under_older_keys(session: Session) -> int:
+    """How many codes a rotation has left: those whose token the newest key did not make."""
+    newest = code_cipher.cipher().newest_key_id
+    count = session.execute(sa.select(sa.func.count()).select_from(_code)
+                            .where(_code.c.key_id != newest)).scalar_one()
+    session.rollback()
+    return count
+
+
+def rotate_code_key(session: Session, *, actor: str, batch_size: int = ROTATION_BATCH,
+                    progress: Callable[[int], None] | None = None) -> int:
+    """Re-encrypt under the newest key of CODE_ENCRYPTION_KEY every code another key made;
+    returns how many. ``progress`` is called with each batch's count.
+
+    Batches go in id order and each commits: stopped half-way, a rotation is resumed by running
+    it again, which finds only the codes still to do; with none left it changes nothing. Every
+    process keeps reading codes meanwhile (older keys stay in CODE_ENCRYPTION_KEY until this has
+    finished). Each code's fingerprint is checked as it is re-encrypted: a fingerprint key that
+    changed stops the rotation before the batch it found is written.
+    """
+    cipher = code_cipher.cipher()
+    newest = cipher.newest_key_id
+    pick = (sa.select(_code.c.id, _code.c.value_encrypted, _code.c.fingerprint)
+            .where(_code.c.id > sa.bindparam("b_after"), _code.c.key_id != newest)
+            .order_by(_code.c.id).limit(batch_size))
+    rotated, after = 0, 0
+    while True:
+        with write_transaction(session):
+            rows = session.execute(pick, {"b_after": after}).all()
+            if not rows:
+                break
+            writes = []
+            for code_id, token, fingerprint in rows:
+                value = cipher.decrypt(token)
+                if cipher.fingerprint(value) != bytes(fingerprint):
+                    raise code_cipher.CodeKeyError(
+                        f"code #{code_id} was fingerprinted with another key than the one "
+                        "configured: set CODE_FINGERPRINT_KEY to the key the codes were "
+                        "fingerprinted with (when empty, it is derived from the oldest key of "
+                        "CODE_ENCRYPTION_KEY), then rotate again")
+                writes.append({"b_id": code_id, "b_token": cipher.encrypt(value),
+                               "b_key": newest})
+            session.execute(_REENCRYPT, writes)
+        rotated += len(rows)
+        after = rows[-1][0]
+        if progress:
+            progress(len(rows))
+    if rotated:
+        with write_transaction(session):
+            audit.record(session, audit.event(actor=actor, action=KEY_ROTATED,
+                                              object_type="code", object_id=None,
+                                              detail={"rotated": rotated, "key_id": newest}))
+    log_event(KEY_ROTATED, rotated=rotated)
+    return rotated

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlmodel import Session
 
 from .. import dispatch
@@ -34,7 +34,7 @@ from ..models import (
     Eligibility,
     Program,
 )
-from . import audit, stock
+from . import audit, code_cipher, stock
 from .countries import normalise_country
 from .emails import normalise_email
 from .errors import InvalidInput
@@ -49,6 +49,8 @@ NOT_UTF8 = "the file is not UTF-8 text"
 # A report lists this many errors (and as many duplicates); the rest are only counted, so a
 # huge file of bad rows costs no more memory than a good one.
 MAX_LISTED_ISSUES = 1000
+# Line numbers of codes also held by another program kept in a report (all are counted).
+MAX_LINES_LISTED = MAX_LISTED_ISSUES
 # No line is held longer than this (a row of a real list is a few hundred characters): a longer
 # one is read past, never into memory whole.
 MAX_LINE_CHARS = 100_000
@@ -122,6 +124,10 @@ class ImportReport:
     duplicates: list[RowIssue] = field(default_factory=IssueList)
     committed: bool = False
     batch_id: int | None = None
+    # Codes imported that another program holds too: not an error (a partner may sell one
+    # batch to two programs), but worth a manager's look. Lines: the first MAX_LINES_LISTED.
+    in_other_programs: int = 0
+    in_other_programs_lines: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         data = {
@@ -134,6 +140,9 @@ class ImportReport:
             "duplicates": [d.as_dict() for d in self.duplicates],
             "duplicates_not_listed": _not_listed(self.duplicates),
         }
+        if self.in_other_programs:
+            data["in_other_programs"] = self.in_other_programs
+            data["in_other_programs_lines"] = list(self.in_other_programs_lines)
         if self.batch_id is not None:
             data["batch_id"] = self.batch_id
         return data
@@ -311,6 +320,7 @@ def _finish(session: Session, report: ImportReport, skip_invalid: bool) -> Impor
     if report.invalid and not skip_invalid:
         session.rollback()
         report.imported = 0
+        report.in_other_programs, report.in_other_programs_lines = 0, []
         report.committed = False
         report.batch_id = None
     else:
@@ -532,6 +542,7 @@ def import_codes(
     report = ImportReport()
     program_id = program.id
     begin_write(session)
+    code_cipher.check_stored_codes(session.connection())
     pattern = re.compile(program.code_pattern)
     format_text = describe_code_pattern(program.code_pattern)
     text = _open_text(stream, progress)
@@ -695,24 +706,61 @@ def _code_issue(line: int, value: str, pattern: re.Pattern, format_text: str) ->
     return None
 
 
+# PostgreSQL: a chunk of codes is one statement with two array parameters (a statement of 1,000
+# rows of VALUES cost more to build and parse than to run). It inserts what this program does not
+# hold yet (ON CONFLICT on the fingerprint) and, in the same round trip, names the codes that
+# other programs hold: one index probe per code (LATERAL .. LIMIT 1), never a join that a plan
+# may choose to make by scanning every code.
+_PG_WRITE_CODES = sa.text("""
+WITH new (value_encrypted, fingerprint) AS (
+    SELECT * FROM unnest(CAST(:b_tokens AS bytea[]), CAST(:b_fingerprints AS bytea[]))),
+inserted AS (
+    INSERT INTO code (program_id, batch_id, status, value_encrypted, key_id, fingerprint)
+    SELECT :b_program, :b_batch, 'available', value_encrypted, :b_key, fingerprint FROM new
+    ON CONFLICT (fingerprint, program_id) DO NOTHING
+    RETURNING fingerprint)
+SELECT fingerprint, true AS inserted FROM inserted
+UNION ALL
+SELECT new.fingerprint, false FROM new CROSS JOIN LATERAL (
+    SELECT 1 FROM code WHERE code.fingerprint = new.fingerprint
+    AND code.program_id <> :b_program LIMIT 1) AS elsewhere
+""")
+
+
 def _write_codes(session: Session, program_id: int, batch_id: int, chunk: list,
                  report: ImportReport) -> None:
-    # INSERT .. ON CONFLICT DO NOTHING on the (program_id, value) unique index finds the codes
-    # already in stock, in the statement that writes the rest: no SELECT .. IN (1000 values)
-    # first, whose generic plan, once prepared, would filter every code of the program against
-    # the list, per chunk.
-    dialect = session.get_bind().dialect.name
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Code)
-    rows = [{"program_id": program_id, "batch_id": batch_id, "value": value,
-             "status": CodeStatus.available.value} for _line, value in chunk]
-    inserted = set(session.execute(
-        insert.on_conflict_do_nothing(index_elements=["program_id", "value"])
-        .returning(Code.value),
-        rows,
-    ).scalars())
-    for line, value in chunk:
-        if value not in inserted:
+    # Codes are compared by fingerprint: the unique (fingerprint, program_id) index finds the
+    # codes already in stock in the statement that writes the rest (no SELECT .. IN first).
+    cipher = code_cipher.cipher()
+    values = [value for _line, value in chunk]
+    fingerprints = cipher.fingerprints(values)
+    tokens = cipher.encrypt_many(values)
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        found = conn.execute(_PG_WRITE_CODES, {
+            "b_tokens": tokens, "b_fingerprints": fingerprints, "b_program": program_id,
+            "b_batch": batch_id, "b_key": cipher.newest_key_id}).all()
+        inserted = {bytes(fp) for fp, new in found if new}
+        elsewhere = {bytes(fp) for fp, new in found if not new}
+    else:
+        inserted = set(conn.execute(
+            sqlite.insert(Code).on_conflict_do_nothing(
+                index_elements=["fingerprint", "program_id"]).returning(Code.fingerprint),
+            [{"program_id": program_id, "batch_id": batch_id, "value_encrypted": token,
+              "key_id": cipher.newest_key_id, "fingerprint": fp,
+              "status": CodeStatus.available.value}
+             for token, fp in zip(tokens, fingerprints, strict=True)],
+        ).scalars())
+        elsewhere = set(conn.execute(
+            sa.select(Code.fingerprint).distinct()
+            .where(Code.fingerprint.in_(fingerprints), Code.program_id != program_id)).scalars())
+    for (line, _value), fp in zip(chunk, fingerprints, strict=True):
+        if fp not in inserted:
             report.duplicate += 1
             report.duplicates.append(RowIssue(line, "code", "already in this program's stock",
                                               "already_in_stock"))
+        elif fp in elsewhere:
+            report.in_other_programs += 1
+            if len(report.in_other_programs_lines) < MAX_LINES_LISTED:
+                report.in_other_programs_lines.append(line)
     report.imported += len(inserted)

@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from sqlmodel import select
 
 from tests.conftest import _empty_tables
+from tests.helpers import code_values
 from wellness_perks.db import get_session
 from wellness_perks.models import (
     Claim,
@@ -128,8 +129,8 @@ def machine_for(app, exercised: Counter):
         @rule(pick=st.integers(0, 50), held=st.booleans())
         def void(self, pick, held):
             status = "assigned" if held else "available"
-            values = self.s.exec(select(Code.value).where(Code.status == status)
-                                 .order_by(Code.id)).all()
+            values = code_values(self.s, select(Code.value_encrypted)
+                                 .where(Code.status == status).order_by(Code.id))
             self.s.commit()
             if values:
                 self._tolerating_refusal(codes.void_code, program_id=self.program.id,
@@ -138,8 +139,8 @@ def machine_for(app, exercised: Counter):
 
         @rule(pick=st.integers(0, 50))
         def restore(self, pick):
-            values = self.s.exec(select(Code.value).where(Code.status == "void")
-                                 .order_by(Code.id)).all()
+            values = code_values(self.s, select(Code.value_encrypted)
+                                 .where(Code.status == "void").order_by(Code.id))
             self.s.commit()
             if values:
                 self._tolerating_refusal(codes.restore_code, program_id=self.program.id,

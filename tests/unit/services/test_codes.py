@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from sqlmodel import select
 
-from tests.helpers import redemption_code, stock, text_body
+from tests.helpers import code_fingerprint, code_value, redemption_code, stock, text_body
+from wellness_perks import dispatch
 from wellness_perks.db import get_session
-from wellness_perks.models import Claim, Code, CodeAssignment, MailStatus, OutboundEmail
-from wellness_perks.services import claims, codes, mail
-from wellness_perks.services.errors import Conflict, NotFound
+from wellness_perks.models import (
+    AuditEvent,
+    Claim,
+    Code,
+    CodeAssignment,
+    MailStatus,
+    OutboundEmail,
+)
+from wellness_perks.services import claims, codes, imports, mail
+from wellness_perks.services.code_cipher import CodeCipher, CodeKeyError, key_id
+from wellness_perks.services.errors import Conflict, InvalidInput, NotFound
 from wellness_perks.services.verify import verify_program
 
 
@@ -29,7 +42,7 @@ def served(app, factory, session, smtp_server):
 
 def _code(session, value):
     session.rollback()
-    return session.exec(select(Code).where(Code.value == value)).one()
+    return session.exec(select(Code).where(Code.fingerprint == code_fingerprint(value))).one()
 
 
 def _verified(app, program):
@@ -174,3 +187,121 @@ def test_mail_for_a_code_voided_before_sending_is_cancelled(app, factory, sessio
     assert session.exec(select(sa.func.count()).select_from(Code)
                         .where(Code.status == "assigned")).one() == 1
     _verified(app, program)
+
+
+def test_a_manager_reveal_gives_the_code_and_audits_who_which_and_why(app, served, session,
+                                                                      caplog):
+    held = _code(session, "HS-A1-0001")
+    with app.app_context():
+        value = codes.reveal_code(get_session(), held.id, actor="manager:lead@example.com",
+                                  reason="partner asks which code creator a@ got")
+    assert value == "HS-A1-0001"
+    session.rollback()
+    [event] = session.exec(select(AuditEvent).where(AuditEvent.action == "code.revealed")).all()
+    assert (event.actor, event.object_type, event.object_id, event.program_id) == (
+        "manager:lead@example.com", "code", held.id, served.id)
+    assert json.loads(event.detail) == {"reason": "partner asks which code creator a@ got"}
+    assert "HS-A1-0001" not in caplog.text
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "x" * 501])
+def test_a_reveal_needs_a_reason_and_records_nothing_without_one(app, served, session, reason):
+    held = _code(session, "HS-A1-0001")
+    with app.app_context(), pytest.raises(InvalidInput) as refused:
+        codes.reveal_code(get_session(), held.id, actor="manager:m@example.com", reason=reason)
+    assert refused.value.field == "reason"
+    with app.app_context(), pytest.raises(NotFound):
+        codes.reveal_code(get_session(), 999, actor="manager:m@example.com", reason="why")
+    session.rollback()
+    assert session.exec(select(AuditEvent).where(AuditEvent.action == "code.revealed")).all() \
+        == []
+
+
+def test_claims_and_allocation_decrypt_nothing_and_each_mail_decrypts_its_code_once(
+        app, factory, smtp_server, monkeypatch):
+    program = factory.program(quota=10)
+    factory.creators(program, [f"c{i}@example.com" for i in range(5)])
+    factory.codes(program, [f"HS-DEC-{i:04d}" for i in range(6)])
+    decrypted = []
+    real = CodeCipher.decrypt
+    monkeypatch.setattr(CodeCipher, "decrypt",
+                        lambda self, token: decrypted.append(1) or real(self, token))
+    owed = []  # the mails are held back: claims and allocation run alone
+    monkeypatch.setattr(dispatch, "send_emails", owed.extend)
+    with app.app_context():
+        for creator_id in range(1, 6):
+            claims.request_claim(get_session(), program=program, creator_id=creator_id)
+        assert get_session().exec(select(sa.func.count()).select_from(Claim)
+                                  .where(Claim.state == "allocated")).one() == 5
+        assert len(owed) == 5 and decrypted == []
+        for outbound_id in owed:
+            mail.send(get_session(), outbound_id=outbound_id)
+    assert len(smtp_server.messages) == 5 and len(decrypted) == 5
+
+
+# --------------------------------------------------------------------------- key rotation
+
+
+def _tokens(session):
+    session.rollback()
+    return session.exec(select(Code.id, Code.value_encrypted, Code.key_id, Code.fingerprint)
+                        .order_by(Code.id)).all()
+
+
+def test_rotation_re_encrypts_every_code_under_the_newest_key_resumably(app, factory, session,
+                                                                        smtp_server):
+    old = app.config["CODE_ENCRYPTION_KEY"]
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com"])
+    values = [f"HS-ROT-{i:04d}" for i in range(7)]
+    factory.codes(program, values)
+    before = _tokens(session)
+    new = Fernet.generate_key().decode()
+    app.config["CODE_ENCRYPTION_KEY"] = f"{new},{old}"
+    with app.app_context():
+        assert codes.codes_under_older_keys(get_session()) == 7
+
+        def stop_after_the_first_batch(count):
+            raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            codes.rotate_code_key(get_session(), actor="test", batch_size=3,
+                                  progress=stop_after_the_first_batch)
+        assert codes.codes_under_older_keys(get_session()) == 4  # the first batch committed
+        done = []
+        assert codes.rotate_code_key(get_session(), actor="test", batch_size=3,
+                                     progress=done.append) == 4
+        assert done == [3, 1]
+        assert codes.rotate_code_key(get_session(), actor="test") == 0  # nothing left to do
+    after = _tokens(session)
+    assert [code_value(t, new) for _id, t, _k, _f in after] == values  # the new key alone
+    assert {k for _id, _t, k, _f in after} == {key_id(new)}
+    assert [f for *_, f in after] == [f for *_, f in before]  # fingerprints stay
+    events = session.exec(select(AuditEvent.detail).where(
+        AuditEvent.action == "codes.key_rotated")).all()
+    assert [json.loads(d)["rotated"] for d in events] == [4]  # the run that finished
+
+    # The old key retired, the fingerprint key kept: every reader of codes still works.
+    app.config["CODE_FINGERPRINT_KEY"] = CodeCipher(old).fingerprint_key
+    app.config["CODE_ENCRYPTION_KEY"] = new
+    with app.app_context():
+        report = imports.import_codes(get_session(), program=program,
+                                      stream=io.BytesIO(b"HS-ROT-0003\nHS-ROT-0100\n"),
+                                      actor="test")
+        assert (report.imported, report.duplicate) == (1, 1)
+        codes.void_code(get_session(), program_id=program.id, value="HS-ROT-0006",
+                        reason="x", actor="test")
+        claims.request_claim(get_session(), program=program, creator_id=1)
+    assert redemption_code(smtp_server.wait_for_mail("a@example.com", "code")[0]) == values[0]
+
+
+def test_rotation_stops_before_writing_when_the_fingerprint_key_changed(app, factory, session):
+    old = app.config["CODE_ENCRYPTION_KEY"]
+    program = factory.program(quota=10)
+    factory.codes(program, ["HS-ROT-0001", "HS-ROT-0002"])
+    before = _tokens(session)
+    app.config["CODE_ENCRYPTION_KEY"] = f"{Fernet.generate_key().decode()},{old}"
+    app.config["CODE_FINGERPRINT_KEY"] = "not the key these codes were fingerprinted with"
+    with app.app_context(), pytest.raises(CodeKeyError, match="code #1 was fingerprinted with "
+                                                              "another key"):
+        codes.rotate_code_key(get_session(), actor="test")
+    assert _tokens(session) == before

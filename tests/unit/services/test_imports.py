@@ -15,10 +15,11 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from tests.helpers import stock
+from tests.helpers import code_value, stock
 from wellness_perks.db import get_session
 from wellness_perks.models import AuditEvent, Code, CodeBatch, Creator, Eligibility, Program
 from wellness_perks.services import imports
+from wellness_perks.services.code_cipher import CodeKeyError
 from wellness_perks.services.errors import InvalidInput
 from wellness_perks.services.imports import NOT_UTF8, FileRejected, ImportReport, RowIssue
 
@@ -88,10 +89,10 @@ def _emails(session) -> set[str]:
 
 
 def _code_values(session, program_id=None) -> list[str]:
-    statement = select(Code.value).order_by(Code.id)
+    statement = select(Code.value_encrypted).order_by(Code.id)
     if program_id is not None:
         statement = statement.where(Code.program_id == program_id)
-    return list(_all(session, statement))
+    return [code_value(token) for token in _all(session, statement)]
 
 
 def _audit_actions(session) -> list[str]:
@@ -352,7 +353,8 @@ def test_import_codes_csv_sample(app, session, program):
         program.id, "January batch", date(2030, 12, 31), 60)
     assert batch.source_filename == "codes-sample.csv"  # the name, not the path it was given
     codes = _all(session, select(Code).order_by(Code.id))
-    assert [c.value for c in codes] == _data_lines(CODES_SAMPLE)[1:]  # no "code", no CR
+    # no "code", no CR
+    assert [code_value(c.value_encrypted) for c in codes] == _data_lines(CODES_SAMPLE)[1:]
     assert {(c.batch_id, c.program_id, c.status) for c in codes} == {
         (batch.id, program.id, "available")}
     assert _audit_actions(session)[-1] == "codes.imported"
@@ -436,6 +438,37 @@ def test_the_same_code_in_another_program_is_fine(app, session, factory):
         1, 0, 0, True)
     assert _code_values(session, first.id) == ["SHARED-0001"]
     assert _code_values(session, second.id) == ["SHARED-0001"]
+
+
+def test_codes_another_program_holds_are_imported_and_reported_by_line(app, session, factory):
+    first = factory.program(slug="headspace-6m")
+    second = factory.program(slug="calm-1y")
+    assert _import_codes(app, first, "SHARED-0001\nSHARED-0002\nOWN-0003\n").committed
+    report = _import_codes(app, second, "NEW-0001\nSHARED-0002\nSHARED-0001\nNEW-0002\n"
+                                        "SHARED-0002\n")
+    assert (report.imported, report.duplicate, report.invalid, report.committed) == (
+        4, 1, 0, True)
+    assert (report.in_other_programs, report.in_other_programs_lines) == (2, [2, 3])
+    data = report.as_dict()
+    assert (data["in_other_programs"], data["in_other_programs_lines"]) == (2, [2, 3])
+    assert sorted(_code_values(session, second.id)) == [
+        "NEW-0001", "NEW-0002", "SHARED-0001", "SHARED-0002"]
+    again = _import_codes(app, second, "SHARED-0001\n")  # held here now: a duplicate, only
+    assert (again.duplicate, again.in_other_programs) == (1, 0)
+    assert "in_other_programs" not in _import_codes(app, first, "OWN-0004\n").as_dict()
+
+
+def test_an_import_under_another_fingerprint_key_is_refused_before_it_writes(
+        app, session, program):
+    """A changed fingerprint key would take every code in stock for a new one: the import
+    checks a stored code first, and writes nothing."""
+    assert _import_codes(app, program, "HS-AAAA-0001\n").committed
+    app.config["CODE_FINGERPRINT_KEY"] = "another fingerprint key, 32 bytes or more"
+    with pytest.raises(CodeKeyError, match="fingerprinted with another key.*set "
+                                           "CODE_FINGERPRINT_KEY"):
+        _import_codes(app, program, "HS-AAAA-0001\nHS-AAAA-0002\n")
+    app.config["CODE_FINGERPRINT_KEY"] = ""
+    assert _code_values(session) == ["HS-AAAA-0001"] and _count(session, CodeBatch) == 1
 
 
 def test_import_codes_refuses_an_expiry_in_the_past(app, session, program):

@@ -20,11 +20,11 @@ from psycopg import sql
 from sqlmodel import Session
 
 from tests.conftest import Factory
-from tests.helpers import TEST_SECRET_KEY, migrated_pg_database
+from tests.helpers import CODE_ENCRYPTION_KEY, TEST_SECRET_KEY, migrated_pg_database
 from wellness_perks import create_app
 from wellness_perks.db import get_session, make_engine
 from wellness_perks.models import Creator
-from wellness_perks.services import allocation, claims, stock
+from wellness_perks.services import allocation, claims, imports, stock
 from wellness_perks.services.mail import queue
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -142,8 +142,10 @@ def _grow(engine: sa.Engine) -> None:
             "code_pattern, created_at) VALUES (1, 'p', 'P', 6, 100000, 0, '.*', now())",
             "INSERT INTO codebatch (id, program_id, name, code_count, created_at) "
             "VALUES (1, 1, 'b', 0, now())",
-            "INSERT INTO code (program_id, batch_id, value, status) "
-            "SELECT 1, 1, 'C-' || g, 'available' FROM generate_series(1, 100000) g",
+            "INSERT INTO code (program_id, batch_id, value_encrypted, key_id, fingerprint, "
+            "status) SELECT 1, 1, convert_to('token ' || g, 'UTF8'), 'k', "
+            "sha256(convert_to('C-' || g, 'UTF8')), 'available' "
+            "FROM generate_series(1, 100000) g",
             "INSERT INTO outboundemail (kind, to_email, status, attempts, created_at) "
             "SELECT 'redemption', 'c' || g || '@example.com', 'queued', 0, now() "
             "FROM generate_series(1, 100000) g",
@@ -159,6 +161,18 @@ def test_key_list_lookups_are_planned_for_the_tables_as_they_are(grown_engine, n
     assert "Seq Scan" not in plan and "ix_outbound_status" not in plan, plan
 
 
+def test_an_import_chunk_finds_codes_by_fingerprint_in_a_generic_plan(grown_engine):
+    """The codes of other programs are looked up on the fingerprint index, never by scanning
+    the codes, however many there are."""
+    import hashlib
+
+    fingerprints = [hashlib.sha256(f"C-{i}".encode()).digest() for i in range(1, 1001)]
+    plan = generic_plan(grown_engine, imports._PG_WRITE_CODES, b_tokens=[b"t"] * 1000,
+                        b_fingerprints=fingerprints, b_program=1, b_batch=1, b_key="k")
+    assert "uq_code_fingerprint_program" in plan, plan
+    assert "Seq Scan on code" not in plan, plan
+
+
 def test_batches_plan_their_reads_each_time_and_their_row_writes_once(tmp_path, smtp_server):
     """Allocation and mail batches have PostgreSQL plan the statements that find their rows at
     each execution; the per-row writes after them keep their prepared plans."""
@@ -166,6 +180,7 @@ def test_batches_plan_their_reads_each_time_and_their_row_writes_once(tmp_path, 
     with _migrated_database() as engine:
         app = create_app({"TESTING": True, "DATABASE_URL": engine.url.render_as_string(False),
                           "INSTANCE_PATH": str(tmp_path), "SECRET_KEY": TEST_SECRET_KEY,
+                          "CODE_ENCRYPTION_KEY": CODE_ENCRYPTION_KEY,
                           "BASE_URL": "http://localhost", "CELERY_BROKER_URL": "",
                           "SMTP_HOST": "127.0.0.1", "SMTP_PORT": smtp_server.port})
         factory = Factory(app)

@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, select
 
+from tests.helpers import code_value
 from tests.unit.services.scenarios import allocate_each, stocked_program, verified
 from wellness_perks.db import get_session
 from wellness_perks.models import (
@@ -96,8 +97,9 @@ def healthy_program(app, factory, session, smtp_server) -> Healthy:
     first_code = session.exec(select(Code).join(Claim, Claim.code_id == Code.id)
                               .where(Claim.id == claim["pk1"])).one()
     with app.app_context():
-        codes.void_code(get_session(), program_id=program.id, value=first_code.value,
-                        reason="leaked", actor="test")
+        codes.void_code(get_session(), program_id=program.id,
+                        value=code_value(first_code.value_encrypted), reason="leaked",
+                        actor="test")
     session.rollback()
     code = {name: session.get(Claim, claim[name]).code_id for name in HOLDERS}
     code["voided"] = first_code.id

@@ -15,7 +15,7 @@ from email.utils import format_datetime, parseaddr
 from flask import current_app
 
 from ...models import Code, CodeBatch, Creator, MailKind, OutboundEmail, Program, text_direction
-from .. import tokens
+from .. import code_cipher, tokens
 from . import mime
 
 
@@ -50,10 +50,11 @@ def _content(outbound, creator, code, batch, program) -> tuple[str, str, str]:
                     "minutes": config["LOGIN_TOKEN_MAX_AGE"] // 60}
         template = "email/sign_in"
     elif outbound.kind in (MailKind.redemption, MailKind.reissue):
+        value = code_cipher.cipher().decrypt(code.value_encrypted)  # one per mail, never kept
         context |= {
             "program": program,
-            "code": code.value,
-            "redeem_link": program.redeem_link(code.value),
+            "code": value,
+            "redeem_link": program.redeem_link(value),
             "expires_on": batch.expires_on,
             "program_url": f"{config['BASE_URL']}/programs/{program.slug}",
             "reissue": outbound.kind == MailKind.reissue,
