@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from werkzeug.security import generate_password_hash
 
 from .. import dispatch
-from ..db import write_transaction
+from ..db import once_more_if_disconnected, write_transaction
 from ..logs import log_event
 from ..models import Creator, Eligibility, MailKind, Manager
 from . import audit, tokens
@@ -116,9 +116,10 @@ def signed_in_creator(session: Session, *, creator_id: int,
                       session_version: int) -> SignedInCreator | None:
     """The creator a session names, or None when that session has been ended (they signed out,
     or were forgotten, since it began): every session carries the version it began under."""
-    row = session.execute(
+    # The first statement of a request: a connection the server dropped costs a retry (a read).
+    row = once_more_if_disconnected(session, lambda: session.execute(
         sa.select(Creator.email, Creator.handle, Creator.locale, Creator.session_version)
-        .where(Creator.id == creator_id)).first()
+        .where(Creator.id == creator_id)).first())
     if row is None or row.session_version != session_version:
         return None
     return SignedInCreator(creator_id, row.email, row.handle, row.locale, row.session_version)
@@ -177,8 +178,13 @@ def _refusal(creator: Creator | None, nonce: int) -> SignInLinkError:
 def inspect_sign_in_link(session: Session, *, token: str) -> SignInLink:
     """The creator a link would sign in, if it would; reading it uses nothing up."""
     creator_id, nonce = _payload(token)
-    creator = session.get(Creator, creator_id)
-    session.commit()
+
+    def read() -> Creator | None:
+        found = session.get(Creator, creator_id)
+        session.commit()
+        return found
+
+    creator = once_more_if_disconnected(session, read)  # a dropped connection costs a retry
     if creator is None or creator.login_nonce != nonce:
         raise _refusal(creator, nonce)
     return SignInLink(creator_id=creator.id, masked_email=mask_email(creator.email))
@@ -187,6 +193,16 @@ def inspect_sign_in_link(session: Session, *, token: str) -> SignInLink:
 def redeem_sign_in_token(session: Session, *, token: str) -> Creator:
     """The creator a valid, fresh, newest, unused link names; using it spends it."""
     creator_id, nonce = _payload(token)
+    # A dropped connection costs a retry: the link is spent in one transaction, so a first
+    # try that died before its commit left nothing behind.
+    once_more_if_disconnected(session, lambda: _spend_link(session, creator_id, nonce))
+    creator = once_more_if_disconnected(
+        session, lambda: session.get(Creator, creator_id, populate_existing=True))
+    log_event("sign_in.completed", creator_id=creator.id)
+    return creator
+
+
+def _spend_link(session: Session, creator_id: int, nonce: int) -> None:
     now = datetime.now(UTC)
     spent = session.execute(
         sa.update(Creator)
@@ -201,9 +217,6 @@ def redeem_sign_in_token(session: Session, *, token: str) -> Creator:
                                       action="creator.signed_in", object_type="creator",
                                       object_id=creator_id, at=now))
     session.commit()
-    creator = session.get(Creator, creator_id, populate_existing=True)
-    log_event("sign_in.completed", creator_id=creator.id)
-    return creator
 
 
 def create_manager(session: Session, *, email: str, password: str, actor: str) -> Manager:

@@ -254,3 +254,43 @@ def test_any_token_is_a_sign_in_or_a_refusal_never_an_exception(app, program, to
                 attempt(get_session(), token=token)
             except auth.SignInLinkError:
                 pass
+
+
+# --------------------------------------------------------------------------- dropped connections
+
+
+def _cut_the_pooled_connection(app) -> None:
+    """End, from outside, the connection the pool will hand out next (a database restart or
+    failover does this to every pooled connection)."""
+    doomed = get_session()
+    pid = doomed.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    doomed.rollback()  # back to the pool, which hands it out again next
+    outsider = sa.create_engine(app.config["DATABASE_URL"], poolclass=sa.pool.NullPool)
+    with outsider.begin() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    outsider.dispose()
+
+
+@pytest.mark.parametrize("step", ["open the link", "press its button", "a signed-in page"])
+def test_a_sign_in_survives_its_connection_being_cut(step, app, program, session, backend):
+    if backend != "postgresql":
+        pytest.skip("SQLite has no server to cut a connection")
+    creator = _ayesha(session)
+    token = _token(app, creator)
+    session.close()
+    with app.app_context():
+        _cut_the_pooled_connection(app)
+        if step == "open the link":
+            link = auth.inspect_sign_in_link(get_session(), token=token)
+            assert link.creator_id == creator.id
+        elif step == "press its button":
+            assert auth.redeem_sign_in_token(get_session(), token=token).id == creator.id
+        else:
+            signed_in = auth.signed_in_creator(get_session(), creator_id=creator.id,
+                                               session_version=creator.session_version)
+            assert signed_in is not None and signed_in.email == "ayesha@example.com"
+    spent = _ayesha(session).login_used_nonce is not None
+    assert spent == (step == "press its button")
+    signed_in_events = _fresh(session, select(AuditEvent.id)
+                              .where(AuditEvent.action == "creator.signed_in"))
+    assert len(signed_in_events) == (1 if step == "press its button" else 0)

@@ -232,13 +232,13 @@ def test_a_mail_waiting_for_its_retry_or_in_its_lease_is_ok(ops_app, session):
     _mail(session, next_attempt_at=datetime.now(UTC) + timedelta(hours=1), attempts=3,
           created_at=datetime.now(UTC) - timedelta(hours=2))
     _mail(session, status=MailStatus.sending.value,
-          sending_started_at=datetime.now(UTC) - timedelta(seconds=200))
+          sending_started_at=datetime.now(UTC) - timedelta(seconds=100))  # < lease + grace
     _mail(session, status=MailStatus.failed.value, last_error="550 no such user")
     body = get(ops_app, "/healthz").json
     assert body["status"] == "ok", body
     assert body["checks"]["mails"] == {"status": "ok", "queued": 1, "sending": 1, "failed": 1,
                                        "oldest_due_seconds": 0.0,
-                                       "oldest_sending_seconds": pytest.approx(200, abs=30)}
+                                       "oldest_sending_seconds": pytest.approx(100, abs=15)}
 
 
 # --------------------------------------------------------------------------- /metrics
