@@ -46,7 +46,8 @@ SETTINGS = {
     "MAIL_RETRY_MAX_DELAY_SECONDS": "4",
     "MAIL_RETRY_WINDOW_SECONDS": "3600",
     "MAIL_BATCH_SIZE": "5",  # many batches: each worker runs one and holds the next
-    "MAIL_SENDING_TIMEOUT_SECONDS": "3",  # a batch's lease, renewed every second
+    # a batch's lease, renewed every 2 s: long enough that a loaded machine renews it in time
+    "MAIL_SENDING_TIMEOUT_SECONDS": "6",
     "SMTP_TIMEOUT": "3",
 }
 MAIL_WORKERS = 2
