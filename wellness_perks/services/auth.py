@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask import current_app
-from itsdangerous import BadSignature, SignatureExpired
+from itsdangerous import BadData, SignatureExpired
 from sqlmodel import Session, select
 from werkzeug.security import generate_password_hash
 
@@ -73,13 +73,12 @@ def redeem_sign_in_token(session: Session, *, token: str) -> Creator:
     """The creator a valid, fresh, unused link names; using it spends it (and older links)."""
     max_age = current_app.config["LOGIN_TOKEN_MAX_AGE"]
     try:
-        payload = tokens.serializer().loads(token, max_age=max_age)
+        creator_id, nonce = tokens.parse_sign_in_token(token, max_age=max_age)
     except SignatureExpired as exc:
         raise SignInLinkExpired() from exc
-    except BadSignature as exc:
+    except BadData as exc:
         raise SignInLinkInvalid() from exc
-    if not isinstance(payload, dict) or not {"c", "n"} <= payload.keys():
-        raise SignInLinkInvalid()
+    payload = {"c": creator_id, "n": nonce}
     now = datetime.now(UTC)
     spent = session.execute(
         sa.update(Creator)
