@@ -254,6 +254,16 @@ def _control_issue(line: int, name: str, value: str) -> RowIssue | None:
                     "control_character", {"character": char})
 
 
+def _check_header(line: int, columns: list[str]) -> None:
+    """A header naming a column with a control character is no header: the file is rejected
+    (and the name is never printed as it is)."""
+    for column in columns:
+        control = _control_issue(line, "header", column)
+        if control is not None:
+            raise FileRejected(line, "header", control.reason, code=control.code,
+                               **control.params)
+
+
 def _csv_rows(lines: _Lines) -> Iterator[tuple[int, list[str]]]:
     """(line where the row starts, fields), skipping blank lines; turns decoding trouble into
     FileRejected with the line it happened on."""
@@ -364,6 +374,7 @@ def import_creators(
                            code="file_empty", expected="handle,email,country")
     header_line, header = first
     columns = [h.strip().lower() for h in header]
+    _check_header(header_line, columns)
     missing = [c for c in CREATOR_COLUMNS if c not in columns]
     if missing:
         raise FileRejected(

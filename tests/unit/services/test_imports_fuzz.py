@@ -26,7 +26,7 @@ from wellness_perks.services.emails import normalise_email
 from wellness_perks.services.errors import InvalidInput
 from wellness_perks.services.imports import MAX_LINE_CHARS, FileRejected
 
-EXAMPLES = {"sqlite": 250, "postgresql": 25}
+EXAMPLES = {"sqlite": 120, "postgresql": 12}
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 CODE = re.compile(DEFAULT_CODE_PATTERN)

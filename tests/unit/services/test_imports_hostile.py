@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from sqlmodel import select
@@ -28,6 +29,7 @@ from wellness_perks.services.errors import InvalidInput
 from wellness_perks.services.imports import MAX_LINE_CHARS, MAX_LISTED_ISSUES, RowIssue
 
 HEADER = "handle,email,country,name\n"
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @pytest.fixture
@@ -98,6 +100,15 @@ def test_a_control_character_in_a_code_is_a_located_error(app, session, any_code
     report = _import_codes(app, any_code_program, content, skip_invalid=True)
     assert (report.imported, report.invalid) == (1, 1)
     assert _code_values(session) == ["HS-AAAA-0001"]
+
+
+@pytest.mark.parametrize("header", ["handle,email,country,\x1b[2J", "handle,email,country\x00",
+                                    'handle,email,country,"no\nte"'], ids=repr)
+def test_a_header_with_a_control_character_rejects_the_file(app, session, program, header):
+    issue = _rejected(_import_creators, app, program, header + "\n@a,a@example.com,PK,x\n")
+    assert (issue.line, issue.field, issue.code) == (1, "header", "control_character")
+    assert not CONTROL.search(issue.reason)  # never printed as it is
+    _nothing_imported(session)
 
 
 def test_a_control_character_in_an_ignored_column_is_not_stored_so_not_refused(
