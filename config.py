@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -54,18 +55,50 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+# Sessions and sign-in links are signed with SECRET_KEY: a short one can be guessed offline
+# from a single signed cookie.
+MIN_SECRET_KEY_BYTES = 32
+MAKE_A_KEY = 'python -c "import secrets;print(secrets.token_urlsafe(48))"'
+
+
 def _secret_key(instance_path: Path) -> str:
     """SECRET_KEY from the environment; for a first run on a bare machine, one kept in instance/."""
     key = _env("SECRET_KEY")
     if key:
         return key
-    key_file = instance_path / "secret_key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    instance_path.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    key_file.write_text(key + "\n")
-    key_file.chmod(0o600)
+    return _instance_secret_key(instance_path / "secret_key")
+
+
+def _instance_secret_key(key_file: Path) -> str:
+    """The development key of this install, made once: every process that starts together on a
+    fresh install reads the same key.
+
+    The key is written whole to a file of its own and then linked to its name, which fails if
+    another process linked its key first: the name only ever holds a complete key, the first.
+    """
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".secret_key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, key_file)
+            except FileExistsError:
+                pass  # another process made the key first: theirs is the install's
+        finally:
+            os.unlink(tmp)
+    return key_file.read_text().strip()
+
+
+def check_secret_key(key: str, where: str) -> str:
+    """A key too short to sign sessions safely stops the process, saying how to make one."""
+    if len(key.encode("utf-8")) < MIN_SECRET_KEY_BYTES:
+        raise RuntimeError(
+            f"{where} must be at least {MIN_SECRET_KEY_BYTES} bytes long, got "
+            f"{len(key.encode('utf-8'))}; make one with: {MAKE_A_KEY}")
     return key
 
 
@@ -84,7 +117,10 @@ class Config:
                                       or _env("INSTANCE_PATH", default_instance)).resolve())
         instance = Path(self.INSTANCE_PATH)
         self.PORT = _env_int("PORT", 5000)
-        self.SECRET_KEY = overrides.pop("SECRET_KEY", None) or _secret_key(instance)
+        given_key = overrides.pop("SECRET_KEY", None)
+        self.SECRET_KEY = check_secret_key(
+            given_key or _secret_key(instance),
+            "SECRET_KEY" if given_key or _env("SECRET_KEY") else str(instance / "secret_key"))
         self.DATABASE_URL = normalise_database_url(
             _env("DATABASE_URL", f"sqlite:///{instance / 'wellness_perks.db'}")
         )
@@ -107,6 +143,15 @@ class Config:
         self.SWEEP_INTERVAL_SECONDS = _env_int("SWEEP_INTERVAL_SECONDS", 30)
         self.SWEEP_PENDING_AFTER_SECONDS = _env_int("SWEEP_PENDING_AFTER_SECONDS", 60)
         self.MAIL_SENDING_TIMEOUT_SECONDS = _env_int("MAIL_SENDING_TIMEOUT_SECONDS", 300)
+        # Health: a claim pending, or a mail due, longer than this makes the system "degraded".
+        self.HEALTH_GRACE_SECONDS = _env_int("HEALTH_GRACE_SECONDS", 120)
+        # The bearer token that shows operators the details of /healthz and /metrics. Empty:
+        # only a request from this machine that came through no proxy sees them.
+        self.OPS_TOKEN = _env("OPS_TOKEN", "")
+        if self.OPS_TOKEN and len(self.OPS_TOKEN) < 16:
+            raise RuntimeError("environment variable OPS_TOKEN must be at least 16 characters "
+                               "(make one with: python3 -c 'import secrets; "
+                               "print(secrets.token_urlsafe(32))')")
         self.BASE_URL = _env("BASE_URL", f"http://127.0.0.1:{self.PORT}").rstrip("/")
         # Mail: SMTP when SMTP_HOST is set, otherwise RFC 5322 files in OUTBOX_DIR.
         self.SMTP_HOST = _env("SMTP_HOST", "")
@@ -129,6 +174,26 @@ class Config:
         self.OUTBOX_DIR = _env("OUTBOX_DIR", str(instance / "outbox"))
         self.HELP_EMAIL = _env("HELP_EMAIL", "help@localhost")
         self.LOGIN_TOKEN_MAX_AGE = _env_int("LOGIN_TOKEN_MAX_AGE", 15 * 60)
+        # The largest request body taken, in bytes; a larger one is answered 413 unread.
+        self.MAX_CONTENT_LENGTH = _env_int("MAX_CONTENT_LENGTH", 64 * 1024)
+        # A signed-in session ends after this long without a request, and this long after
+        # its sign-in, whatever its use.
+        self.SESSION_IDLE_MINUTES = _env_int("SESSION_IDLE_MINUTES", 30)
+        self.SESSION_MAX_HOURS = _env_int("SESSION_MAX_HOURS", 12)
+        # Abuse limits (web/limits.py), each "N per PERIOD"; counted in Redis when a broker is
+        # configured, so that every process shares the counts, in memory otherwise.
+        self.RATELIMIT_ENABLED = _env_bool("RATELIMIT_ENABLED", True)
+        self.RATELIMIT_STORAGE_URI = _env("RATELIMIT_STORAGE_URI", "")  # empty: see below
+        self.RATELIMIT_SIGN_IN_PER_ADDRESS = _env("RATELIMIT_SIGN_IN_PER_ADDRESS",
+                                                  "3 per 15 minutes")
+        self.RATELIMIT_SIGN_IN_PER_IP = _env("RATELIMIT_SIGN_IN_PER_IP", "100 per 15 minutes")
+        self.RATELIMIT_CLAIM_PER_SESSION = _env("RATELIMIT_CLAIM_PER_SESSION", "10 per minute")
+        self.RATELIMIT_MANAGER_PASSWORD_FAILURES = _env("RATELIMIT_MANAGER_PASSWORD_FAILURES",
+                                                        "5 per 15 minutes")
+        self.RATELIMIT_API_TOKEN = _env("RATELIMIT_API_TOKEN", "120 per minute")
+        # Proxies in front of the web server whose X-Forwarded-For is believed (the client
+        # address the per-address limits count); 0 when clients connect directly.
+        self.TRUSTED_PROXY_COUNT = _env_int("TRUSTED_PROXY_COUNT", 0)
         self.LOG_LEVEL = _env("LOG_LEVEL", "INFO")
         self.SESSION_COOKIE_SECURE = self.BASE_URL.startswith("https://")
         self.SESSION_COOKIE_HTTPONLY = True
@@ -137,3 +202,6 @@ class Config:
         for key, value in overrides.items():
             setattr(self, key, value)
         self.DATABASE_URL = normalise_database_url(self.DATABASE_URL)
+        if not self.RATELIMIT_STORAGE_URI:  # the broker's Redis, or this process's memory
+            broker_redis = self.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+            self.RATELIMIT_STORAGE_URI = self.CELERY_BROKER_URL if broker_redis else "memory://"

@@ -8,8 +8,8 @@
    process of its own.
 2. Measure the ceilings on the same machine and services (``bench/ceilings.py``).
 3. Start gunicorn, the Celery workers and beat as an operator does; sign every creator in
-   through ``GET /login/<token>`` (tokens minted as the app mints them) and open the program
-   page for its CSRF token (not timed).
+   through ``GET /login/<token>`` and its button (tokens minted as the app mints them), open
+   the program page for its CSRF token (not timed).
 4. Launch: every creator POSTs the claim form, C connections at once, as fast as the server
    takes them. Follow the claims to the last code allocated (database) and the last redemption
    mail received (SMTP sink).

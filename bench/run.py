@@ -202,8 +202,9 @@ class BenchRun:
                                 "ORDER BY id", (email_like,)).fetchall()
 
     def sign_in(self, creators: list[tuple[int, int]], page: str) -> dict:
-        """Sign each creator in through the real link (``GET /login/<token>``, the token minted
-        as the app mints it) and open ``page`` for the CSRF token. Not timed."""
+        """Sign each creator in through the real link (``GET /login/<token>``, then its
+        button's POST; the token minted as the app mints it) and open ``page`` for the CSRF
+        token. Not timed."""
         items = [(cid, mint_sign_in_token(self.env["SECRET_KEY"], cid, nonce))
                  for cid, nonce in creators]
         progress = Progress("sign-in")
@@ -216,7 +217,7 @@ class BenchRun:
             progress.show(f"{done:,}/{total:,} creators signed in ({rate:,.0f}/s)"
                           + (f", {errors} errors" if errors else ""))
 
-        say(f"signing {total:,} creators in (GET /login/<token>, GET {page}; not timed)")
+        say(f"signing {total:,} creators in (GET and POST /login/<token>, GET {page}; not timed)")
         result = self.load.sign_in(items, page, self.args.concurrency, on_poll=show)
         elapsed = time.perf_counter() - started
         progress.done(f"{result['signed_in']:,}/{total:,} signed in in {elapsed:.1f} s")

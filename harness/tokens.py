@@ -1,5 +1,6 @@
 """The product's sign-in token, minted as the product mints it (``wellness_perks.services.auth``),
-so a harness signs many creators in through ``GET /login/<token>`` without mail.
+so a harness signs many creators in through their links without mail (``GET /login/<token>``
+shows a button, its POST with the page's CSRF token signs in).
 
 ``tests/harness/test_tokens.py`` holds this to the product: a token minted here is redeemed there.
 """

@@ -17,10 +17,12 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from sqlmodel import Session, SQLModel
 
 from tests.helpers import (
+    TEST_SECRET_KEY,
     MailCatcher,
     csrf_token,
     migrated_pg_database,
     sign_in_link,
+    use_sign_in_link,
 )
 from wellness_perks import create_app
 from wellness_perks.db import get_session
@@ -111,7 +113,7 @@ def app_config(database_url, tmp_path, smtp_server):
         "DATABASE_URL": database_url,
         "INSTANCE_PATH": str(tmp_path / "instance"),
         "OUTBOX_DIR": str(tmp_path / "outbox"),
-        "SECRET_KEY": "test-secret-key",
+        "SECRET_KEY": TEST_SECRET_KEY,
         "BASE_URL": "http://localhost",
         "CELERY_BROKER_URL": "",
         "SMTP_HOST": "127.0.0.1",
@@ -206,13 +208,13 @@ def factory(app):
 def sign_in(client, smtp_server, address: str) -> None:
     """Sign in through the real flow: form, mail, link."""
     page = client.get("/login")
-    before = len(smtp_server.to(address))
+    before = len(smtp_server.to(address, "sign-in"))
     response = client.post("/login", data={"email": address,
                                            "csrf_token": csrf_token(page.text)})
     assert response.status_code == 302, response.text
     mails = smtp_server.wait_for_mail(address, "sign-in", count=before + 1)
     link = sign_in_link(mails[-1])
-    response = client.get(link.replace("http://localhost", ""))
+    response = use_sign_in_link(client, link.replace("http://localhost", ""))
     assert response.status_code == 302 and response.headers["Location"] == "/", response.text
 
 

@@ -26,6 +26,8 @@ REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 POSTGRES = PostgresServer(os.environ.get(
     "TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
     prefix="wp_test")
+# The unit tests' SECRET_KEY: long enough for config.py, which refuses a short one.
+TEST_SECRET_KEY = "test-secret-key-of-at-least-32-bytes"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 CSRF_RE = re.compile(r'<input[^>]*name="csrf_token"[^>]*value="([^"]+)"')
@@ -139,6 +141,13 @@ def sign_in_link(message: EmailMessage) -> str:
     match = LINK_RE.search(text_body(message))
     assert match, "no sign-in link in the mail"
     return match.group(0)
+
+
+def use_sign_in_link(client, path: str, **post_data):
+    """Open a sign-in link (a page with one button) and press its button: the POST's answer."""
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    return client.post(path, data={"csrf_token": csrf_token(page.text), **post_data})
 
 
 def csrf_token(html: str) -> str:

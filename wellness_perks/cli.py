@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from .db import get_session
 from .models import Manager
-from .services import auth, codes, imports, mail, privacy, programs, sweeper
+from .services import auth, codes, health, imports, mail, privacy, programs, sweeper
 from .services import verify as violations
 from .services.countries import normalise_country, parse_country_quota
 from .services.errors import DomainError
@@ -296,17 +296,22 @@ def restore_code_command(slug: str, code: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print violations as JSON.")
 @with_appcontext
 def verify_command(slug: str, as_json: bool) -> None:
-    """Check the invariants I1-I5 of a program; exit 0 only when all hold."""
+    """Check the invariants I1-I5 of a program; exit 0 only when all hold. Work the program
+    still owes (failed mails, mails and claims overdue) is listed after, as "owed:" lines."""
     program = _program(slug)
     found = violations.verify_program(get_session(), program_id=program.id)
+    owed = violations.owed_work(get_session(), program_id=program.id)
     if as_json:
         click.echo(json.dumps({"program": slug, "ok": not found,
-                               "violations": [v.as_dict() for v in found]}, indent=2))
+                               "violations": [v.as_dict() for v in found],
+                               "owed": [o.as_dict() for o in owed]}, indent=2))
     else:
         for violation in found:
             click.echo(str(violation))
         click.echo(f"{slug}: {len(found)} violation(s)" if found else
                    f"{slug}: I1-I5 hold")
+        for line in owed:  # work still owed: it does not change the verdict
+            click.echo(str(line))
     if found:
         sys.exit(1)
 
@@ -417,6 +422,22 @@ def resend_failed_command(slug: str, since: str | None) -> None:
         click.echo("no failed code mail to send again")
 
 
+@click.command("health")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@with_appcontext
+def health_command(as_json: bool) -> None:
+    """Check the database, the broker, the workers of each queue and the work owed; exit 0
+    only when all is ok (1 when degraded or in error)."""
+    report = health.check(get_session())
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if report.status != health.Status.ok:
+        sys.exit(1)
+
+
 COMMANDS = (
     init_db_command,
     create_manager_command,
@@ -429,6 +450,7 @@ COMMANDS = (
     restore_code_command,
     quota_command,
     verify_command,
+    health_command,
     sweep_command,
     resend_failed_command,
     forget_command,

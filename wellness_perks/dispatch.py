@@ -79,8 +79,8 @@ def allocate_program(program_id: int) -> None:
     _enqueue(ALLOCATE_PROGRAM, program_id, program_id=program_id)
 
 
-def send_email(outbound_id: int, countdown: int | None = None) -> None:
-    _enqueue(SEND_EMAIL, outbound_id, countdown=countdown, outbound_id=outbound_id)
+def send_email(outbound_id: int) -> None:
+    _enqueue(SEND_EMAIL, outbound_id, outbound_id=outbound_id)
 
 
 def send_emails(outbound_ids: list[int]) -> None:
@@ -124,13 +124,15 @@ def _trip(task_name: str, exc: Exception, **log_fields) -> None:
               error=type(exc).__name__, **log_fields)
 
 
-def _enqueue(task_name: str, *args, countdown: int | None = None, **log_fields) -> bool:
-    """Publish; False when the broker could not take it (the rows wait for the sweeper)."""
+def _enqueue(task_name: str, *args, **log_fields) -> bool:
+    """Publish, for now (never with a countdown or an ETA: a later attempt is a time on its
+    row, served by the sweeper); False when the broker could not take it (the rows wait for
+    the sweeper)."""
     if not _eager() and _circuit_open(task_name, **log_fields):
         return False
     task = current_app.extensions["celery"].tasks[task_name]
     try:
-        task.apply_async(args=args, countdown=countdown)
+        task.apply_async(args=args)
     except Exception as exc:  # broker down: the row waits in the database for the sweeper
         _trip(task_name, exc, **log_fields)
         return False

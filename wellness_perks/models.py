@@ -187,9 +187,16 @@ class Creator(SQLModel, table=True):
     # The language they read pages and mails in (one of SUPPORTED_LOCALES).
     locale: str = Field(default=DEFAULT_LOCALE, sa_column=sa.Column(
         sa.String(8), nullable=False, server_default=DEFAULT_LOCALE))
-    # Bumped each time a sign-in link is used: a link carries the value it was minted with,
-    # so every link is usable once.
+    # The number of their newest sign-in link: bumped when a link is asked for and when one
+    # is used. A link carries the value it was minted with, so only the newest works, once.
     login_nonce: int = Field(default=0, nullable=False)
+    # The number of the link they last signed in with (None: never): tells a used link from
+    # one superseded by a newer link.
+    login_used_nonce: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    # Named by every session of theirs; bumped at sign-out and when they are forgotten, which
+    # ends every session at once (a copied cookie included).
+    session_version: int = Field(default=0, sa_column=sa.Column(
+        sa.Integer, nullable=False, server_default="0"))
     last_login_at: datetime | None = Field(default=None, sa_column=_ts())
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 

@@ -7,6 +7,7 @@ import pytest
 from sqlmodel import select
 
 from harness.tokens import mint_sign_in_token
+from tests.helpers import use_sign_in_link
 from wellness_perks.db import get_session
 from wellness_perks.models import Creator
 from wellness_perks.services.auth import redeem_sign_in_token
@@ -29,6 +30,6 @@ def test_the_product_redeems_a_token_the_harness_minted(app, creator):
 
 def test_the_sign_in_link_of_a_harness_token_signs_the_creator_in(app, client, creator):
     token = mint_sign_in_token(app.config["SECRET_KEY"], creator.id, creator.login_nonce)
-    response = client.get(f"/login/{token}")
+    response = use_sign_in_link(client, f"/login/{token}")
     assert response.status_code == 302 and response.headers["Location"] == "/"
     assert client.get("/").status_code == 200

@@ -53,7 +53,7 @@ APP_SETTINGS = (
     "INSTANCE_PATH", "PORT", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "BASE_URL",
     "SMTP_HOST", "SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_STARTTLS", "SMTP_SSL",
     "SMTP_TIMEOUT", "MAIL_FROM", "MAIL_RETRY_WINDOW_SECONDS", "MAIL_RETRY_BASE_SECONDS",
-    "OUTBOX_DIR",
+    "MAIL_RETRY_MAX_DELAY_SECONDS", "MAIL_BATCH_SIZE", "OUTBOX_DIR",
     "HELP_EMAIL", "LOGIN_TOKEN_MAX_AGE", "LOG_LEVEL", "ALLOCATION_BATCH_SIZE",
     "SWEEP_INTERVAL_SECONDS", "SWEEP_PENDING_AFTER_SECONDS", "MAIL_SENDING_TIMEOUT_SECONDS",
 )
@@ -146,7 +146,8 @@ class Stack(HarnessStack):
                 threads: int = 16) -> dict[str, SignedIn]:
         """A signed-in browser per creator, each having fetched ``path`` once (so it holds a
         CSRF token). The sign-in link is minted as the app mints it (the test knows SECRET_KEY)
-        instead of mailed, and used through ``GET /login/<token>``."""
+        instead of mailed, and used as a creator does: ``GET /login/<token>`` shows the button, its
+        POST (with the page's CSRF token) signs in."""
         emails = list(emails)
         with self.db() as conn:
             rows = {email: (creator_id, nonce) for email, creator_id, nonce in conn.execute(
@@ -160,8 +161,11 @@ class Stack(HarnessStack):
             http = requests.Session()
             self.browsers.append(http)
             token = mint_sign_in_token(self.env["SECRET_KEY"], creator_id, nonce)
-            response = http.get(self.url(f"/login/{token}"), allow_redirects=False,
-                                timeout=HTTP_TIMEOUT)
+            link = self.url(f"/login/{token}")
+            button = http.get(link, allow_redirects=False, timeout=HTTP_TIMEOUT)
+            assert button.status_code == 200, (email, button.status_code, button.text)
+            response = http.post(link, data={"csrf_token": csrf_token(button.text)},
+                                 allow_redirects=False, timeout=HTTP_TIMEOUT)
             assert response.status_code == 302, (email, response.status_code, response.text)
             page = http.get(self.url(path), timeout=HTTP_TIMEOUT)
             assert page.status_code == 200, (email, path, page.status_code)
@@ -249,16 +253,20 @@ def running_stack(mail: SmtpServer, tmp: Path, *, broker_url: str,
 
 @pytest.fixture(scope="module")
 def stack(mail_catcher, tmp_path_factory) -> Iterator[Stack]:
-    """PostgreSQL database + Redis database + settings; gunicorn and the Celery worker running."""
+    """PostgreSQL database + Redis database + settings; gunicorn, the Celery worker and beat
+    running."""
     require_stack_services()
     broker_url, redis_client = _claim_redis_database()
     try:
+        # Beat runs the sweeper every second: it sends the mails whose retry is due.
         with running_stack(mail_catcher, tmp_path_factory.mktemp("e2e"),
-                           broker_url=broker_url) as st:
+                           broker_url=broker_url,
+                           settings={"SWEEP_INTERVAL_SECONDS": "1"}) as st:
             # Node celery@host, the name `celery -A worker worker` takes by default.
             worker = st.start_worker("celery", 2, wait=False)
             wait_for(lambda: worker.ensure_running() or _worker_pings(st.env), timeout=30,
                      interval=0.2, what="the Celery worker to answer `celery inspect ping`")
+            st.start_beat()
             yield st
     finally:
         _release_redis(redis_client)

@@ -484,8 +484,10 @@ def test_broker_down_claims_stored_then_served_after_sweep(launch, tmp_path):
                         meanwhile=(5, launch.broker.kill))
     assert not launch.broker.running
     # Then, with the broker certainly down, ten more.
+    # Degraded, not down: the node still takes claims (a load balancer keeps it).
     health = requests.get(launch.url("/healthz"), timeout=30)
-    assert health.status_code == 503 and health.json()["checks"]["broker"].startswith("error")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert health.json()["checks"]["broker"]["status"] == "error"
     # A broker that is down costs a claim a failed publish, not a hang: claim_all fails any
     # claim not answered 302 within CLAIM_TIMEOUT (how fast is the benchmark's business).
     seconds |= claim_all(launch, slug, [browsers[e] for e in down])

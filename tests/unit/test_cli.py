@@ -29,6 +29,7 @@ from wellness_perks.models import (
     Creator,
     Eligibility,
     Manager,
+    OutboundEmail,
     Program,
 )
 from wellness_perks.services.verify import Violation
@@ -527,14 +528,38 @@ def test_verify_command_exits_non_zero_on_violation(runner, app, factory, sessio
         session, select(Claim.id, Claim.creator_id, Claim.requested_at))
     line = f"I4: pending since {requested_at:%Y-%m-%d %H:%M:%S} (claim={claim_id} " \
            f"creator={creator_id})"
+    owed = f"owed: 1 claim(s) pending past the grace period, since " \
+           f"{requested_at:%Y-%m-%d %H:%M:%S} (claim #{claim_id})"
     result = runner.invoke(args=["verify", program.slug])
     assert result.exit_code == 1, (result.output, result.exception)
-    assert result.stdout.splitlines() == [line, f"{program.slug}: 1 violation(s)"]
+    assert result.stdout.splitlines() == [line, f"{program.slug}: 1 violation(s)", owed]
     result = runner.invoke(args=["verify", program.slug, "--json"])
     assert result.exit_code == 1, (result.output, result.exception)
     assert _json(result) == {"program": program.slug, "ok": False, "violations": [
         {"invariant": "I4", "message": f"pending since {requested_at:%Y-%m-%d %H:%M:%S}",
-         "claim_id": claim_id, "code_id": None, "creator_id": creator_id}]}
+         "claim_id": claim_id, "code_id": None, "creator_id": creator_id}], "owed": [
+        {"kind": "overdue_claims", "count": 1, "since": requested_at.isoformat(),
+         "ids": [claim_id], "message": owed}]}
+
+
+def test_verify_command_lists_owed_work_and_still_exits_0(runner, app, factory, session,
+                                                          smtp_server):
+    healthy_program(app, factory, session, smtp_server)
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.kind == "reissue")
+                    .values(status="failed", last_error="550 no such user"))
+    session.commit()
+    [(mail_id, created_at)] = _all(session, select(OutboundEmail.id, OutboundEmail.created_at)
+                                   .where(OutboundEmail.status == "failed"))
+    owed = (f"owed: 1 failed code mail(s), owed since {created_at:%Y-%m-%d %H:%M:%S} "
+            f"(mail #{mail_id}); resend-failed sends them again")
+    result = runner.invoke(args=["verify", SLUG])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.splitlines() == [f"{SLUG}: I1-I5 hold", owed]
+    result = runner.invoke(args=["verify", SLUG, "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    document = _json(result)
+    assert (document["ok"], document["violations"]) == (True, [])
+    assert [o["message"] for o in document["owed"]] == [owed]
 
 
 def test_verify_command_on_a_healthy_program(runner, app, factory, session, smtp_server):
@@ -544,7 +569,7 @@ def test_verify_command_on_a_healthy_program(runner, app, factory, session, smtp
     assert result.stdout == f"{SLUG}: I1-I5 hold\n"
     result = runner.invoke(args=["verify", SLUG, "--json"])
     assert result.exit_code == 0, (result.output, result.exception)
-    assert _json(result) == {"program": SLUG, "ok": True, "violations": []}
+    assert _json(result) == {"program": SLUG, "ok": True, "violations": [], "owed": []}
 
 
 # One corruption of each invariant (tests/unit/services/test_verify.py has one per message).
@@ -560,8 +585,9 @@ def test_verify_command_prints_each_violation_and_exits_1(name, runner, app, fac
         expected = case.expected(w)
         result = runner.invoke(args=["verify", SLUG])
         assert result.exit_code == 1, (result.output, result.exception)
-        assert result.stdout.splitlines() == [*expected,
-                                              f"{SLUG}: {len(expected)} violation(s)"]
+        # Work owed (a failed mail) follows as "owed:" lines, tested on their own.
+        assert [line for line in result.stdout.splitlines() if not line.startswith("owed: ")
+                ] == [*expected, f"{SLUG}: {len(expected)} violation(s)"]
         result = runner.invoke(args=["verify", SLUG, "--json"])
         assert result.exit_code == 1, (result.output, result.exception)
         document = _json(result)

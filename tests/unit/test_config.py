@@ -8,6 +8,8 @@ import pytest
 
 from config import Config
 
+GIVEN_KEY = "given-key-at-least-thirty-two-bytes-long"
+
 
 @pytest.mark.parametrize(("raw", "message"), [
     ("ten", "WORKER_NICENESS must be a whole number, got 'ten'"),
@@ -32,9 +34,9 @@ def test_worker_niceness_defaults_to_the_webs(monkeypatch, tmp_path):
 def test_given_settings_win_and_a_given_key_writes_no_file(monkeypatch, tmp_path):
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "from-environment"))
     monkeypatch.setenv("SECRET_KEY", "")
-    config = Config({"INSTANCE_PATH": str(tmp_path / "given"), "SECRET_KEY": "given-key",
+    config = Config({"INSTANCE_PATH": str(tmp_path / "given"), "SECRET_KEY": GIVEN_KEY,
                      "DATABASE_URL": "postgresql://perks@db/perks"})
-    assert config.INSTANCE_PATH == str(tmp_path / "given") and config.SECRET_KEY == "given-key"
+    assert config.INSTANCE_PATH == str(tmp_path / "given") and config.SECRET_KEY == GIVEN_KEY
     assert config.OUTBOX_DIR == str(tmp_path / "given" / "outbox")
     assert config.DATABASE_URL == "postgresql+psycopg://perks@db/perks"
     assert not (tmp_path / "given" / "secret_key").exists()
@@ -47,3 +49,91 @@ def test_without_a_key_one_is_made_once_in_the_instance_folder(monkeypatch, tmp_
     first, again = Config().SECRET_KEY, Config().SECRET_KEY
     assert first == again == (tmp_path / "secret_key").read_text().strip()
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("key", ["a", "test-secret-key", "x" * 31, "é" * 15])
+def test_a_short_secret_key_is_refused_with_how_to_make_one(monkeypatch, tmp_path, key):
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("SECRET_KEY", key)
+    with pytest.raises(RuntimeError) as refused:
+        Config()
+    message = str(refused.value)
+    assert message.startswith("SECRET_KEY must be at least 32 bytes long")
+    assert 'python -c "import secrets;print(secrets.token_urlsafe(48))"' in message
+    assert len(key) < 5 or key not in message  # the key itself is never printed
+    monkeypatch.delenv("SECRET_KEY")
+    with pytest.raises(RuntimeError, match="^SECRET_KEY must be at least 32 bytes"):
+        Config({"SECRET_KEY": key, "DATABASE_URL": "postgresql://perks@db/perks"})
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_a_key_of_32_bytes_is_taken(monkeypatch, tmp_path):
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("SECRET_KEY", "k" * 32)
+    assert Config().SECRET_KEY == "k" * 32
+    monkeypatch.setenv("SECRET_KEY", "é" * 16)  # bytes, not characters
+    assert Config().SECRET_KEY == "é" * 16
+
+
+def test_a_short_key_left_in_the_instance_folder_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    (tmp_path / "secret_key").write_text("\n")  # e.g. a disk that filled up mid-write
+    with pytest.raises(RuntimeError, match=re.escape(f"{tmp_path / 'secret_key'} must be at "
+                                                     "least 32 bytes long, got 0")):
+        Config()
+
+
+def _config_key(instance: str, start, keys) -> None:
+    import os
+
+    os.environ["INSTANCE_PATH"] = instance
+    os.environ.pop("SECRET_KEY", None)
+    start.wait()
+    keys.put(Config().SECRET_KEY)
+
+
+def test_processes_starting_together_on_a_fresh_install_share_one_key(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        instance = tmp_path / f"fresh-{round_}" / "instance"  # not there yet
+        start, keys = context.Barrier(6), context.Queue()
+        processes = [context.Process(target=_config_key, args=(str(instance), start, keys))
+                     for _ in range(6)]
+        for process in processes:
+            process.start()
+        seen = [keys.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+            assert process.exitcode == 0
+        assert len(set(seen)) == 1 and len(seen[0]) >= 32
+        assert seen[0] == (instance / "secret_key").read_text().strip()
+        assert sorted(p.name for p in instance.iterdir()) == ["secret_key"]  # no leftovers
+
+
+def _start_one(start, seen: list, errors: list) -> None:
+    start.wait()
+    try:
+        seen.append(Config().SECRET_KEY)
+    except Exception as exc:  # noqa: BLE001 - a refused (half-written) key counts as a failure
+        errors.append(exc)
+
+
+def test_threads_starting_together_on_a_fresh_install_share_one_key(monkeypatch, tmp_path):
+    import threading
+
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    for round_ in range(20):
+        instance = tmp_path / f"fresh-{round_}"
+        monkeypatch.setenv("INSTANCE_PATH", str(instance))
+        start, seen, errors = threading.Barrier(8), [], []
+        threads = [threading.Thread(target=_start_one, args=(start, seen, errors))
+                   for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors and len(set(seen)) == 1 and len(seen) == 8
+        assert (instance / "secret_key").stat().st_mode & 0o777 == 0o600

@@ -22,7 +22,8 @@ SCRIPT = textwrap.dedent("""
 
     url = "sqlite:///" + sys.argv[1] + "/perks.db"
     upgrade(url)
-    settings = {"DATABASE_URL": url, "INSTANCE_PATH": sys.argv[1], "SECRET_KEY": "k",
+    settings = {"DATABASE_URL": url, "INSTANCE_PATH": sys.argv[1],
+                "SECRET_KEY": "test-secret-key-of-at-least-32-bytes",
                 "OUTBOX_DIR": sys.argv[1] + "/outbox"}
     published = {}
     for broker in ("", "memory://"):  # in-process (eager), then a broker

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from tests.helpers import csrf_token, redemption_code, sign_in_link
+from tests.helpers import csrf_token, redemption_code, sign_in_link, use_sign_in_link
 
 
 def _sign_in(client, smtp_server, address: str) -> str:
@@ -13,7 +13,7 @@ def _sign_in(client, smtp_server, address: str) -> str:
     page = client.get("/login")
     client.post("/login", data={"email": address, "csrf_token": csrf_token(page.text)})
     link = sign_in_link(smtp_server.wait_for_mail(address, "sign-in")[-1])
-    client.get(link.removeprefix("http://localhost"))
+    use_sign_in_link(client, link.removeprefix("http://localhost"))
     return link.rsplit("/", 1)[1]
 
 

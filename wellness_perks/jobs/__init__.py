@@ -15,7 +15,7 @@ from celery.signals import worker_init
 from flask import Flask
 from kombu import Queue
 
-from .. import dispatch
+from .. import broker, dispatch
 
 QUEUES = ("allocation", "mail", "periodic")
 TASK_ROUTES = {
@@ -34,6 +34,12 @@ def init_app(app: Flask) -> Celery:
         def __call__(self, *args, **kwargs):
             with app.app_context():
                 return self.run(*args, **kwargs)
+
+        def on_failure(self, exc, task_id, args, kwargs, einfo):
+            # A task that failed for good (not one that will be retried) is counted where
+            # every process adds to one total: /metrics' wellness_perks_task_failures.
+            with app.app_context():
+                broker.record_task_failure(self.name)
 
     broker_url = app.config["CELERY_BROKER_URL"]
     celery_app = Celery(app.import_name, task_cls=FlaskTask)
@@ -57,6 +63,8 @@ def init_app(app: Flask) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        # A worker never gives up on a lost broker: it reconnects for as long as it takes.
+        broker_connection_max_retries=None,
         # A web request must not hang on a broker that is down.
         broker_transport_options={"socket_connect_timeout": 2, "socket_timeout": 5,
                                   "max_retries": 1},

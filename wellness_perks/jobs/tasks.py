@@ -1,9 +1,19 @@
-"""The Celery tasks: ids in, one service call, retried where the database was briefly away.
+"""The Celery tasks: ids in, one service call, tried again in-process where the database was
+briefly away.
 
 Each is registered under its name in ``dispatch``, which is how the web side publishes them.
+No task ever publishes a message with a countdown or an ETA: such a message is held in the
+worker's memory, unacknowledged, until it is due, and a broker restart then takes the worker
+down with it (kombu, on the dead connection). A mail's next attempt is a time on its row
+(``next_attempt_at``) that the sweeper serves; a task that cannot reach the database tries
+again here, a few times, and then leaves its rows to the sweeper.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
+import time
 
 from celery import shared_task
 from celery.signals import worker_process_shutdown
@@ -11,14 +21,36 @@ from sqlalchemy.exc import OperationalError
 
 from .. import dispatch
 from ..db import get_session
+from ..logs import log_event
 from ..services import allocation, mail, sweeper
+
+# Waits before each further try of a task the database failed (a disconnect, a deadlock, a
+# serialisation failure): about 15 s in all, then the task gives up and its rows wait in their
+# waiting state for the sweeper. Every task is idempotent, so trying again is safe.
+DATABASE_RETRY_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def database_task(name: str):
-    """A task retried with backoff when the database is briefly unreachable (or a deadlock or
-    serialisation failure is reported): every task is idempotent, so a re-run is safe."""
-    return shared_task(name=name, bind=True, autoretry_for=(OperationalError,),
-                       retry_backoff=True, retry_backoff_max=60, max_retries=8)
+    """A task tried again in-process, after ``DATABASE_RETRY_WAITS``, when the database fails
+    it; in-process (eager) it is tried once: the request that queued it does not wait."""
+    def decorate(run):
+        @shared_task(name=name, bind=True)
+        @functools.wraps(run)
+        def task(self, *args):
+            waits = () if self.request.is_eager else DATABASE_RETRY_WAITS
+            for wait in (*waits, None):
+                try:
+                    return run(self, *args)
+                except OperationalError as exc:
+                    if wait is None:
+                        raise
+                    log_event("task.database_retry", logging.WARNING, task=name,
+                              error=type(exc.orig).__name__, retry_in=wait)
+                    get_session().rollback()
+                    time.sleep(wait)
+            raise AssertionError("unreachable")
+        return task
+    return decorate
 
 
 @database_task(dispatch.ALLOCATE_PROGRAM)
@@ -33,24 +65,18 @@ def allocate_program(self, program_id: int) -> int:
 def send_email(self, outbound_id: int) -> str:
     try:
         return mail.send(get_session(), outbound_id=outbound_id)
-    except mail.MailRetryLater as later:
-        if self.request.is_eager:
-            return "queued"  # in-process: don't block the request; the row waits for its retry
-        # Attempts are counted on the row; Celery's own limit is only a backstop.
-        raise self.retry(countdown=later.countdown, max_retries=None) from None
+    except mail.MailRetryLater:
+        return "queued"  # the row holds its next attempt's time; the sweeper serves it
 
 
 @database_task(dispatch.SEND_EMAILS)
 def send_emails(self, outbound_ids: list[int]) -> dict:
-    outcome = mail.send_batch(get_session(), outbound_ids=outbound_ids)
-    if not self.request.is_eager:  # in-process, the rows wait for their retry (the sweeper)
-        for outbound_id, countdown in outcome.retry.items():
-            dispatch.send_email(outbound_id, countdown=countdown)
-    return outcome.counts()
+    # Mails to retry hold their next attempt's time on their rows; the sweeper serves them.
+    return mail.send_batch(get_session(), outbound_ids=outbound_ids).counts()
 
 
-@shared_task(name=dispatch.SWEEP, autoretry_for=(OperationalError,), max_retries=2)
-def sweep() -> dict:
+@database_task(dispatch.SWEEP)
+def sweep(self) -> dict:
     return sweeper.sweep(get_session()).as_dict()
 
 

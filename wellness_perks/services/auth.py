@@ -1,7 +1,15 @@
-"""Password-less sign-in: a link mailed to an address on an eligibility list, usable once."""
+"""Password-less sign-in: a link mailed to an address on an eligibility list.
+
+A link names its creator and the number of their newest link (``Creator.login_nonce``). Asking
+for a link bumps that number, so only the newest link works; using it bumps it again, so it
+works once. Opening a link only looks at it (``inspect_sign_in_link``): a mail scanner or a
+link preview that fetches it uses nothing up; the creator's press of the button on the page
+that opens redeems it (``redeem_sign_in_token``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -15,7 +23,7 @@ from ..db import write_transaction
 from ..logs import log_event
 from ..models import Creator, Eligibility, MailKind, Manager
 from . import audit, tokens
-from .emails import normalise_email
+from .emails import mask_email, normalise_email
 from .errors import Conflict, DomainError, InvalidInput, NotFound
 from .mail import owe, owed
 
@@ -38,6 +46,12 @@ class SignInLinkUsed(SignInLinkError):
     code = "sign_in_link_used"
 
 
+class SignInLinkSuperseded(SignInLinkError):
+    """A link never used, but a newer one was sent since: only the newest works."""
+
+    code = "sign_in_link_superseded"
+
+
 def request_sign_in(session: Session, *, email: str) -> int | None:
     """Queue a sign-in mail if the address is on an eligibility list; the mail's id.
 
@@ -51,6 +65,10 @@ def request_sign_in(session: Session, *, email: str) -> int | None:
         if creator is not None and session.exec(
             select(Eligibility.id).where(Eligibility.creator_id == creator.id)
         ).first():
+            # A new link: every link sent before it stops working.
+            session.execute(sa.update(Creator).where(Creator.id == creator.id)
+                            .values(login_nonce=Creator.login_nonce + 1)
+                            .execution_options(synchronize_session=False))
             [outbound_id] = owe(session.connection(), [owed(
                 kind=MailKind.sign_in, to_email=creator.email, creator_id=creator.id,
                 locale=creator.locale, now=datetime.now(UTC))])
@@ -62,6 +80,38 @@ def request_sign_in(session: Session, *, email: str) -> int | None:
     return outbound_id
 
 
+@dataclass(frozen=True)
+class SignedInCreator:
+    """Who a session names, read in one query when the session is still theirs."""
+
+    creator_id: int
+    email: str
+    handle: str
+    locale: str
+    session_version: int
+
+
+def signed_in_creator(session: Session, *, creator_id: int,
+                      session_version: int) -> SignedInCreator | None:
+    """The creator a session names, or None when that session has been ended (they signed out,
+    or were forgotten, since it began): every session carries the version it began under."""
+    row = session.execute(
+        sa.select(Creator.email, Creator.handle, Creator.locale, Creator.session_version)
+        .where(Creator.id == creator_id)).first()
+    if row is None or row.session_version != session_version:
+        return None
+    return SignedInCreator(creator_id, row.email, row.handle, row.locale, row.session_version)
+
+
+def end_sessions(session: Session, *, creator_id: int) -> None:
+    """End every session of this creator, on every device, at once (sign-out)."""
+    with write_transaction(session):
+        session.execute(sa.update(Creator).where(Creator.id == creator_id)
+                        .values(session_version=Creator.session_version + 1)
+                        .execution_options(synchronize_session=False))
+    log_event("sign_in.sessions_ended", creator_id=creator_id)
+
+
 def get_creator(session: Session, *, creator_id: int) -> Creator:
     creator = session.get(Creator, creator_id)
     if creator is None:
@@ -69,8 +119,16 @@ def get_creator(session: Session, *, creator_id: int) -> Creator:
     return creator
 
 
-def redeem_sign_in_token(session: Session, *, token: str) -> Creator:
-    """The creator a valid, fresh, unused link names; using it spends it (and older links)."""
+@dataclass(frozen=True)
+class SignInLink:
+    """What the page a link opens may show: whose link it is, with the address masked."""
+
+    creator_id: int
+    masked_email: str
+
+
+def _payload(token: str) -> tuple[int, int]:
+    """(creator id, link number) of a well-signed, fresh token; SignInLinkError otherwise."""
     max_age = current_app.config["LOGIN_TOKEN_MAX_AGE"]
     try:
         creator_id, nonce = tokens.parse_sign_in_token(token, max_age=max_age)
@@ -78,24 +136,48 @@ def redeem_sign_in_token(session: Session, *, token: str) -> Creator:
         raise SignInLinkExpired() from exc
     except BadData as exc:
         raise SignInLinkInvalid() from exc
-    payload = {"c": creator_id, "n": nonce}
+    return creator_id, nonce
+
+
+def _refusal(creator: Creator | None, nonce: int) -> SignInLinkError:
+    """Why a link with this number no longer works for this creator."""
+    if creator is None:
+        return SignInLinkInvalid()
+    if creator.login_used_nonce is not None and nonce <= creator.login_used_nonce:
+        return SignInLinkUsed()
+    if nonce < creator.login_nonce:
+        return SignInLinkSuperseded()
+    return SignInLinkInvalid()
+
+
+def inspect_sign_in_link(session: Session, *, token: str) -> SignInLink:
+    """The creator a link would sign in, if it would; reading it uses nothing up."""
+    creator_id, nonce = _payload(token)
+    creator = session.get(Creator, creator_id)
+    session.commit()
+    if creator is None or creator.login_nonce != nonce:
+        raise _refusal(creator, nonce)
+    return SignInLink(creator_id=creator.id, masked_email=mask_email(creator.email))
+
+
+def redeem_sign_in_token(session: Session, *, token: str) -> Creator:
+    """The creator a valid, fresh, newest, unused link names; using it spends it."""
+    creator_id, nonce = _payload(token)
     now = datetime.now(UTC)
     spent = session.execute(
         sa.update(Creator)
-        .where(Creator.id == payload["c"], Creator.login_nonce == payload["n"])
-        .values(login_nonce=Creator.login_nonce + 1, last_login_at=now)
+        .where(Creator.id == creator_id, Creator.login_nonce == nonce)
+        .values(login_nonce=Creator.login_nonce + 1, login_used_nonce=nonce, last_login_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
     if not spent:
         session.rollback()
-        if session.get(Creator, payload["c"]) is None:
-            raise SignInLinkInvalid()
-        raise SignInLinkUsed()
-    audit.record(session, audit.event(actor=f"creator:{payload['c']}",
+        raise _refusal(session.get(Creator, creator_id, populate_existing=True), nonce)
+    audit.record(session, audit.event(actor=f"creator:{creator_id}",
                                       action="creator.signed_in", object_type="creator",
-                                      object_id=payload["c"], at=now))
+                                      object_id=creator_id, at=now))
     session.commit()
-    creator = session.get(Creator, payload["c"], populate_existing=True)
+    creator = session.get(Creator, creator_id, populate_existing=True)
     log_event("sign_in.completed", creator_id=creator.id)
     return creator
 

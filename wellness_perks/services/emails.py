@@ -18,3 +18,10 @@ def normalise_email(raw: str) -> str:
         raise InvalidInput(f"not a valid email address: {exc}", field="email",
                            code="email_invalid", detail=str(exc)) from exc
     return result.normalized.lower()
+
+
+def mask_email(address: str) -> str:
+    """An address as a page may show it to whoever holds a link: the first letter of the
+    mailbox and the domain (``a***@example.com``)."""
+    local, _, domain = address.rpartition("@")
+    return f"{local[:1]}***@{domain}"

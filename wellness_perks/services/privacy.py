@@ -122,7 +122,9 @@ def forget_creator(session: Session, *, email: str, actor: str) -> Forgotten:
         placeholder = forgotten_address(creator_id)
         session.execute(sa.update(Creator).where(Creator.id == creator_id).values(
             email=placeholder, handle="forgotten", name=None,
-            login_nonce=Creator.login_nonce + 1))  # every sign-in link of theirs is dead
+            # Every sign-in link of theirs is dead, and says it was used.
+            login_nonce=Creator.login_nonce + 1, login_used_nonce=Creator.login_nonce,
+            session_version=Creator.session_version + 1))  # and every session of theirs
         # Mails still owed can no longer reach them: failed, with the reason visible.
         mails_failed = session.execute(
             sa.update(OutboundEmail)

@@ -10,7 +10,8 @@ live attempt could be repeated.
 - claims pending longer than ``SWEEP_PENDING_AFTER_SECONDS`` (their message was lost, the broker
   was down when they were made, or their worker died) -> allocate their program;
 - programs with waitlisted claims and both room and stock (a trigger was missed) -> allocate;
-- mails queued and due (their retry message was lost) -> send;
+- mails queued and due: a retry whose time has come (retries are times on the rows, never
+  messages held by a worker), or a mail whose message was lost -> send, in batches;
 - mails stuck in ``sending`` longer than ``MAIL_SENDING_TIMEOUT_SECONDS`` (their worker died
   mid-attempt) -> back to queued, the interruption recorded, then send.
 """
@@ -95,8 +96,8 @@ def sweep(session: Session, *, now: datetime | None = None) -> SweepReport:
 
     for program_id in report.programs:
         dispatch.allocate_program(program_id)
-    for outbound_id in report.mails:
-        dispatch.send_email(outbound_id)
+    if report.mails:
+        dispatch.send_emails(report.mails)
     if report.programs or report.mails or report.interrupted_mails:
         log_event("sweep.done", programs=len(report.programs), mails=len(report.mails),
                   interrupted_mails=len(report.interrupted_mails))

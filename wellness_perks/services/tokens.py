@@ -1,6 +1,6 @@
-"""The sign-in token: an itsdangerous token naming a creator and their sign-in counter
-(``login_nonce``), signed with SECRET_KEY. A link carries one; using it bumps the counter, so
-every link works once (``auth.redeem_sign_in_token``)."""
+"""The sign-in token: an itsdangerous token naming a creator and the number of their newest
+sign-in link (``login_nonce``), signed with SECRET_KEY. Asking for a link and using one bump the
+number, so only the newest link works, and once (``auth.redeem_sign_in_token``)."""
 
 from __future__ import annotations
 

@@ -8,14 +8,21 @@ I4 every accepted claim ends allocated, waitlisted or refused (with a reason); n
    pending longer than ``grace``;
 I5 every allocated claim's current code has a redemption mail (not cancelled) that is sent, or
    failed with its error visible; none is overdue, none in a state the outbox does not know.
+
+``owed_work`` lists, apart from the invariants, what the program still owes: its failed code
+mails (``resend-failed`` sends them again), its mails overdue and its claims pending for longer
+than ``HEALTH_GRACE_SECONDS``. Owed work breaks no invariant until it outlasts the invariants'
+own grace periods, so it never changes ``verify``'s verdict by itself: an operator sees it early.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlmodel import Session
 
 from ..models import (
@@ -26,6 +33,7 @@ from ..models import (
     CodeStatus,
     CountryQuota,
     MailKind,
+    MailProblem,
     MailStatus,
     OutboundEmail,
     Program,
@@ -175,4 +183,90 @@ def verify_program(session: Session, *, program_id: int, now: datetime | None = 
             out.append(Violation("I5", f"mail #{mail.id} has unknown status {mail.status!r}",
                                  **refs))
     session.commit()
+    return out
+
+
+# --------------------------------------------------------------------------- owed work
+
+
+class OwedKind(enum.StrEnum):
+    failed_mails = "failed_mails"
+    overdue_mails = "overdue_mails"
+    overdue_claims = "overdue_claims"
+
+
+OWED_IDS_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class Owed:
+    """Work of one kind the program owes: how many, since when (the oldest), the first ids."""
+
+    kind: OwedKind
+    count: int
+    since: datetime
+    ids: tuple[int, ...]
+
+    def __str__(self) -> str:
+        ids = ", ".join(f"#{i}" for i in self.ids[:OWED_IDS_SHOWN])
+        if self.count > OWED_IDS_SHOWN:
+            ids += ", ..."
+        since = f"{self.since:%Y-%m-%d %H:%M:%S}"
+        if self.kind == OwedKind.failed_mails:
+            return (f"owed: {self.count} failed code mail(s), owed since {since} (mail {ids}); "
+                    "resend-failed sends them again")
+        if self.kind == OwedKind.overdue_mails:
+            return f"owed: {self.count} mail(s) overdue, due since {since} (mail {ids})"
+        return f"owed: {self.count} claim(s) pending past the grace period, since {since} " \
+               f"(claim {ids})"
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind.value, "count": self.count, "since": self.since.isoformat(),
+                "ids": list(self.ids), "message": str(self)}
+
+
+def owed_work(session: Session, *, program_id: int, now: datetime | None = None,
+              grace: timedelta | None = None) -> list[Owed]:
+    """The program's failed code mails, its mails overdue (queued and due, or in a send
+    attempt past its lease, for longer than ``grace``) and its claims pending longer than
+    ``grace`` (``HEALTH_GRACE_SECONDS`` by default), oldest first within each kind."""
+    config = current_app.config
+    now = now or datetime.now(UTC)
+    grace = grace if grace is not None else timedelta(seconds=config["HEALTH_GRACE_SECONDS"])
+    lease = timedelta(seconds=config["MAIL_SENDING_TIMEOUT_SECONDS"])
+    cutoff = now - grace
+    session.commit()  # a fresh view
+    failed: list[tuple[datetime, int]] = []
+    overdue: list[tuple[datetime, int]] = []
+    for (mail_id, status, created_at, next_attempt_at, sending_started_at, last_error,
+         mail_code_id, held_code_id) in session.execute(
+            sa.select(OutboundEmail.id, OutboundEmail.status, OutboundEmail.created_at,
+                      OutboundEmail.next_attempt_at, OutboundEmail.sending_started_at,
+                      OutboundEmail.last_error, OutboundEmail.code_id, Claim.code_id)
+            .join(Claim, Claim.id == OutboundEmail.claim_id)
+            .where(Claim.program_id == program_id,
+                   OutboundEmail.status.in_([MailStatus.failed, MailStatus.queued,
+                                             MailStatus.sending]))):
+        if status == MailStatus.failed:
+            # Owed while it is about the code the claim holds and its creator is still known
+            # (what ``resend-failed`` would send again).
+            if mail_code_id == held_code_id and last_error != MailProblem.recipient_forgotten:
+                failed.append((created_at, mail_id))
+        elif status == MailStatus.queued:
+            due = next_attempt_at or created_at
+            if due < cutoff:
+                overdue.append((due, mail_id))
+        elif sending_started_at is not None and sending_started_at + lease < cutoff:
+            overdue.append((sending_started_at + lease, mail_id))
+    claims = [(requested_at, claim_id) for claim_id, requested_at in session.execute(
+        sa.select(Claim.id, Claim.requested_at).where(
+            Claim.program_id == program_id, Claim.state == ClaimState.pending,
+            Claim.requested_at < cutoff))]
+    session.commit()
+    out = []
+    for kind, found in ((OwedKind.failed_mails, failed), (OwedKind.overdue_mails, overdue),
+                        (OwedKind.overdue_claims, claims)):
+        if found:
+            found.sort()
+            out.append(Owed(kind, len(found), found[0][0], tuple(i for _at, i in found)))
     return out

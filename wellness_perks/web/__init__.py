@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from . import auth, errors, hygiene, i18n, ops, portal
+from . import auth, errors, headers, hygiene, i18n, limits, ops, portal, security
 from .security import csrf, login_manager
 
 # Each surface, and whether its POSTs carry a CSRF token (form posts from our own pages do).
@@ -29,9 +29,12 @@ def register(app: Flask, blueprint: Blueprint, *, csrf_protected: bool = True) -
 
 def init_app(app: Flask) -> None:
     hygiene.init_app(app)  # first: nothing else reads a request with a control character
+    headers.init_app(app)
     csrf.init_app(app)
     login_manager.init_app(app)
+    app.before_request(security.end_expired_session)
     errors.init_app(app)
+    limits.init_app(app)
     i18n.init_app(app)
     for blueprint, csrf_protected in SURFACES:
         register(app, blueprint, csrf_protected=csrf_protected)

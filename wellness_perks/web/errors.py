@@ -74,8 +74,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         status = exc.code or 500
-        response = error_response(status, HTTP_CODES.get(status, "http_error"),
-                                  {"status": status})
+        params = {"status": status}
+        if status == 413:  # what was sent is never repeated: only the limit is
+            params["limit_kib"] = (app.config["MAX_CONTENT_LENGTH"] or 0) // 1024
+        response = error_response(status, HTTP_CODES.get(status, "http_error"), params)
         if status == 405 and exc.valid_methods:  # RFC 9110: a 405 names what is allowed
             body, status = response
             return body, status, {"Allow": ", ".join(exc.valid_methods)}

@@ -1,4 +1,7 @@
-"""Control characters never get past the door.
+"""Control characters and oversized bodies never get past the door.
+
+A body larger than MAX_CONTENT_LENGTH is too large (413) by its announced length, before anything
+reads it; one that does not announce its length is cut off at the limit as it is read (Werkzeug).
 
 No URL we serve has a control character in it, so a path with one is not found (404) before any
 view or database sees it (PostgreSQL refuses a NUL in a string with an error). A query or form
@@ -10,10 +13,16 @@ from __future__ import annotations
 
 import re
 
-from flask import Flask, abort, request
+from flask import Flask, abort, current_app, request
 
 _IN_PATH = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _IN_VALUE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def refuse_oversized_bodies() -> None:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if limit is not None and (request.content_length or 0) > limit:
+        abort(413)
 
 
 def refuse_control_characters() -> None:
@@ -30,4 +39,5 @@ def refuse_control_characters() -> None:
 
 
 def init_app(app: Flask) -> None:
+    app.before_request(refuse_oversized_bodies)
     app.before_request(refuse_control_characters)

@@ -1,9 +1,15 @@
 """Who is signed in, and what each kind of user may reach.
 
-A signed session names its user by kind and id (``"c:12"`` is creator 12), so every kind of user
-shares Flask-Login's machinery: ``USER_KINDS`` maps the prefix to the class, and a view says
-which kinds it lets in with ``@kind_required(...)`` (``@creator_required`` for the portal). A
-session of another kind is refused with 403; no session at all is sent to sign in.
+A signed session names its user by kind, id and session version (``"c:12:3"`` is creator 12,
+in a session begun under version 3), so every kind of user shares Flask-Login's machinery:
+``USER_KINDS`` maps the prefix to the class, and a view says which kinds it lets in with
+``@kind_required(...)`` (``@creator_required`` for the portal). A session of another kind is
+refused with 403; no session at all is sent to sign in.
+
+The cookie is not the session's only keeper: signing out bumps the creator's session version,
+so every session begun before it (a copied cookie included) names no one from then on. A
+session also ends after SESSION_IDLE_MINUTES without a request and SESSION_MAX_HOURS after its
+sign-in (``end_expired_session``; its clock is ``clock``, which tests move).
 
 CSRF protection is on for every form POST; a blueprint whose requests authenticate otherwise
 (a token-authenticated JSON API) is exempted when it is registered (``web.register``).
@@ -11,10 +17,12 @@ CSRF protection is on for every form POST; a blueprint whose requests authentica
 
 from __future__ import annotations
 
+import time
 from functools import wraps
+from urllib.parse import urlsplit
 
-from flask import abort, flash, redirect, request
-from flask_login import LoginManager, UserMixin, current_user, login_url
+from flask import abort, current_app, flash, g, redirect, request, session
+from flask_login import LoginManager, UserMixin, current_user, login_url, login_user, logout_user
 from flask_wtf import CSRFProtect
 
 from ..db import get_session
@@ -28,40 +36,36 @@ login_manager.login_message = "sign_in_required"  # a message code: templates/me
 
 
 class CreatorUser(UserMixin):
-    """The signed-in creator as Flask-Login sees them.
-
-    Loading one costs no query: the signed session names the creator, and their email, handle
-    and language are read only when a page shows them (a claim request never does).
-    """
+    """The signed-in creator as Flask-Login sees them: loaded in one query, which also checks
+    that the session has not been ended."""
 
     kind = "creator"
     prefix = "c"
 
-    def __init__(self, creator_id: int, email: str | None = None, handle: str | None = None,
-                 locale: str | None = None) -> None:
+    def __init__(self, creator_id: int, email: str, handle: str, locale: str,
+                 session_version: int) -> None:
         self.creator_id = creator_id
-        self._profile = (email, handle, locale) if email is not None else None
+        self.email = email
+        self.handle = handle
+        self.locale = locale
+        self.session_version = session_version
+
+    @classmethod
+    def from_signed_in(cls, signed_in: auth.SignedInCreator) -> CreatorUser:
+        return cls(signed_in.creator_id, signed_in.email, signed_in.handle, signed_in.locale,
+                   signed_in.session_version)
 
     def get_id(self) -> str:
-        return f"{self.prefix}:{self.creator_id}"
+        return f"{self.prefix}:{self.creator_id}:{self.session_version}"
 
-    def _field(self, index: int) -> str:
-        if self._profile is None:
-            creator = auth.get_creator(get_session(), creator_id=self.creator_id)
-            self._profile = (creator.email, creator.handle, creator.locale)
-        return self._profile[index]
+    @classmethod
+    def load(cls, creator_id: int, session_version: int) -> CreatorUser | None:
+        signed_in = auth.signed_in_creator(get_session(), creator_id=creator_id,
+                                           session_version=session_version)
+        return cls.from_signed_in(signed_in) if signed_in else None
 
-    @property
-    def email(self) -> str:
-        return self._field(0)
-
-    @property
-    def handle(self) -> str:
-        return self._field(1)
-
-    @property
-    def locale(self) -> str:
-        return self._field(2)
+    def end_sessions(self) -> None:
+        auth.end_sessions(get_session(), creator_id=self.creator_id)
 
 
 USER_KINDS: dict[str, type] = {CreatorUser.prefix: CreatorUser}
@@ -69,11 +73,54 @@ USER_KINDS: dict[str, type] = {CreatorUser.prefix: CreatorUser}
 
 @login_manager.user_loader
 def load_user(user_id: str):
-    prefix, _, raw_id = user_id.partition(":")
+    if g.get("database_unavailable"):
+        return None  # the page saying so is shown without reading who is signed in
+    prefix, *numbers = user_id.split(":")
     kind = USER_KINDS.get(prefix)
-    if kind is None or not raw_id.isdigit():
-        return None
-    return kind(int(raw_id))
+    if kind is None or len(numbers) != 2 or not all(n.isdigit() for n in numbers):
+        return None  # includes a session from before session versions: sign in again
+    return kind.load(int(numbers[0]), int(numbers[1]))
+
+
+clock = time.time  # the sessions' clock (seconds); tests move it
+SIGNED_IN_AT = "signed_in_at"
+SEEN_AT = "seen_at"
+SEEN_AT_RESOLUTION = 60  # seconds: the cookie is rewritten at most once a minute for it
+
+
+def begin_session(user) -> None:
+    """Sign ``user`` in, in a session of its own: nothing of the session before survives
+    (session fixation gets nowhere), and its lifetime starts now."""
+    session.clear()
+    login_user(user)
+    now = int(clock())
+    session[SIGNED_IN_AT] = now
+    session[SEEN_AT] = now
+
+
+def end_session() -> None:
+    """Sign out here and on every device (the user's session version moves on)."""
+    if current_user.is_authenticated:
+        current_user.end_sessions()
+    logout_user()
+    session.clear()
+
+
+def end_expired_session() -> None:
+    """Before each request: a session idle longer than SESSION_IDLE_MINUTES, or older than
+    SESSION_MAX_HOURS, is over (the user signs in again); otherwise it has been seen now."""
+    if "_user_id" not in session:
+        return
+    config = current_app.config
+    now = int(clock())
+    signed_in_at, seen_at = session.get(SIGNED_IN_AT), session.get(SEEN_AT)
+    if (not isinstance(signed_in_at, int) or not isinstance(seen_at, int)
+            or now - seen_at > config["SESSION_IDLE_MINUTES"] * 60
+            or now - signed_in_at > config["SESSION_MAX_HOURS"] * 3600):
+        session.clear()
+        return
+    if now - seen_at >= SEEN_AT_RESOLUTION:
+        session[SEEN_AT] = now
 
 
 @login_manager.unauthorized_handler
@@ -82,7 +129,21 @@ def unauthorized():
     if wants_json():
         return error_response(401, "sign_in_required")
     flash(login_manager.login_message, login_manager.login_message_category)
-    return redirect(login_url(login_manager.login_view, next_url=request.url))
+    return redirect(login_url(login_manager.login_view, next_url=local_path(request.full_path)))
+
+
+def local_path(value: str | None) -> str | None:
+    """``value`` if it is a path on this site (``/programs/x?y``), else None: where a sign-in
+    may send its creator next, so never another site (``//evil``, ``https://…``, ``/\\evil``,
+    which browsers read as ``//evil``)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return None
+    if any(ch < " " or ch == "\x7f" for ch in value):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return None
+    return value.removesuffix("?")
 
 
 def kind_required(*kinds: str):

@@ -3,9 +3,13 @@ queued" mark before the service reads the waiting claims."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+import sqlalchemy as sa
 
 from wellness_perks import dispatch
+from wellness_perks.db import get_session
 from wellness_perks.services import allocation
 
 
@@ -53,3 +57,48 @@ def test_a_task_that_raises_in_process_is_caught_for_the_test(app, factory, monk
     with app.app_context():
         dispatch.allocate_program(program.id)  # returns: the caller is not failed
     assert [f for f in conftest._task_failures if "allocation broke" in f]
+
+
+def test_no_task_publishes_a_countdown_the_sweeper_serves_the_retry(app, app_config, factory,
+                                                                    smtp_server, monkeypatch):
+    """A mail refused for now is not handed to a message held until it is due (a countdown or
+    an ETA: held unacknowledged in a worker's memory, it takes the worker down when the broker
+    restarts): its next attempt is a time on its row, and the sweeper sends it once due."""
+    from celery import Task
+
+    from wellness_perks import create_app
+    from wellness_perks.models import Claim, Creator, OutboundEmail
+    from wellness_perks.services import claims, sweeper
+
+    program = factory.program()
+    factory.creators(program, ["a@example.com", "b@example.com"])
+    factory.codes(program, ["HS-AAAA-0001", "HS-AAAA-0002"])
+    smtp_server.refuse_with = "451 4.3.0 try again later"
+    with app.app_context():  # allocated in-process; the first attempts refused
+        session = get_session()
+        for creator_id in session.execute(sa.select(Creator.id)).scalars().all():
+            claims.request_claim(session, program=program, creator_id=creator_id)
+        ids = sorted(session.execute(sa.select(OutboundEmail.id)).scalars())
+        assert session.execute(sa.select(Claim.state)).scalars().all() == ["allocated"] * 2
+
+    published = []
+    real_apply_async = Task.apply_async
+
+    def recording(task, args=None, kwargs=None, **options):
+        published.append((task.name, args, options.get("countdown"), options.get("eta")))
+        return real_apply_async(task, args, kwargs, **options)
+
+    monkeypatch.setattr(Task, "apply_async", recording)
+    broker_app = create_app(app_config | {"CELERY_BROKER_URL": "memory://"})
+    try:
+        with broker_app.app_context():
+            # As a worker runs it: the task's body, with a broker configured.
+            counts = broker_app.extensions["celery"].tasks[dispatch.SEND_EMAILS].run(ids)
+            assert counts["retry"] == 2
+            assert published == []  # nothing waits in a worker's memory for its time
+            smtp_server.refuse_with = None
+            report = sweeper.sweep(get_session(), now=datetime.now(UTC) + timedelta(minutes=5))
+        assert report.mails == ids
+        assert published == [(dispatch.SEND_EMAILS, (ids,), None, None)]
+    finally:
+        broker_app.extensions["db_engine"].dispose()

@@ -191,3 +191,40 @@ def test_create_manager_refuses_a_duplicate_whatever_the_case(app, session):
     [after] = _fresh(session, select(Manager))
     assert (after.id, after.password_hash) == (before.id, before.password_hash)
     assert _count(session, AuditEvent) == 1
+
+
+# --------------------------------------------------------------------------- newest link only
+
+
+def _link_of(app, session) -> str:
+    """The token a sign-in mail sent now would carry."""
+    return _token(app, _ayesha(session))
+
+
+def test_asking_for_a_link_supersedes_every_earlier_unused_one(app, program, session):
+    with app.app_context():
+        auth.request_sign_in(get_session(), email="ayesha@example.com")
+    older = _link_of(app, session)
+    with app.app_context():
+        auth.request_sign_in(get_session(), email="ayesha@example.com")
+    newer = _link_of(app, session)
+    with app.app_context(), pytest.raises(auth.SignInLinkSuperseded):
+        auth.inspect_sign_in_link(get_session(), token=older)
+    with pytest.raises(auth.SignInLinkSuperseded):
+        _redeem(app, older)
+    assert _redeem(app, newer).email == "ayesha@example.com"
+    with pytest.raises(auth.SignInLinkUsed):  # older than the one used: used up with it
+        _redeem(app, older)
+
+
+def test_inspecting_a_link_spends_nothing(app, program, session):
+    token = _link_of(app, session)
+    nonce = _ayesha(session).login_nonce
+    with app.app_context():
+        for _ in range(3):
+            link = auth.inspect_sign_in_link(get_session(), token=token)
+    assert link.masked_email == "a***@example.com"
+    assert _ayesha(session).login_nonce == nonce
+    _redeem(app, token)
+    with app.app_context(), pytest.raises(auth.SignInLinkUsed):
+        auth.inspect_sign_in_link(get_session(), token=token)

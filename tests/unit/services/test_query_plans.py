@@ -20,7 +20,7 @@ from psycopg import sql
 from sqlmodel import Session
 
 from tests.conftest import Factory
-from tests.helpers import migrated_pg_database
+from tests.helpers import TEST_SECRET_KEY, migrated_pg_database
 from wellness_perks import create_app
 from wellness_perks.db import get_session, make_engine
 from wellness_perks.models import Creator
@@ -165,7 +165,7 @@ def test_batches_plan_their_reads_each_time_and_their_row_writes_once(tmp_path, 
     smtp_server.clear()
     with _migrated_database() as engine:
         app = create_app({"TESTING": True, "DATABASE_URL": engine.url.render_as_string(False),
-                          "INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "test",
+                          "INSTANCE_PATH": str(tmp_path), "SECRET_KEY": TEST_SECRET_KEY,
                           "BASE_URL": "http://localhost", "CELERY_BROKER_URL": "",
                           "SMTP_HOST": "127.0.0.1", "SMTP_PORT": smtp_server.port})
         factory = Factory(app)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itsdangerous
 import pytest
 
+from tests.helpers import TEST_SECRET_KEY
 from wellness_perks.models import Creator
 from wellness_perks.services import tokens
 
@@ -21,13 +22,13 @@ def test_a_token_names_the_creator_and_their_sign_in_counter(app):
 
 
 @pytest.mark.parametrize(("key", "salt"), [("another-key", tokens.SIGN_IN_SALT),
-                                           ("test-secret-key", "wellness-perks.other-purpose")])
+                                           (TEST_SECRET_KEY, "wellness-perks.other-purpose")])
 def test_a_token_is_signed_with_the_secret_key_for_sign_in_only(app, key, salt):
     creator = Creator(id=7, email="ayesha@example.com", handle="@ayesha", country="PK")
     with app.app_context():
         token = tokens.mint_sign_in_token(creator)
-    assert app.config["SECRET_KEY"] == "test-secret-key"
+    assert app.config["SECRET_KEY"] == TEST_SECRET_KEY
     assert itsdangerous.URLSafeTimedSerializer(
-        "test-secret-key", salt=tokens.SIGN_IN_SALT).loads(token) == {"c": 7, "n": 0}
+        TEST_SECRET_KEY, salt=tokens.SIGN_IN_SALT).loads(token) == {"c": 7, "n": 0}
     with pytest.raises(itsdangerous.BadSignature):
         itsdangerous.URLSafeTimedSerializer(key, salt=salt).loads(token)

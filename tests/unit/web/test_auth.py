@@ -10,7 +10,7 @@ import itsdangerous.timed
 import pytest
 from sqlmodel import select
 
-from tests.helpers import csrf_token, sign_in_link
+from tests.helpers import csrf_token, sign_in_link, use_sign_in_link
 from wellness_perks.models import Claim, Creator, OutboundEmail
 from wellness_perks.services.tokens import mint_sign_in_token
 
@@ -46,7 +46,7 @@ def test_sign_in_link_points_at_base_url_and_signs_in(client, program, smtp_serv
     _request_link(client, "ayesha@example.com")
     link = sign_in_link(smtp_server.wait_for_mail("ayesha@example.com", "sign-in")[0])
     assert link.startswith("http://localhost/login/")
-    response = client.get(link.removeprefix("http://localhost"))
+    response = use_sign_in_link(client, link.removeprefix("http://localhost"))
     assert response.status_code == 302 and response.headers["Location"] == "/"
     page = client.get("/")
     assert page.status_code == 200 and "Headspace" in page.text
@@ -71,7 +71,7 @@ def test_link_is_usable_once(client, program, smtp_server, app):
     _request_link(client, "ayesha@example.com")
     path = sign_in_link(smtp_server.wait_for_mail("ayesha@example.com", "sign-in")[0])
     path = path.removeprefix("http://localhost")
-    assert client.get(path).status_code == 302
+    assert use_sign_in_link(client, path).status_code == 302
     other = app.test_client()
     reused = other.get(path)
     assert reused.status_code == 400
@@ -97,7 +97,7 @@ def test_expired_link_is_refused(client, program, app, session, monkeypatch):
 
 def test_link_within_its_lifetime_works(client, program, app, session, monkeypatch):
     token = _token_minted_ago(app, session, monkeypatch, 14 * 60)
-    assert client.get(f"/login/{token}").status_code == 302
+    assert use_sign_in_link(client, f"/login/{token}").status_code == 302
 
 
 @pytest.mark.parametrize("mangle", [
@@ -167,11 +167,15 @@ def test_signing_in_starts_a_fresh_session(app, client, program, signed_in, sess
     signed_in("bilal@example.com")
     with client.session_transaction() as after:
         assert "planted" not in after and after.get("csrf_token") != old_csrf
-        assert after["_user_id"] == "c:2"
+        assert after["_user_id"] == "c:2:0"
         after["planted"] = "bilal's"
     ayesha = session.exec(select(Creator).where(Creator.email == "ayesha@example.com")).one()
     with app.app_context():
         token = mint_sign_in_token(ayesha)
-    assert client.get(f"/login/{token}").status_code == 302
+    # Signed in, opening a link lands on one's perks; pressing another creator's button
+    # (from a page of one's own session) signs in as them, in a fresh session.
+    assert client.get(f"/login/{token}").headers["Location"] == "/"
+    answer = client.post(f"/login/{token}", data={"csrf_token": csrf_token(client.get("/").text)})
+    assert answer.status_code == 302
     with client.session_transaction() as switched:
-        assert switched["_user_id"] == f"c:{ayesha.id}" and "planted" not in switched
+        assert switched["_user_id"] == f"c:{ayesha.id}:0" and "planted" not in switched

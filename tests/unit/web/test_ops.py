@@ -1,25 +1,310 @@
-"""``GET /healthz`` (``web/ops.py``): 200 when the database and the broker answer, 503 naming
-what did not."""
+"""``GET /healthz`` and ``GET /metrics`` (``web/ops.py``): the status for anybody, the details
+and the metrics for an operator only (the bearer OPS_TOKEN, or a local request that came through
+no proxy); 503 only when the database does not answer; degraded, not down, for a broker that
+does not answer (also one that hangs), or for work owed past the grace period."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.unit.services.scenarios import lost_claims
 from wellness_perks import create_app
+from wellness_perks.models import MailStatus, OutboundEmail
+
+TOKEN = "an-operator-token-of-some-length"
+REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
+LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
 
 
-def test_healthz_answers_when_the_database_does(client):
-    response = client.get("/healthz")
-    assert response.status_code == 200
-    assert response.json["checks"]["database"] == "ok"
-    assert response.json["checks"]["broker"].startswith("not configured")
-
-
-def test_healthz_names_what_failed(app_config):
-    app_config["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+@pytest.fixture
+def ops_app(app_config):
+    app_config["OPS_TOKEN"] = TOKEN
     app = create_app(app_config)
-    response = app.test_client().get("/healthz")
-    assert response.status_code == 503
-    assert response.json["status"] == "error"
-    assert response.json["checks"]["database"] == "ok"
-    assert response.json["checks"]["broker"].startswith("error")
+    from tests.conftest import _empty_tables
+
+    _empty_tables(app.extensions["db_engine"])
+    yield app
     app.extensions["db_engine"].dispose()
 
+
+def get(app, path, environ=LOCAL, **headers):
+    return app.test_client().get(path, environ_base=environ, headers=headers)
+
+
+# --------------------------------------------------------------------------- who sees what
+
+
+def test_healthz_tells_anybody_the_status_only(ops_app):
+    response = get(ops_app, "/healthz", REMOTE)
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_healthz_details_for_a_local_request(ops_app):
+    response = get(ops_app, "/healthz", LOCAL)
+    assert response.status_code == 200
+    body = response.json
+    assert body["status"] == "ok"
+    assert body["grace_seconds"] == 120
+    assert body["checks"]["database"] == {"status": "ok"}
+    assert body["checks"]["broker"] == {"status": "not_configured"}
+    assert body["checks"]["claims"] == {"status": "ok", "pending": 0,
+                                        "oldest_pending_seconds": 0.0}
+    assert body["checks"]["mails"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
+def test_a_local_request_through_a_proxy_is_anybody(ops_app, header):
+    response = get(ops_app, "/healthz", LOCAL, **{header: "203.0.113.9"})
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+
+
+def test_ipv6_loopback_is_local(ops_app):
+    assert "checks" in get(ops_app, "/healthz", {"REMOTE_ADDR": "::1"}).json
+
+
+def test_the_operator_token_shows_the_details_from_anywhere(ops_app):
+    response = get(ops_app, "/healthz", REMOTE, Authorization=f"Bearer {TOKEN}")
+    assert response.json["checks"]["database"] == {"status": "ok"}
+    forwarded = get(ops_app, "/healthz", LOCAL, Authorization=f"Bearer {TOKEN}",
+                    **{"X-Forwarded-For": "203.0.113.9"})
+    assert "checks" in forwarded.json
+
+
+@pytest.mark.parametrize("authorization", [f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}",
+                                           f"Basic {TOKEN}", "Bearer", TOKEN])
+def test_a_wrong_token_is_anybody(ops_app, authorization):
+    response = get(ops_app, "/healthz", REMOTE, Authorization=authorization)
+    assert response.json == {"status": "ok"}
+
+
+def test_without_an_ops_token_no_bearer_is_an_operator(app):
+    assert app.config["OPS_TOKEN"] == ""
+    response = get(app, "/healthz", REMOTE, Authorization="Bearer ")
+    assert response.json == {"status": "ok"}
+
+
+def test_a_short_ops_token_is_refused(app_config, monkeypatch):
+    monkeypatch.setenv("OPS_TOKEN", "short")
+    with pytest.raises(RuntimeError, match="OPS_TOKEN must be at least 16 characters"):
+        create_app(app_config)
+
+
+# --------------------------------------------------------------------------- what it says
+
+
+def test_a_database_that_does_not_answer_is_503(app_config):
+    app_config["DATABASE_URL"] = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
+    app = create_app(app_config)
+    response = get(app, "/healthz", REMOTE)
+    assert response.status_code == 503
+    assert response.json == {"status": "error"}
+    details = get(app, "/healthz", LOCAL).json
+    assert details["checks"]["database"]["status"] == "error"
+    assert details["checks"]["claims"] == {"status": "error", "error": "database"}
+    app.extensions["db_engine"].dispose()
+
+
+def test_a_broker_that_does_not_answer_is_degraded_not_down(app_config):
+    app_config["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    app = create_app(app_config)
+    response = get(app, "/healthz", LOCAL)
+    assert response.status_code == 200
+    assert response.json["status"] == "degraded"
+    assert response.json["checks"]["database"] == {"status": "ok"}
+    assert response.json["checks"]["broker"] == {"status": "error", "error": "ConnectionError"}
+    assert response.json["checks"]["queues"] == {"status": "degraded", "error": "broker"}
+    assert get(app, "/healthz", REMOTE).json == {"status": "degraded"}
+    app.extensions["db_engine"].dispose()
+
+
+@pytest.fixture
+def hung_broker():
+    """A TCP server that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_a_hung_broker_makes_healthz_degraded_at_once(app_config, hung_broker):
+    app_config["CELERY_BROKER_URL"] = hung_broker
+    app = create_app(app_config)
+    started = time.monotonic()
+    response = get(app, "/healthz", LOCAL)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert response.json["status"] == "degraded"
+    assert response.json["checks"]["broker"] == {"status": "error", "error": "TimeoutError"}
+    assert elapsed < 5, elapsed  # generous: the probe's own bound is a quarter of a second
+    app.extensions["db_engine"].dispose()
+
+
+def test_a_claim_pending_past_the_grace_period_is_degraded(ops_app, factory, session):
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com", "b@example.com"])
+    lost_claims(session, program, ["a@example.com"],
+                requested_at=datetime.now(UTC) - timedelta(seconds=300))
+    lost_claims(session, program, ["b@example.com"], requested_at=datetime.now(UTC))
+    body = get(ops_app, "/healthz").json
+    assert body["status"] == "degraded"
+    claims = body["checks"]["claims"]
+    assert claims["status"] == "degraded" and claims["pending"] == 2
+    assert 300 <= claims["oldest_pending_seconds"] < 400
+
+
+def test_a_claim_pending_within_the_grace_period_is_ok(ops_app, factory, session):
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com"])
+    lost_claims(session, program, ["a@example.com"],
+                requested_at=datetime.now(UTC) - timedelta(seconds=60))
+    body = get(ops_app, "/healthz").json
+    assert body["status"] == "ok"
+    assert body["checks"]["claims"]["pending"] == 1
+    assert 60 <= body["checks"]["claims"]["oldest_pending_seconds"] < 120
+
+
+def _mail(session, **values):
+    row = OutboundEmail(kind="sign_in", to_email="a@example.com", **values)
+    session.add(row)
+    session.commit()
+    return row
+
+
+@pytest.mark.parametrize("values", [
+    {"created_at": datetime.now(UTC) - timedelta(seconds=600)},  # never attempted
+    {"next_attempt_at": datetime.now(UTC) - timedelta(seconds=600), "attempts": 1},  # a retry
+    # an attempt that outlived its lease (300 s) by more than the grace period
+    {"status": MailStatus.sending.value,
+     "sending_started_at": datetime.now(UTC) - timedelta(seconds=600)},
+], ids=["new", "retry", "lease"])
+def test_a_mail_overdue_past_the_grace_period_is_degraded(ops_app, session, values):
+    _mail(session, **values)
+    body = get(ops_app, "/healthz").json
+    assert body["status"] == "degraded"
+    assert body["checks"]["mails"]["status"] == "degraded"
+
+
+def test_a_mail_waiting_for_its_retry_or_in_its_lease_is_ok(ops_app, session):
+    _mail(session, next_attempt_at=datetime.now(UTC) + timedelta(hours=1), attempts=3,
+          created_at=datetime.now(UTC) - timedelta(hours=2))
+    _mail(session, status=MailStatus.sending.value,
+          sending_started_at=datetime.now(UTC) - timedelta(seconds=200))
+    _mail(session, status=MailStatus.failed.value, last_error="550 no such user")
+    body = get(ops_app, "/healthz").json
+    assert body["status"] == "ok", body
+    assert body["checks"]["mails"] == {"status": "ok", "queued": 1, "sending": 1, "failed": 1,
+                                       "oldest_due_seconds": 0.0,
+                                       "oldest_sending_seconds": pytest.approx(200, abs=30)}
+
+
+# --------------------------------------------------------------------------- /metrics
+
+
+def test_metrics_are_for_operators_only(ops_app):
+    response = get(ops_app, "/metrics", REMOTE)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert b"wellness_perks" not in response.data
+    forwarded = get(ops_app, "/metrics", LOCAL, **{"X-Forwarded-For": "203.0.113.9"})
+    assert forwarded.status_code == 401
+    assert get(ops_app, "/metrics", REMOTE, Authorization="Bearer nope-nope-nope-nope"
+               ).status_code == 401
+    assert get(ops_app, "/metrics", REMOTE, Authorization=f"Bearer {TOKEN}").status_code == 200
+    assert get(ops_app, "/metrics", LOCAL).status_code == 200
+
+
+def _samples(response) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    out = {}
+    for family in text_string_to_metric_families(response.data.decode()):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def test_metrics_content(ops_app, factory, session):
+    program = factory.program(quota=2)
+    factory.creators(program, [f"c{i}@example.com" for i in range(4)])
+    factory.codes(program, ["HS-CODE-0001", "HS-CODE-0002", "HS-CODE-0003"])
+    client = ops_app.test_client()
+    from wellness_perks.db import get_session
+    from wellness_perks.services import claims
+
+    with ops_app.app_context():
+        for creator_id in (1, 2, 3):  # two allocated (and mailed), one waitlisted
+            claims.request_claim(get_session(), program=program, creator_id=creator_id)
+    lost_claims(session, program, ["c3@example.com"],
+                requested_at=datetime.now(UTC) - timedelta(seconds=42))
+    _mail(session, status=MailStatus.failed.value, last_error="550 no such user")
+    samples = _samples(client.get("/metrics", environ_base=LOCAL))
+    slug = program.slug
+    assert samples[f'wellness_perks_claims{{program="{slug}",state="allocated"}}'] == 2
+    assert samples[f'wellness_perks_claims{{program="{slug}",state="waitlisted"}}'] == 1
+    assert samples[f'wellness_perks_claims{{program="{slug}",state="pending"}}'] == 1
+    assert samples[f'wellness_perks_claims{{program="{slug}",state="refused"}}'] == 0
+    assert samples[f'wellness_perks_allocations{{program="{slug}"}}'] == 2
+    assert samples[f'wellness_perks_quota{{program="{slug}"}}'] == 2
+    assert samples[f'wellness_perks_codes_in_stock{{program="{slug}"}}'] == 1
+    assert samples['wellness_perks_mails{state="failed"}'] == 1
+    assert samples['wellness_perks_mails{state="queued"}'] == 0
+    assert 'wellness_perks_mails{state="sent"}' not in samples
+    assert 42 <= samples["wellness_perks_oldest_pending_claim_seconds{}"] < 120
+    assert samples["wellness_perks_oldest_due_mail_seconds{}"] == 0
+    assert samples['wellness_perks_health{status="ok"}'] == 1
+    assert samples['wellness_perks_health{status="degraded"}'] == 0
+
+
+@pytest.mark.tasks_may_fail
+def test_metrics_count_task_failures(ops_app, monkeypatch):
+    from wellness_perks import broker, dispatch
+    from wellness_perks.services import sweeper
+
+    with ops_app.app_context():
+        before = broker.task_failures().get(dispatch.SWEEP, 0)
+
+    def broken(_session):
+        raise RuntimeError("the sweep broke")
+
+    monkeypatch.setattr(sweeper, "sweep", broken)
+    with ops_app.app_context():
+        ops_app.extensions["celery"].tasks[dispatch.SWEEP].apply()
+    samples = _samples(get(ops_app, "/metrics"))
+    assert samples[f'wellness_perks_task_failures_total{{task="{dispatch.SWEEP}"}}'] \
+        == before + 1
+
+
+def test_health_counts_no_sent_mail(ops_app, session):
+    """Counting the mails sent would read every mail ever sent: the figures leave them out."""
+    _mail(session, status=MailStatus.sent.value, sent_at=datetime.now(UTC))
+    body = get(ops_app, "/healthz").json
+    assert "sent" not in body["checks"]["mails"]
+    assert body["checks"]["mails"]["queued"] == 0

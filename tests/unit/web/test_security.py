@@ -9,17 +9,24 @@ from sqlmodel import select
 
 from tests.helpers import csrf_token
 from wellness_perks import create_app, web
-from wellness_perks.models import Claim
+from wellness_perks.models import Claim, Creator
 from wellness_perks.web.security import CreatorUser, kind_required, load_user
 
 
-def test_a_session_names_its_user_by_kind(app):
+def test_a_session_names_its_user_by_kind_id_and_session_version(app, factory, session):
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    ayesha = session.exec(select(Creator).where(Creator.email == "ayesha@example.com")).one()
     with app.test_request_context():
-        creator = load_user("c:12")
-        assert isinstance(creator, CreatorUser) and creator.creator_id == 12
-        assert creator.get_id() == "c:12" and creator.kind == "creator"
-        assert load_user("x:12") is None  # a kind nobody has
-        assert load_user("c:twelve") is None
+        creator = load_user(f"c:{ayesha.id}:0")
+        assert isinstance(creator, CreatorUser) and creator.creator_id == ayesha.id
+        assert creator.email == "ayesha@example.com" and creator.locale == "en"
+        assert creator.get_id() == f"c:{ayesha.id}:0" and creator.kind == "creator"
+        assert load_user(f"c:{ayesha.id}:1") is None  # a version not begun yet
+        assert load_user(f"c:{ayesha.id}") is None  # a session from before versions
+        assert load_user("c:999999:0") is None  # nobody
+        assert load_user(f"x:{ayesha.id}:0") is None  # a kind nobody has
+        assert load_user("c:twelve:0") is None
         assert load_user("12") is None
 
 

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
+from ..forms import Form
 
 
-class ClaimForm(FlaskForm):
+class ClaimForm(Form):
     """No fields: the button and its CSRF token."""
 
 
-class DeletionForm(FlaskForm):
+class DeletionForm(Form):
     """No fields: the button and its CSRF token."""

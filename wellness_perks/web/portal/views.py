@@ -10,10 +10,19 @@ from flask_login import current_user
 from ...db import get_session
 from ...services import claims, privacy, programs
 from ...services.errors import ClaimWindowNotOpen, ProgramNotFound
+from .. import limits
 from ..security import creator_required
 from .forms import ClaimForm, DeletionForm
 
 bp = Blueprint("portal", __name__)
+
+
+@bp.after_request
+def _never_stored(response):
+    """Portal pages show a creator's code and personal data: no cache may keep them (a shared
+    computer's back button, a proxy)."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.route("/")
@@ -59,6 +68,7 @@ def program(slug: str):
 
 @bp.route("/programs/<slug>/claim", methods=["POST"])
 @creator_required
+@limits.claim_per_session
 def claim(slug: str):
     # The form has no fields: CSRFProtect has checked its token before this view runs.
     try:
