@@ -49,8 +49,8 @@ NOT_UTF8 = "the file is not UTF-8 text"
 # A report lists this many errors (and as many duplicates); the rest are only counted, so a
 # huge file of bad rows costs no more memory than a good one.
 MAX_LISTED_ISSUES = 1000
-# No line is held longer than this (a row of a real list is a few hundred characters): a longer
-# one is read past, never into memory whole.
+# No line is held longer than this, its line end (LF, CR or CR LF) counted as one character (a row
+# of a real list is a few hundred characters): a longer one is read past, never held whole.
 MAX_LINE_CHARS = 100_000
 # What a codes file may be headed with; the first line of a file without one of these is a code.
 KNOWN_CODE_HEADERS = ("code",)
@@ -221,10 +221,12 @@ class _Lines:
         self.number += 1
         if len(line) < MAX_LINE_CHARS or line.endswith(("\n", "\r")):
             return line, True
-        while True:  # read past the rest of the line
-            rest = self._piece()
-            if len(rest) < MAX_LINE_CHARS or rest.endswith(("\n", "\r")):
-                return line, False
+        rest = self._piece()
+        if rest == "":  # exactly the limit, at the end of the file
+            return line, True
+        while len(rest) == MAX_LINE_CHARS and not rest.endswith(("\n", "\r")):
+            rest = self._piece()  # read past the rest of the line
+        return line, False
 
     def numbered(self) -> Iterator[tuple[int, str, bool]]:
         """(number, line, whether it is whole) for each line left."""

@@ -184,6 +184,28 @@ def test_a_codes_line_longer_than_the_limit_is_a_located_error(app, session, pro
     assert _code_values(session) == ["HS-AAAA-0001", "HS-AAAA-0003"]
 
 
+@pytest.mark.parametrize(("content", "issues"), [
+    ("X" * MAX_LINE_CHARS, [(1, "code", "too_long")]),  # at the limit: a (too long) code
+    ("X" * (MAX_LINE_CHARS - 1) + "\n", [(1, "code", "too_long")]),
+    ("X" * MAX_LINE_CHARS + "\n", [(1, "code", "too_long")]),  # past it: read past
+    ("HS-A-1\n" + "X" * (2 * MAX_LINE_CHARS) + "\nbad code", [(2, "code", "too_long"),
+                                                            (3, "code", "code_format")]),
+], ids=["at-the-limit-at-the-end", "at-the-limit", "past-the-limit", "twice-the-limit"])
+def test_lines_around_the_limit_keep_their_numbers(app, program, content, issues):
+    assert _issues(_import_codes(app, program, content)) == issues
+
+
+@pytest.mark.parametrize("line_end", ["", "\n", "\r\n"])
+def test_a_creators_line_of_the_limit_is_read_one_more_is_refused(app, program, line_end):
+    """The limit counts the line end as one character, CR LF too."""
+    start = "@b,b@example.com,PK,"
+    row = start + "x" * (MAX_LINE_CHARS - len(start) - len(line_end[:1])) + line_end
+    report = _import_creators(app, program, HEADER + row)
+    assert _issues(report) == [(2, "name", "too_long")]
+    issue = _rejected(_import_creators, app, program, HEADER + "x" + row)
+    assert (issue.line, issue.code) == (2, "line_too_long")
+
+
 def test_a_crlf_split_by_the_line_limit_ends_one_line(app, session, program):
     """A line whose CR is the last character the limit lets through, and its LF the next."""
     code = "HS-AAAA-0001"
