@@ -206,12 +206,26 @@ def test_a_creators_line_of_the_limit_is_read_one_more_is_refused(app, program, 
     assert (issue.line, issue.code) == (2, "line_too_long")
 
 
-def test_a_crlf_split_by_the_line_limit_ends_one_line(app, session, program):
-    """A line whose CR is the last character the limit lets through, and its LF the next."""
+@pytest.mark.parametrize(("after_cr", "issues"), [
+    ("\nbad code\r\n", [(2, "code", "code_format")]),  # CR LF: one line end
+    ("bad code\r\n", [(2, "code", "code_format")]),  # a CR alone ends the line too
+    ("\r\nbad code", [(3, "code", "code_format")]),  # then a blank CR LF line
+    ("\rbad code", [(3, "code", "code_format")]),  # then a blank CR line
+    ("X" * (MAX_LINE_CHARS + 5) + "\nbad code", [(2, "code", "too_long"),
+                                                (3, "code", "code_format")]),
+], ids=["lf", "text", "crlf", "cr", "long-line"])
+def test_a_cr_at_the_line_limit_ends_one_line(app, program, after_cr, issues):
+    """A line whose CR is the last character the limit lets through: what follows it starts
+    the next line, unless it is the LF of a CR LF."""
     code = "HS-AAAA-0001"
-    padded = " " * (MAX_LINE_CHARS - 1 - len(code)) + code + "\r\n"
-    report = _import_codes(app, program, padded + "bad code\r\n")
-    assert _issues(report) == [(2, "code", "code_format")]
+    padded = " " * (MAX_LINE_CHARS - 1 - len(code)) + code + "\r"
+    assert _issues(_import_codes(app, program, padded + after_cr)) == issues
+    if len(issues) == 1:  # the same in a CSV, where the reader sees the lines
+        row = "@a,a@example.com,PK,A"
+        row += " " * (MAX_LINE_CHARS - 1 - len(row)) + "\r"
+        report = _import_creators(app, program, HEADER.replace("\n", "\r") + row
+                                  + after_cr.replace("bad code", "@b,b@x,PK,B"))
+        assert _issues(report) == [(issues[0][0] + 1, "email", "email_invalid")]
 
 
 # --------------------------------------------------------------------------- header lines
