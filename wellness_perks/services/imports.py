@@ -730,6 +730,8 @@ def _csv_code_entries(lines: _Lines, column: int, width: int, report: ImportRepo
 
 def _code_issue(line: int, value: str, pattern: re.Pattern, format_text: str) -> RowIssue | None:
     """What is wrong with a code (stripped), if anything."""
+    if len(value) <= MAX_CODE_LENGTH and pattern.fullmatch(value) and not _CONTROL.search(value):
+        return None  # the common case, first
     control = _control_issue(line, "code", value)
     if control is not None:
         return control
