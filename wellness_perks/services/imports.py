@@ -51,8 +51,8 @@ NOT_UTF8 = "the file is not UTF-8 text"
 MAX_LISTED_ISSUES = 1000
 # Line numbers of codes also held by another program kept in a report (all are counted).
 MAX_LINES_LISTED = MAX_LISTED_ISSUES
-# No line is held longer than this (a row of a real list is a few hundred characters): a longer
-# one is read past, never into memory whole.
+# No line is held longer than this, its line end (LF, CR or CR LF) counted as one character (a row
+# of a real list is a few hundred characters): a longer one is read past, never held whole.
 MAX_LINE_CHARS = 100_000
 # What a codes file may be headed with; the first line of a file without one of these is a code.
 KNOWN_CODE_HEADERS = ("code",)
@@ -190,11 +190,6 @@ def _open_text(binary: BinaryIO, progress: Progress | None) -> io.TextIOWrapper:
                             newline="")
 
 
-def _check_utf8(line: int, *texts: str) -> None:
-    if any(_UNDECODABLE.search(text) for text in texts):
-        raise FileRejected(line, "file", NOT_UTF8, code="not_utf8")
-
-
 class _LineTooLong(Exception):
     def __init__(self, line: int) -> None:
         super().__init__(line)
@@ -208,42 +203,89 @@ def _line_too_long(line: int) -> FileRejected:
 
 class _Lines:
     """The file's lines, each at most MAX_LINE_CHARS characters in memory; ``number`` is the
-    line last read. Iterated (as csv.reader does), a longer line raises _LineTooLong."""
+    line last read. Iterated (as csv.reader does), a longer line raises _LineTooLong. A line
+    with bytes that are not UTF-8 rejects the file, with its number."""
 
     def __init__(self, text: io.TextIOWrapper, first_line: int = 1) -> None:
         self._text = text
+        self._readline = text.readline
         self.number = first_line - 1
-        self._split_crlf = False  # the last piece ended in CR: a LF next ends the same line
+        self._pending = ""  # a character read ahead, after a CR at the limit: the next line's
+        self._pushed = ""  # a piece read by __next__ that its fast path does not handle
 
     def _piece(self) -> str:
-        piece = self._text.readline(MAX_LINE_CHARS)
-        if self._split_crlf and piece.startswith("\n"):
-            piece = piece[1:] or self._text.readline(MAX_LINE_CHARS)
-        self._split_crlf = len(piece) == MAX_LINE_CHARS and piece.endswith("\r")
+        if self._pushed:
+            piece, self._pushed = self._pushed, ""
+            if len(piece) < MAX_LINE_CHARS:
+                return piece
+        elif not self._pending:
+            piece = self._readline(MAX_LINE_CHARS)
+        else:
+            piece, self._pending = self._pending, ""
+            if piece == "\r":  # a line "\r", or "\r\n"
+                after = self._text.read(1)
+                if after == "\n":
+                    return "\r\n"
+                self._pending = after
+                return piece
+            if piece != "\n":
+                piece += self._readline(MAX_LINE_CHARS - 1)
+        if len(piece) == MAX_LINE_CHARS and piece[-1] == "\r":
+            # The limit fell between a CR and what follows: a LF there ends this same line.
+            after = self._text.read(1)
+            if after == "\n":
+                return piece + after
+            self._pending = after
         return piece
 
     def read(self) -> tuple[str, bool] | None:
         """(the next line, whether it is whole), or None at the end of the file."""
         line = self._piece()
-        if line == "":
+        if not line:
             return None
         self.number += 1
-        if len(line) < MAX_LINE_CHARS or line.endswith(("\n", "\r")):
+        if _UNDECODABLE.search(line):
+            raise FileRejected(self.number, "file", NOT_UTF8, code="not_utf8")
+        if len(line) < MAX_LINE_CHARS or line[-1] in "\r\n":
             return line, True
-        while True:  # read past the rest of the line
-            rest = self._piece()
-            if len(rest) < MAX_LINE_CHARS or rest.endswith(("\n", "\r")):
-                return line, False
+        rest = self._piece()
+        if not rest:  # exactly the limit, at the end of the file
+            return line, True
+        while len(rest) >= MAX_LINE_CHARS and rest[-1] not in "\r\n":
+            rest = self._piece()  # read past the rest of the line
+        return line, False
+
+    def _short_line(self) -> str:
+        """The common case, quickly: the next line if it is whole and shorter than the limit
+        (numbered and checked), else "" (and read() goes on from where this left off)."""
+        if self._pending:
+            return ""
+        line = self._readline(MAX_LINE_CHARS)
+        if 0 < len(line) < MAX_LINE_CHARS:
+            self.number += 1
+            if _UNDECODABLE.search(line):
+                raise FileRejected(self.number, "file", NOT_UTF8, code="not_utf8")
+            return line
+        self._pushed = line  # read() takes it as its first piece
+        return ""
 
     def numbered(self) -> Iterator[tuple[int, str, bool]]:
         """(number, line, whether it is whole) for each line left."""
-        while (got := self.read()) is not None:
+        while True:
+            if line := self._short_line():
+                yield self.number, line, True
+                continue
+            got = self.read()
+            if got is None:
+                return
             yield self.number, *got
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
+        if line := self._short_line():
+            return line
         got = self.read()
         if got is None:
             raise StopIteration
@@ -263,25 +305,30 @@ def _control_issue(line: int, name: str, value: str) -> RowIssue | None:
                     "control_character", {"character": char})
 
 
+def _check_header(line: int, columns: list[str]) -> None:
+    """A header naming a column with a control character is no header: the file is rejected
+    (and the name is never printed as it is)."""
+    for column in columns:
+        control = _control_issue(line, "header", column)
+        if control is not None:
+            raise FileRejected(line, "header", control.reason, code=control.code,
+                               **control.params)
+
+
 def _csv_rows(lines: _Lines) -> Iterator[tuple[int, list[str]]]:
-    """(line where the row starts, fields), skipping blank lines; turns decoding trouble into
-    FileRejected with the line it happened on."""
-    reader = csv.reader(lines)
-    while True:
-        start = lines.number + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except _LineTooLong as exc:
-            raise _line_too_long(exc.line) from None
-        except csv.Error as exc:
-            raise FileRejected(start, "file", f"unreadable CSV: {exc}", code="csv_unreadable",
-                               detail=str(exc)) from exc
-        _check_utf8(start, *row)
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        yield start, row
+    """(line where the row starts, fields), skipping blank lines; a line too long or a row
+    the CSV reader refuses rejects the file, with the line."""
+    start = lines.number + 1
+    try:
+        for row in csv.reader(lines):
+            if "".join(row).strip():  # not a blank line
+                yield start, row
+            start = lines.number + 1
+    except _LineTooLong as exc:
+        raise _line_too_long(exc.line) from None
+    except csv.Error as exc:
+        raise FileRejected(start, "file", f"unreadable CSV: {exc}", code="csv_unreadable",
+                           detail=str(exc)) from exc
 
 
 class _Writer:
@@ -374,6 +421,7 @@ def import_creators(
                            code="file_empty", expected="handle,email,country")
     header_line, header = first
     columns = [h.strip().lower() for h in header]
+    _check_header(header_line, columns)
     missing = [c for c in CREATOR_COLUMNS if c not in columns]
     if missing:
         raise FileRejected(
@@ -609,7 +657,6 @@ def _code_entries(text: io.TextIOWrapper, report: ImportReport) -> Iterator[tupl
         raise FileRejected(1, "file", "the file is empty: expected codes, one per line, "
                                       "or a CSV with a 'code' column", code="file_empty")
     first_number, first_text, whole = first
-    _check_utf8(first_number, first_text)
     cells: list[str] = []
     if whole:
         try:
@@ -678,7 +725,6 @@ def _shape(text: str) -> str:
 
 def _plain_code_entries(numbered, report: ImportReport) -> Iterator[tuple[int, str]]:
     for number, raw, whole in numbered:
-        _check_utf8(number, raw)
         if not whole:
             _invalid(report, [_too_long(number, "code", MAX_CODE_LENGTH)])
             continue
@@ -695,6 +741,8 @@ def _csv_code_entries(lines: _Lines, column: int, width: int, report: ImportRepo
 
 def _code_issue(line: int, value: str, pattern: re.Pattern, format_text: str) -> RowIssue | None:
     """What is wrong with a code (stripped), if anything."""
+    if len(value) <= MAX_CODE_LENGTH and pattern.fullmatch(value) and not _CONTROL.search(value):
+        return None  # the common case, first
     control = _control_issue(line, "code", value)
     if control is not None:
         return control

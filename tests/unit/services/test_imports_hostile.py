@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from sqlmodel import select
@@ -28,6 +29,7 @@ from wellness_perks.services.errors import InvalidInput
 from wellness_perks.services.imports import MAX_LINE_CHARS, MAX_LISTED_ISSUES, RowIssue
 
 HEADER = "handle,email,country,name\n"
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @pytest.fixture
@@ -98,6 +100,15 @@ def test_a_control_character_in_a_code_is_a_located_error(app, session, any_code
     report = _import_codes(app, any_code_program, content, skip_invalid=True)
     assert (report.imported, report.invalid) == (1, 1)
     assert _code_values(session) == ["HS-AAAA-0001"]
+
+
+@pytest.mark.parametrize("header", ["handle,email,country,\x1b[2J", "handle,email,country\x00",
+                                    'handle,email,country,"no\nte"'], ids=repr)
+def test_a_header_with_a_control_character_rejects_the_file(app, session, program, header):
+    issue = _rejected(_import_creators, app, program, header + "\n@a,a@example.com,PK,x\n")
+    assert (issue.line, issue.field, issue.code) == (1, "header", "control_character")
+    assert not CONTROL.search(issue.reason)  # never printed as it is
+    _nothing_imported(session)
 
 
 def test_a_control_character_in_an_ignored_column_is_not_stored_so_not_refused(
@@ -173,12 +184,48 @@ def test_a_codes_line_longer_than_the_limit_is_a_located_error(app, session, pro
     assert _code_values(session) == ["HS-AAAA-0001", "HS-AAAA-0003"]
 
 
-def test_a_crlf_split_by_the_line_limit_ends_one_line(app, session, program):
-    """A line whose CR is the last character the limit lets through, and its LF the next."""
+@pytest.mark.parametrize(("content", "issues"), [
+    ("X" * MAX_LINE_CHARS, [(1, "code", "too_long")]),  # at the limit: a (too long) code
+    ("X" * (MAX_LINE_CHARS - 1) + "\n", [(1, "code", "too_long")]),
+    ("X" * MAX_LINE_CHARS + "\n", [(1, "code", "too_long")]),  # past it: read past
+    ("HS-A-1\n" + "X" * (2 * MAX_LINE_CHARS) + "\nbad code", [(2, "code", "too_long"),
+                                                            (3, "code", "code_format")]),
+], ids=["at-the-limit-at-the-end", "at-the-limit", "past-the-limit", "twice-the-limit"])
+def test_lines_around_the_limit_keep_their_numbers(app, program, content, issues):
+    assert _issues(_import_codes(app, program, content)) == issues
+
+
+@pytest.mark.parametrize("line_end", ["", "\n", "\r\n"])
+def test_a_creators_line_of_the_limit_is_read_one_more_is_refused(app, program, line_end):
+    """The limit counts the line end as one character, CR LF too."""
+    start = "@b,b@example.com,PK,"
+    row = start + "x" * (MAX_LINE_CHARS - len(start) - len(line_end[:1])) + line_end
+    report = _import_creators(app, program, HEADER + row)
+    assert _issues(report) == [(2, "name", "too_long")]
+    issue = _rejected(_import_creators, app, program, HEADER + "x" + row)
+    assert (issue.line, issue.code) == (2, "line_too_long")
+
+
+@pytest.mark.parametrize(("after_cr", "issues"), [
+    ("\nbad code\r\n", [(2, "code", "code_format")]),  # CR LF: one line end
+    ("bad code\r\n", [(2, "code", "code_format")]),  # a CR alone ends the line too
+    ("\r\nbad code", [(3, "code", "code_format")]),  # then a blank CR LF line
+    ("\rbad code", [(3, "code", "code_format")]),  # then a blank CR line
+    ("X" * (MAX_LINE_CHARS + 5) + "\nbad code", [(2, "code", "too_long"),
+                                                (3, "code", "code_format")]),
+], ids=["lf", "text", "crlf", "cr", "long-line"])
+def test_a_cr_at_the_line_limit_ends_one_line(app, program, after_cr, issues):
+    """A line whose CR is the last character the limit lets through: what follows it starts
+    the next line, unless it is the LF of a CR LF."""
     code = "HS-AAAA-0001"
-    padded = " " * (MAX_LINE_CHARS - 1 - len(code)) + code + "\r\n"
-    report = _import_codes(app, program, padded + "bad code\r\n")
-    assert _issues(report) == [(2, "code", "code_format")]
+    padded = " " * (MAX_LINE_CHARS - 1 - len(code)) + code + "\r"
+    assert _issues(_import_codes(app, program, padded + after_cr)) == issues
+    if len(issues) == 1:  # the same in a CSV, where the reader sees the lines
+        row = "@a,a@example.com,PK,A"
+        row += " " * (MAX_LINE_CHARS - 1 - len(row)) + "\r"
+        report = _import_creators(app, program, HEADER.replace("\n", "\r") + row
+                                  + after_cr.replace("bad code", "@b,b@x,PK,B"))
+        assert _issues(report) == [(issues[0][0] + 1, "email", "email_invalid")]
 
 
 # --------------------------------------------------------------------------- header lines
