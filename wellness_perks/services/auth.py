@@ -28,7 +28,6 @@ from .errors import Conflict, DomainError, InvalidInput, NotFound
 from .mail import owe, owed
 
 
-
 class SignInLinkError(DomainError):
     """A sign-in link that cannot be used; ``code`` says why."""
 
