@@ -49,9 +49,10 @@ POSITION_RE = re.compile(r"You are number <strong>(\d+)</strong> on the waitlist
 RECEIVED_RE = re.compile(r"Task wellness_perks\.(\w+)\[[0-9a-f-]+\] received")
 COUNTRIES = ("PK", "IN", "BR", "NG", "US", "GB")
 CLAIM_TIMEOUT = 60  # seconds for one claim POST when hundreds queue at gunicorn at once
-# Work the sweeper treats as lost: every pending claim, and mails "sending" for over 2 s (an
-# attempt of a live worker on this machine takes milliseconds: 0 would re-send those too).
-SWEEP_NOW = {"SWEEP_PENDING_AFTER_SECONDS": "0", "MAIL_SENDING_TIMEOUT_SECONDS": "2"}
+# Work the sweeper treats as lost: every pending claim, and mails whose batch lease ran out
+# (MAIL_SENDING_TIMEOUT_SECONDS, the workers' own: a live worker renews its lease every third of
+# it, so a shorter lease here would take back batches still being sent).
+SWEEP_NOW = {"SWEEP_PENDING_AFTER_SECONDS": "0"}
 
 _worker_names = (f"w{n}" for n in itertools.count(1))
 
