@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -72,7 +73,18 @@ def run_one(module: str, max_children: int, names: list[str]) -> None:
     cfg = config()
     cfg.only_mutate = [path]
     cfg.pytest_add_cli_args_test_selection = list(tests)
-    mutmut_main._run(names, max_children)
+    # mutmut keeps one stats file (which tests reach which function, under which selection):
+    # each module keeps its own, or running another module in between would start it over.
+    stats, own = ROOT / "mutants" / "mutmut-stats.json", ROOT / "mutants" / f"stats.{module}.json"
+    if own.exists():
+        shutil.copy(own, stats)
+    else:
+        stats.unlink(missing_ok=True)
+    try:
+        mutmut_main._run(names, max_children)
+    finally:
+        if stats.exists():
+            shutil.copy(stats, own)
 
 
 def results(module: str) -> dict[str, int | None]:
@@ -112,6 +124,9 @@ def main(argv: list[str]) -> int:
                         help="mutants tried at once (default 1: a shared machine)")
     parser.add_argument("--fresh", action="store_true", help="try every mutant again")
     parser.add_argument("--retry", action="store_true", help="try the survivors again")
+    parser.add_argument("--only", nargs="+", metavar="GLOB", default=[],
+                        help="try again only the mutants whose names match, e.g. "
+                             "'*.xǁ_Ledgerǁ*' (one module)")
     parser.add_argument("--report", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     parser.add_argument("--one", nargs="*", metavar="NAME", help=argparse.SUPPRESS)
@@ -133,7 +148,7 @@ def main(argv: list[str]) -> int:
     seconds: dict[str, float] = {}
     if not args.report:
         for module in args.modules:
-            names = ([mutant_glob(module)] if args.fresh
+            names = (args.only if args.only else [mutant_glob(module)] if args.fresh
                      else survivors(module) if args.retry else [])
             if args.retry and not names:
                 continue

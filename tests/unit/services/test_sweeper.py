@@ -104,7 +104,7 @@ def test_mails_still_being_sent_or_waiting_out_their_backoff_are_left_alone(
     session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == sending.id).values(
         status="sending", sending_started_at=now - timedelta(seconds=timeout - 30)))
     session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == backing_off.id).values(
-        next_attempt_at=now + timedelta(minutes=5)))
+        next_attempt_at=now + timedelta(minutes=5), created_at=now - timedelta(days=1)))
     session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == due.id).values(
         next_attempt_at=now - timedelta(seconds=1)))
     session.commit()
@@ -181,3 +181,37 @@ def test_the_sweepers_thresholds_count_to_the_second(app, factory, session, smtp
         report = sweeper.sweep(get_session(), now=t + pending_after + second)
     assert report.as_dict() == {"programs": [program.id], "mails": [never_tried, sending],
                                 "interrupted_mails": [sending]}
+    # What is sent, or waits out its backoff, is neither due nor interrupted, however old.
+    session.execute(sa.update(OutboundEmail).values(created_at=t - timedelta(days=1),
+                                                    sending_started_at=t - timedelta(days=1)))
+    session.commit()
+    with app.app_context():
+        report = sweeper.sweep(get_session(), now=t + pending_after + 2 * second)
+    assert report.as_dict() == {"programs": [], "mails": [], "interrupted_mails": []}
+    session.rollback()
+    assert sorted(session.exec(select(OutboundEmail.status)).all()) == ["queued", "sent", "sent"]
+
+
+def test_an_interrupted_attempt_goes_back_to_the_queue_due_now_and_says_so(
+        app, factory, session, smtp_server, monkeypatch):
+    """What the sweeper writes, before any worker sends the mail again."""
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com"])
+    factory.codes(program, ["HS-A1-0001"])
+    lost_claims(session, program, ["a@example.com"])
+    with app.app_context():
+        sweeper.sweep(get_session())
+    session.rollback()
+    mail = session.exec(select(OutboundEmail)).one()
+    session.execute(sa.update(OutboundEmail).values(status="sending", sent_at=None,
+                                                    sending_started_at=LONG_AGO))
+    session.commit()
+    handed_out: list[int] = []
+    monkeypatch.setattr("wellness_perks.dispatch.send_email", handed_out.append)
+    now = datetime.now(UTC)
+    with app.app_context():
+        report = sweeper.sweep(get_session(), now=now)
+    assert (report.interrupted_mails, report.mails, handed_out) == ([mail.id], [mail.id],
+                                                                    [mail.id])
+    row = session.exec(select(OutboundEmail).execution_options(populate_existing=True)).one()
+    assert (row.status, row.next_attempt_at, row.last_error) == ("queued", now, "interrupted")

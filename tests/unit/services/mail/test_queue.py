@@ -280,3 +280,53 @@ def test_a_forgotten_creators_failed_mail_is_not_resent(app, allocated, session,
     with app.app_context():
         privacy.forget_creator(get_session(), email="ayesha@example.com", actor="cli")
         assert mail.resend_failed(get_session(), program_id=program_id, actor="cli") == []
+
+
+@pytest.mark.parametrize(("base", "window", "last_attempt"), [
+    (1, 1, 2),   # waits of 1 s: the first wait spans the window
+    (1, 2, 3),   # 1 + 2 s
+    (1, 3, 3),
+    (1, 4, 4),   # 1 + 2 + 4 s
+    (0, 3, 4),   # a zero base waits (at least) a second a time, and still ends
+])
+def test_the_attempt_that_fails_for_good_is_the_first_whose_waits_span_the_window(
+        app, base, window, last_attempt):
+    from wellness_perks.services.mail.queue import gives_up_after
+
+    with app.app_context():
+        app.config.update(MAIL_RETRY_BASE_SECONDS=base, MAIL_RETRY_WINDOW_SECONDS=window)
+        assert gives_up_after() == last_attempt
+
+
+def test_the_backoff_doubles_up_to_its_cap(app):
+    from wellness_perks.services.mail.queue import retry_delay
+
+    with app.app_context():
+        app.config.update(MAIL_RETRY_BASE_SECONDS=30, MAIL_RETRY_MAX_DELAY_SECONDS=100)
+        assert [retry_delay(n) for n in (0, 1, 2, 3, 4)] == [30, 30, 60, 100, 100]
+
+
+def test_a_failure_is_recorded_with_its_kind_and_at_most_a_thousand_characters():
+    from wellness_perks.services.mail.queue import BatchOutcome, _record_failure
+    from wellness_perks.services.mail.transport import Outgoing, PermanentMailError
+
+    booked: list[dict] = []
+    outcome = BatchOutcome()
+    item = Outgoing(outbound_id=7, to_email="a@example.com", attempts=1, kind="redemption",
+                    claim_id=3)
+    _record_failure(lambda _statement, params: booked.append(params) or {7},
+                    item, PermanentMailError("550 " + "x" * 2000), outcome)
+    [params] = booked
+    assert params["b_error"] == ("PermanentMailError: 550 " + "x" * 2000)[:1000]
+    assert (params["b_id"], params["b_status"], params["b_next_attempt_at"]) == (
+        7, "failed", None)
+    assert (outcome.failed, outcome.retry) == ([7], {})
+
+
+def test_a_batch_renews_its_leases_once_they_are_a_third_of_the_sending_timeout_old(app):
+    from wellness_perks.services.mail.queue import BatchOutcome, _Ledger
+
+    with app.app_context():
+        app.config["MAIL_SENDING_TIMEOUT_SECONDS"] = 300
+        ledger = _Ledger(lambda *_: set(), [], BatchOutcome(), postgresql=False)
+    assert ledger.renew_every == 100
