@@ -76,6 +76,11 @@ def run_one(module: str, max_children: int, names: list[str]) -> None:
     # mutmut keeps one stats file (which tests reach which function, under which selection):
     # each module keeps its own, or running another module in between would start it over.
     stats, own = ROOT / "mutants" / "mutmut-stats.json", ROOT / "mutants" / f"stats.{module}.json"
+    # A module's file is copied plain (and newer than its source) while another module runs:
+    # mutmut would take that copy for this module's mutants. Such a copy goes, to be made again.
+    copy = ROOT / "mutants" / path
+    if copy.exists() and "_mutmut_mutated" not in copy.read_text():
+        copy.unlink()
     if own.exists():
         shutil.copy(own, stats)
     else:

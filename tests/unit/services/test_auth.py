@@ -137,13 +137,31 @@ def test_an_expired_link_is_refused(app, program, session, monkeypatch):
         app.config["SECRET_KEY"], salt=tokens.SIGN_IN_SALT).dumps({"c": 999999, "n": 0}),
     lambda app, c, t: itsdangerous.URLSafeTimedSerializer(
         app.config["SECRET_KEY"], salt=tokens.SIGN_IN_SALT).dumps([c.id, c.login_nonce]),
-], ids=["signature", "payload", "garbage", "another-key", "unknown-creator", "not-a-link"])
+    lambda app, c, t: itsdangerous.URLSafeTimedSerializer(
+        app.config["SECRET_KEY"], salt=tokens.SIGN_IN_SALT).dumps({"c": c.id}),
+], ids=["signature", "payload", "garbage", "another-key", "unknown-creator", "not-a-link",
+        "no-nonce"])
 def test_a_forged_link_is_refused(app, program, session, forge):
     creator = _ayesha(session)
     nonce = creator.login_nonce
     with pytest.raises(auth.SignInLinkInvalid):
         _redeem(app, forge(app, creator, _token(app, creator)))
     assert _ayesha(session).login_nonce == nonce
+
+
+def test_the_creator_signed_in_is_read_afresh_in_a_session_that_held_it(app, program,
+                                                                          session):
+    """The app's sessions keep what they loaded across commits: the creator returned carries
+    the spent nonce and the time of this sign-in even when the session loaded it before."""
+    creator = _ayesha(session)
+    token = _token(app, creator)
+    with app.app_context():
+        own = get_session()
+        held = own.get(Creator, creator.id)  # kept: the session's identity map holds it
+        signed_in = auth.redeem_sign_in_token(own, token=token)
+        assert signed_in is held
+        assert (signed_in.login_nonce, signed_in.last_login_at is not None) == (
+            creator.login_nonce + 1, True)
 
 
 # --------------------------------------------------------------------------- create_manager
@@ -177,6 +195,13 @@ def test_create_manager_refuses_bad_input(app, session, email, password, message
     assert str(refused.value).startswith(message), str(refused.value)
     assert _count(session, Manager) == 0
     assert _count(session, AuditEvent) == 0
+
+
+def test_a_password_of_twelve_characters_is_long_enough(app, session):
+    with app.app_context():
+        auth.create_manager(get_session(), email="boss@example.com", password="twelve chars",
+                            actor="test")
+    assert _count(session, Manager) == 1
 
 
 def test_create_manager_refuses_a_duplicate_whatever_the_case(app, session):
