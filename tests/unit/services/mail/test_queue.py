@@ -330,3 +330,43 @@ def test_a_batch_renews_its_leases_once_they_are_a_third_of_the_sending_timeout_
         app.config["MAIL_SENDING_TIMEOUT_SECONDS"] = 300
         ledger = _Ledger(lambda *_: set(), [], BatchOutcome(), postgresql=False)
     assert ledger.renew_every == 100
+
+
+def test_a_mail_that_is_not_there_is_unknown(app):
+    with app.app_context():
+        assert mail.send(get_session(), outbound_id=424242) == "unknown"
+
+
+def test_a_batchs_outcome_counts_each_fate_and_a_retry_says_when():
+    from wellness_perks.services.mail.queue import BatchOutcome
+
+    outcome = BatchOutcome(sent=[1, 2, 3], failed=[4], cancelled=[5, 6], retry={7: 30, 8: 60})
+    assert outcome.counts() == {"sent": 3, "retry": 2, "failed": 1, "cancelled": 2}
+    assert str(mail.MailRetryLater(30)) == "retry in 30s"
+
+
+def test_a_mail_sent_again_starts_a_new_run_of_attempts_now(app, allocated, session,
+                                                            smtp_server, monkeypatch):
+    """What resend_failed writes, before a worker sends it: queued, no attempt yet, due now,
+    no lease; one audit event a mail, dated now. Only code mails of the program are resent,
+    created at or after ``since``."""
+    _fail_for_good(app, allocated, smtp_server)
+    program_id = session.exec(select(Program.id)).one()
+    smtp_server.refuse_with = "550 5.7.1 relay refused for now"
+    with app.app_context():  # a failed sign-in mail is not a code mail
+        sign_in = auth.request_sign_in(get_session(), email="ayesha@example.com")
+    smtp_server.refuse_with = None
+    assert _row(session, sign_in).status == "failed"
+    created_at = _row(session, allocated).created_at
+    handed_out: list[list[int]] = []
+    monkeypatch.setattr("wellness_perks.dispatch.send_emails", handed_out.append)
+    with app.app_context():
+        assert mail.resend_failed(get_session(), program_id=program_id, actor="cli",
+                                  since=created_at) == [allocated]
+    assert handed_out == [[allocated]]
+    row = _row(session, allocated)
+    assert (row.status, row.attempts, row.sending_started_at) == ("queued", 0, None)
+    [event] = session.exec(select(AuditEvent).where(AuditEvent.action == "mail.resent")).all()
+    assert (event.object_type, event.object_id) == ("outbound_email", allocated)
+    assert row.next_attempt_at == event.at
+    assert _row(session, sign_in).status == "failed"
