@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from wellness_perks import create_app
 from wellness_perks.db import get_session
-from wellness_perks.models import AuditEvent, Creator, MailKind, OutboundEmail, Program
+from wellness_perks.models import AuditEvent, Code, Creator, MailKind, OutboundEmail, Program
 from wellness_perks.services import auth, claims, codes, mail, privacy
 from wellness_perks.services.mail import transport
 
@@ -370,3 +370,53 @@ def test_a_mail_sent_again_starts_a_new_run_of_attempts_now(app, allocated, sess
     assert (event.object_type, event.object_id) == ("outbound_email", allocated)
     assert row.next_attempt_at == event.at
     assert _row(session, sign_in).status == "failed"
+
+
+def test_a_batch_cancels_the_mails_of_voided_codes_and_sends_the_rest(app, stocked, session,
+                                                                      smtp_server):
+    voided = stocked[:2]
+    session.execute(sa.update(Code).where(Code.id.in_(
+        select(OutboundEmail.code_id).where(OutboundEmail.id.in_(voided)))).values(status="void"))
+    session.commit()
+    with app.app_context():
+        outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    assert (outcome.cancelled, outcome.sent) == (voided, stocked[2:])
+    assert len(smtp_server.messages) == 18
+    session.rollback()
+    rows = {r.id: (r.status, r.last_error) for r in session.exec(
+        select(OutboundEmail).execution_options(populate_existing=True)).all()}
+    assert [rows[i] for i in voided] == [("cancelled", "code_voided")] * 2
+    assert {rows[i] for i in stocked[2:]} == {("sent", None)}
+
+
+def test_a_mail_that_cannot_be_rendered_is_retried_and_the_batch_goes_on(
+        app, stocked, session, smtp_server, monkeypatch):
+    from wellness_perks.services.mail import queue
+
+    broken = stocked[:2]
+    real_render = queue.render
+
+    def render(outbound, *rest):
+        if outbound.id in broken:
+            raise RuntimeError("template missing")
+        return real_render(outbound, *rest)
+
+    monkeypatch.setattr(queue, "render", render)
+    with app.app_context():
+        outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    assert (sorted(outcome.retry), outcome.sent) == (broken, stocked[2:])
+    assert outcome.not_taken == [] and len(smtp_server.messages) == 18
+    session.rollback()
+    rows = {r.id: r for r in session.exec(
+        select(OutboundEmail).execution_options(populate_existing=True)).all()}
+    assert {(rows[i].status, rows[i].attempts, rows[i].last_error) for i in broken} == {
+        ("queued", 1, "RuntimeError: template missing")}
+
+
+def test_a_batch_leaves_alone_the_mails_it_did_not_take(app, stocked, session, smtp_server):
+    with app.app_context():
+        first = mail.send_batch(get_session(), outbound_ids=stocked[:5])
+        again = mail.send_batch(get_session(), outbound_ids=stocked[:10])
+    assert (first.not_taken, first.sent) == ([], stocked[:5])
+    assert (again.not_taken, again.sent) == (stocked[:5], stocked[5:10])
+    assert len(smtp_server.messages) == 10
