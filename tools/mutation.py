@@ -34,13 +34,17 @@ SQLITE = ["-k", "not postgresql"]
 VERIFY_SELECTION = ["-k", "not postgresql or (held and two) or (assigned and twice) "
                           "or (two and creator)"]
 
+# ... and for the outbox's bookkeeping on PostgreSQL (one statement records a message and checks
+# the next: a path SQLite, with no UPDATE in a WITH, never takes).
+QUEUE_SELECTION = ["-k", "not postgresql or also_checks or writes_a_batch or taken_back"]
+
 # module -> (the file mutated, the tests that cover its rules: pytest arguments)
 MODULES: dict[str, tuple[str, list[str]]] = {
     "verify": (f"{SERVICES}/verify.py", [f"{UNIT}/test_verify.py", *VERIFY_SELECTION]),
     "allocation": (f"{SERVICES}/allocation.py",
                    [f"{UNIT}/test_allocation.py", f"{UNIT}/test_allocation_properties.py",
                     *SQLITE]),
-    "queue": (f"{SERVICES}/mail/queue.py", [f"{UNIT}/mail/test_queue.py", *SQLITE]),
+    "queue": (f"{SERVICES}/mail/queue.py", [f"{UNIT}/mail/test_queue.py", *QUEUE_SELECTION]),
     "auth": (f"{SERVICES}/auth.py",
              [f"{UNIT}/test_auth.py", "tests/unit/web/test_auth.py", *SQLITE]),
     "sweeper": (f"{SERVICES}/sweeper.py", [f"{UNIT}/test_sweeper.py", *SQLITE]),

@@ -420,3 +420,27 @@ def test_a_batch_leaves_alone_the_mails_it_did_not_take(app, stocked, session, s
     assert (first.not_taken, first.sent) == ([], stocked[:5])
     assert (again.not_taken, again.sent) == (stocked[:5], stocked[5:10])
     assert len(smtp_server.messages) == 10
+
+
+def test_on_postgresql_recording_a_message_also_checks_the_next_one(app, stocked, session,
+                                                                    smtp_server, backend):
+    """One statement a message: it records the message sent and reads whether the next one is
+    still the batch's; only the first message is checked alone. (SQLite has no UPDATE in a
+    WITH: there recording and checking are two statements.)"""
+    engine = app.extensions["db_engine"]
+    seen: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if "outboundemail" in statement.lower():
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        with app.app_context():
+            outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(outcome.sent) == 20
+    # the take, the load of what the mails say, the first message's check, then per message
+    per_message = 1 if backend == "postgresql" else 2
+    assert len(seen) == 3 + 19 * per_message + 1, "\n".join(seen)
