@@ -111,10 +111,14 @@ def score_line(module: str, seconds: float | None = None) -> str:
     timeout = sum(c in TIMEOUT for c in codes)
     survived = sum(c in SURVIVED for c in codes)
     no_tests = sum(c in NO_TESTS for c in codes)
-    other = len(codes) - killed - timeout - survived - no_tests
-    score = 100.0 * (killed + timeout) / len(codes)
-    line = (f"{module:<11} {score:6.1f}%  {len(codes):4d} mutants: {killed} killed, "
+    untried = sum(c is None for c in codes)
+    other = len(codes) - killed - timeout - survived - no_tests - untried
+    tried = len(codes) - untried
+    score = 100.0 * (killed + timeout) / tried if tried else 0.0
+    line = (f"{module:<11} {score:6.1f}%  {tried:4d} mutants tried: {killed} killed, "
             f"{timeout} timed out, {survived} survived, {no_tests} without tests, {other} other")
+    if untried:
+        line += f"; {untried} of {len(codes)} not tried yet"
     if seconds is not None:
         line += f"  ({seconds / 60:.1f} min)"
     return line
@@ -169,7 +173,7 @@ def main(argv: list[str]) -> int:
             if done.returncode != 0:
                 print(f"mutmut failed on {module} (exit {done.returncode})", file=sys.stderr)
                 return done.returncode
-    print("\nmutation score per module (killed or timed out / all mutants):")
+    print("\nmutation score per module (killed or timed out / mutants tried):")
     for module in args.modules:
         print("  " + score_line(module, seconds.get(module)))
     return 0

@@ -268,6 +268,9 @@ def test_resend_failed_leaves_other_programs_and_older_failures(
     other = factory.program(slug="calm-6m")
     with app.app_context():
         assert mail.resend_failed(get_session(), program_id=other.id, actor="cli") == []
+        earlier = _row(session, allocated).created_at - timedelta(minutes=1)
+        assert mail.resend_failed(get_session(), program_id=other.id, actor="cli",
+                                  since=earlier) == []
         later = _row(session, allocated).created_at + timedelta(minutes=1)
         assert mail.resend_failed(get_session(), program_id=program_id, actor="cli",
                                   since=later) == []
