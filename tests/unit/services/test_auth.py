@@ -15,7 +15,7 @@ from werkzeug.security import check_password_hash
 from wellness_perks.db import get_session
 from wellness_perks.models import AuditEvent, Creator, Manager, OutboundEmail
 from wellness_perks.services import auth, tokens
-from wellness_perks.services.errors import Conflict, InvalidInput
+from wellness_perks.services.errors import Conflict, InvalidInput, NotFound
 
 PASSWORD = "correct horse battery staple"
 
@@ -74,6 +74,21 @@ def test_a_sign_in_mail_is_owed_only_to_an_address_on_a_list(app, program, sessi
     assert rows == [(known, "ayesha@example.com", "sign_in")]
     assert len(smtp_server.wait_for_mail("ayesha@example.com", "sign-in")) == 1
     assert smtp_server.to("nobody@example.com") == smtp_server.to("former@example.com") == []
+
+
+def test_a_sign_in_mail_is_owed_in_its_creators_language(app, program, session, smtp_server):
+    session.execute(sa.update(Creator).where(Creator.email == "ayesha@example.com")
+                    .values(locale="ur"))
+    session.commit()
+    with app.app_context():
+        outbound_id = auth.request_sign_in(get_session(), email="ayesha@example.com")
+    assert _fresh(session, select(OutboundEmail.locale).where(
+        OutboundEmail.id == outbound_id)) == ["ur"]
+
+
+def test_an_unknown_creator_is_not_found(app):
+    with app.app_context(), pytest.raises(NotFound, match="^no creator with id 424242$"):
+        auth.get_creator(get_session(), creator_id=424242)
 
 
 @pytest.mark.parametrize(("address", "code"), [("not-an-email", "email_invalid"),
@@ -182,17 +197,18 @@ def test_create_manager_stores_a_hash_not_the_password(app, session):
     assert event.action == "manager.created" and PASSWORD not in (event.detail or "")
 
 
-@pytest.mark.parametrize(("email", "password", "message"), [
-    ("boss@example.com", "elevenchars", "password must be at least 12 characters"),
-    ("boss@example.com", "", "password must be at least 12 characters"),
-    ("not-an-email", PASSWORD, "not a valid email address"),
-    ("boss@", PASSWORD, "not a valid email address"),
-    ("", PASSWORD, "email address is empty"),
+@pytest.mark.parametrize(("email", "password", "message", "field"), [
+    ("boss@example.com", "elevenchars", "password must be at least 12 characters", "password"),
+    ("boss@example.com", "", "password must be at least 12 characters", "password"),
+    ("not-an-email", PASSWORD, "not a valid email address", "email"),
+    ("boss@", PASSWORD, "not a valid email address", "email"),
+    ("", PASSWORD, "email address is empty", "email"),
 ])
-def test_create_manager_refuses_bad_input(app, session, email, password, message):
+def test_create_manager_refuses_bad_input(app, session, email, password, message, field):
     with app.app_context(), pytest.raises(InvalidInput) as refused:
         auth.create_manager(get_session(), email=email, password=password, actor="test")
     assert str(refused.value).startswith(message), str(refused.value)
+    assert refused.value.field == field
     assert _count(session, Manager) == 0
     assert _count(session, AuditEvent) == 0
 
