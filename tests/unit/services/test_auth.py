@@ -4,6 +4,7 @@ accounts that store a hash, never the password. The pages are ``web/test_auth.py
 
 from __future__ import annotations
 
+import json
 import time
 
 import itsdangerous.timed
@@ -113,9 +114,11 @@ def test_a_link_signs_its_creator_in_once(app, program, session):
     assert _redeem(app, token).id == creator.id
     after = _ayesha(session)
     assert after.login_nonce == nonce + 1 and after.last_login_at is not None
-    events = _fresh(session, select(AuditEvent.action, AuditEvent.actor, AuditEvent.object_id)
+    events = _fresh(session, select(AuditEvent.action, AuditEvent.actor, AuditEvent.object_type,
+                                    AuditEvent.object_id, AuditEvent.at)
                     .where(AuditEvent.action == "creator.signed_in"))
-    assert events == [("creator.signed_in", f"creator:{creator.id}", creator.id)]
+    assert events == [("creator.signed_in", f"creator:{creator.id}", "creator", creator.id,
+                       after.last_login_at)]
     with pytest.raises(auth.SignInLinkUsed):
         _redeem(app, token)
     assert _ayesha(session).login_nonce == nonce + 1
@@ -195,6 +198,8 @@ def test_create_manager_stores_a_hash_not_the_password(app, session):
     assert not check_password_hash(manager.password_hash, PASSWORD + "!")
     [event] = _fresh(session, select(AuditEvent))
     assert event.action == "manager.created" and PASSWORD not in (event.detail or "")
+    assert (event.object_type, event.object_id, json.loads(event.detail)) == (
+        "manager", manager.id, {"email": "boss@example.com"})
 
 
 @pytest.mark.parametrize(("email", "password", "message", "field"), [
