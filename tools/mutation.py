@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--retry", action="store_true", help="try the survivors again")
     parser.add_argument("--only", nargs="+", metavar="GLOB", default=[],
                         help="try again only the mutants whose names match, e.g. "
-                             "'*.xǁ_Ledgerǁ*' (one module)")
+                             "'*.xǁ_Ledgerǁ*' (one module, named before --only)")
     parser.add_argument("--report", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     parser.add_argument("--one", nargs="*", metavar="NAME", help=argparse.SUPPRESS)
