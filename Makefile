@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 5000
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint worker clean
+.PHONY: run test lint worker clean mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,23 @@ worker: $(STAMP)
 	$(BIN)/celery -A worker worker --loglevel INFO
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants
+
+# Mutation testing (docs/testing.md), by hand like the benchmark: mutmut, one module at a time,
+# against the tests that cover it, on SQLite. `make mutation MODULES="verify allocation"`;
+# MUTATION_CHILDREN mutants at once (1 by default: a shared machine).
+MODULES ?= verify allocation queue auth sweeper claims codes imports
+MUTATION_CHILDREN ?= 1
+MUTATION_STAMP := $(VENV)/.mutation-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(MUTATION_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,mutation]'
+	rm -f $(VENV)/.mutation-*
+	touch $(MUTATION_STAMP)
+
+## mutation: mutmut over MODULES, then the score per module
+mutation: $(MUTATION_STAMP)
+	$(BIN)/python tools/mutation.py --max-children $(MUTATION_CHILDREN) $(MODULES)
 
 # Benchmarks (bench/README.md): PostgreSQL on 127.0.0.1:5432 and redis-server on PATH.
 # Any of these may be given on the command line, e.g. `make bench N=20000 C=64`:

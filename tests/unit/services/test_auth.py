@@ -4,6 +4,7 @@ accounts that store a hash, never the password. The pages are ``web/test_auth.py
 
 from __future__ import annotations
 
+import json
 import time
 
 import itsdangerous.timed
@@ -17,7 +18,7 @@ from werkzeug.security import check_password_hash
 from wellness_perks.db import get_session
 from wellness_perks.models import AuditEvent, Creator, Manager, OutboundEmail
 from wellness_perks.services import auth, tokens
-from wellness_perks.services.errors import Conflict, InvalidInput
+from wellness_perks.services.errors import Conflict, InvalidInput, NotFound
 
 PASSWORD = "correct horse battery staple"
 
@@ -78,6 +79,21 @@ def test_a_sign_in_mail_is_owed_only_to_an_address_on_a_list(app, program, sessi
     assert smtp_server.to("nobody@example.com") == smtp_server.to("former@example.com") == []
 
 
+def test_a_sign_in_mail_is_owed_in_its_creators_language(app, program, session, smtp_server):
+    session.execute(sa.update(Creator).where(Creator.email == "ayesha@example.com")
+                    .values(locale="ur"))
+    session.commit()
+    with app.app_context():
+        outbound_id = auth.request_sign_in(get_session(), email="ayesha@example.com")
+    assert _fresh(session, select(OutboundEmail.locale).where(
+        OutboundEmail.id == outbound_id)) == ["ur"]
+
+
+def test_an_unknown_creator_is_not_found(app):
+    with app.app_context(), pytest.raises(NotFound, match="^no creator with id 424242$"):
+        auth.get_creator(get_session(), creator_id=424242)
+
+
 @pytest.mark.parametrize(("address", "code"), [("not-an-email", "email_invalid"),
                                                ("ayesha@", "email_invalid"),
                                                ("  ", "email_empty")])
@@ -100,9 +116,11 @@ def test_a_link_signs_its_creator_in_once(app, program, session):
     assert _redeem(app, token).id == creator.id
     after = _ayesha(session)
     assert after.login_nonce == nonce + 1 and after.last_login_at is not None
-    events = _fresh(session, select(AuditEvent.action, AuditEvent.actor, AuditEvent.object_id)
+    events = _fresh(session, select(AuditEvent.action, AuditEvent.actor, AuditEvent.object_type,
+                                    AuditEvent.object_id, AuditEvent.at)
                     .where(AuditEvent.action == "creator.signed_in"))
-    assert events == [("creator.signed_in", f"creator:{creator.id}", creator.id)]
+    assert events == [("creator.signed_in", f"creator:{creator.id}", "creator", creator.id,
+                       after.last_login_at)]
     with pytest.raises(auth.SignInLinkUsed):
         _redeem(app, token)
     assert _ayesha(session).login_nonce == nonce + 1
@@ -139,13 +157,31 @@ def test_an_expired_link_is_refused(app, program, session, monkeypatch):
         app.config["SECRET_KEY"], salt=tokens.SIGN_IN_SALT).dumps({"c": 999999, "n": 0}),
     lambda app, c, t: itsdangerous.URLSafeTimedSerializer(
         app.config["SECRET_KEY"], salt=tokens.SIGN_IN_SALT).dumps([c.id, c.login_nonce]),
-], ids=["signature", "payload", "garbage", "another-key", "unknown-creator", "not-a-link"])
+    lambda app, c, t: itsdangerous.URLSafeTimedSerializer(
+        app.config["SECRET_KEY"], salt=tokens.SIGN_IN_SALT).dumps({"c": c.id}),
+], ids=["signature", "payload", "garbage", "another-key", "unknown-creator", "not-a-link",
+        "no-nonce"])
 def test_a_forged_link_is_refused(app, program, session, forge):
     creator = _ayesha(session)
     nonce = creator.login_nonce
     with pytest.raises(auth.SignInLinkInvalid):
         _redeem(app, forge(app, creator, _token(app, creator)))
     assert _ayesha(session).login_nonce == nonce
+
+
+def test_the_creator_signed_in_is_read_afresh_in_a_session_that_held_it(app, program,
+                                                                          session):
+    """The app's sessions keep what they loaded across commits: the creator returned carries
+    the spent nonce and the time of this sign-in even when the session loaded it before."""
+    creator = _ayesha(session)
+    token = _token(app, creator)
+    with app.app_context():
+        own = get_session()
+        held = own.get(Creator, creator.id)  # kept: the session's identity map holds it
+        signed_in = auth.redeem_sign_in_token(own, token=token)
+        assert signed_in is held
+        assert (signed_in.login_nonce, signed_in.last_login_at is not None) == (
+            creator.login_nonce + 1, True)
 
 
 # --------------------------------------------------------------------------- create_manager
@@ -164,21 +200,31 @@ def test_create_manager_stores_a_hash_not_the_password(app, session):
     assert not check_password_hash(manager.password_hash, PASSWORD + "!")
     [event] = _fresh(session, select(AuditEvent))
     assert event.action == "manager.created" and PASSWORD not in (event.detail or "")
+    assert (event.object_type, event.object_id, json.loads(event.detail)) == (
+        "manager", manager.id, {"email": "boss@example.com"})
 
 
-@pytest.mark.parametrize(("email", "password", "message"), [
-    ("boss@example.com", "elevenchars", "password must be at least 12 characters"),
-    ("boss@example.com", "", "password must be at least 12 characters"),
-    ("not-an-email", PASSWORD, "not a valid email address"),
-    ("boss@", PASSWORD, "not a valid email address"),
-    ("", PASSWORD, "email address is empty"),
+@pytest.mark.parametrize(("email", "password", "message", "field"), [
+    ("boss@example.com", "elevenchars", "password must be at least 12 characters", "password"),
+    ("boss@example.com", "", "password must be at least 12 characters", "password"),
+    ("not-an-email", PASSWORD, "not a valid email address", "email"),
+    ("boss@", PASSWORD, "not a valid email address", "email"),
+    ("", PASSWORD, "email address is empty", "email"),
 ])
-def test_create_manager_refuses_bad_input(app, session, email, password, message):
+def test_create_manager_refuses_bad_input(app, session, email, password, message, field):
     with app.app_context(), pytest.raises(InvalidInput) as refused:
         auth.create_manager(get_session(), email=email, password=password, actor="test")
     assert str(refused.value).startswith(message), str(refused.value)
+    assert refused.value.field == field
     assert _count(session, Manager) == 0
     assert _count(session, AuditEvent) == 0
+
+
+def test_a_password_of_twelve_characters_is_long_enough(app, session):
+    with app.app_context():
+        auth.create_manager(get_session(), email="boss@example.com", password="twelve chars",
+                            actor="test")
+    assert _count(session, Manager) == 1
 
 
 def test_create_manager_refuses_a_duplicate_whatever_the_case(app, session):

@@ -104,7 +104,7 @@ def test_mails_still_being_sent_or_waiting_out_their_backoff_are_left_alone(
     session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == sending.id).values(
         status="sending", sending_started_at=now - timedelta(seconds=timeout / 2)))
     session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == backing_off.id).values(
-        next_attempt_at=now + timedelta(minutes=5)))
+        next_attempt_at=now + timedelta(minutes=5), created_at=now - timedelta(days=1)))
     session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == due.id).values(
         next_attempt_at=now - timedelta(seconds=1)))
     session.commit()
@@ -150,3 +150,102 @@ def test_of_a_batch_cut_off_only_the_message_that_may_have_been_in_flight_is_pos
                         .execution_options(populate_existing=True)).all()
     assert [r.status for r in rows] == ["sent"] * 5
     assert [r.possibly_sent_at is not None for r in rows] == [True, False, False, True, False]
+
+
+def test_only_a_program_with_room_stock_and_a_waitlist_is_servable(app, factory, session,
+                                                                   smtp_server):
+    """Once allocation has decided every claim, the sweeper leaves alone a program that is
+    full, one out of codes and one nobody waits for."""
+    full = factory.program(slug="full", quota=1)
+    factory.creators(full, ["full-a@example.com", "full-b@example.com"])
+    factory.codes(full, ["HS-F1-0001", "HS-F2-0002"])
+    dry = factory.program(slug="dry", quota=2)
+    factory.creators(dry, ["dry-a@example.com", "dry-b@example.com"])
+    factory.codes(dry, ["HS-D1-0001"])
+    served = factory.program(slug="served", quota=10)
+    factory.creators(served, ["served-a@example.com"])
+    factory.codes(served, ["HS-S1-0001", "HS-S2-0002"])
+    for program in (full, dry, served):
+        lost_claims(session, program, [e for e in (f"{program.slug}-a@example.com",
+                                                    f"{program.slug}-b@example.com")])
+    with app.app_context():
+        assert sweeper.sweep(get_session()).programs == [full.id, dry.id, served.id]
+        assert sweeper.sweep(get_session()).programs == []
+    session.rollback()
+    assert session.exec(select(Claim.state, Claim.reason).order_by(Claim.id)).all() == [
+        ("allocated", None), ("waitlisted", "quota_reached"),
+        ("allocated", None), ("waitlisted", "out_of_stock"),
+        ("allocated", None)]
+
+
+def test_the_sweepers_thresholds_count_to_the_second(app, factory, session, smtp_server):
+    """A claim pending SWEEP_PENDING_AFTER_SECONDS, a mail queued as long with no retry time,
+    an attempt MAIL_SENDING_TIMEOUT_SECONDS old are not lost yet; a second more and they are.
+    A retry is due at its time."""
+    program = factory.program(quota=10)
+    emails = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+    factory.creators(program, emails)
+    factory.codes(program, ["HS-A1-0001", "HS-A2-0002", "HS-A3-0003"])
+    smtp_server.refuse_with = "451 later"
+    lost_claims(session, program, emails[:3])
+    with app.app_context():
+        sweeper.sweep(get_session())  # allocates; every first attempt refused
+    session.rollback()
+    never_tried, retry, sending = (m.id for m in session.exec(
+        select(OutboundEmail).order_by(OutboundEmail.id)).all())
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    pending_after = timedelta(seconds=app.config["SWEEP_PENDING_AFTER_SECONDS"])
+    timeout = timedelta(seconds=app.config["MAIL_SENDING_TIMEOUT_SECONDS"])
+    lost_claims(session, program, ["d@example.com"], requested_at=t)
+    for outbound_id, values in (
+            (never_tried, {"next_attempt_at": None, "created_at": t}),
+            (retry, {"next_attempt_at": t + pending_after}),
+            (sending, {"status": "sending", "sending_started_at": t + pending_after - timeout})):
+        session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == outbound_id)
+                        .values(**values))
+    session.commit()
+    second = timedelta(seconds=1)
+    with app.app_context():
+        report = sweeper.sweep(get_session(), now=t + pending_after)
+        assert report.as_dict() == {"programs": [], "mails": [retry], "interrupted_mails": [],
+                                    "possibly_sent": []}
+    smtp_server.refuse_with = None
+    with app.app_context():
+        report = sweeper.sweep(get_session(), now=t + pending_after + second)
+    assert report.as_dict() == {"programs": [program.id], "mails": [never_tried, sending],
+                                "interrupted_mails": [sending], "possibly_sent": [sending]}
+    # What is sent, or waits out its backoff, is neither due nor interrupted, however old.
+    session.execute(sa.update(OutboundEmail).values(created_at=t - timedelta(days=1),
+                                                    sending_started_at=t - timedelta(days=1)))
+    session.commit()
+    with app.app_context():
+        report = sweeper.sweep(get_session(), now=t + pending_after + 2 * second)
+    assert report.as_dict() == {"programs": [], "mails": [], "interrupted_mails": [],
+                                "possibly_sent": []}
+    session.rollback()
+    assert sorted(session.exec(select(OutboundEmail.status)).all()) == ["queued", "sent", "sent"]
+
+
+def test_an_interrupted_attempt_goes_back_to_the_queue_due_now_and_says_so(
+        app, factory, session, smtp_server, monkeypatch):
+    """What the sweeper writes, before any worker sends the mail again."""
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com"])
+    factory.codes(program, ["HS-A1-0001"])
+    lost_claims(session, program, ["a@example.com"])
+    with app.app_context():
+        sweeper.sweep(get_session())
+    session.rollback()
+    mail = session.exec(select(OutboundEmail)).one()
+    session.execute(sa.update(OutboundEmail).values(status="sending", sent_at=None,
+                                                    sending_started_at=LONG_AGO))
+    session.commit()
+    handed_out: list[int] = []
+    monkeypatch.setattr("wellness_perks.dispatch.send_emails", handed_out.extend)
+    now = datetime.now(UTC)
+    with app.app_context():
+        report = sweeper.sweep(get_session(), now=now)
+    assert (report.interrupted_mails, report.mails, handed_out) == ([mail.id], [mail.id],
+                                                                    [mail.id])
+    row = session.exec(select(OutboundEmail).execution_options(populate_existing=True)).one()
+    assert (row.status, row.next_attempt_at, row.last_error) == ("queued", now, "interrupted")

@@ -467,6 +467,7 @@ TOLERATED: dict[str, Corruption] = {
     "a claim pending within its grace": _insert_claim("late", "PK"),
     "a claim waitlisted for another reason": _update_claim(
         "pk3", reason=ClaimReason.out_of_stock.value),
+    "a quota just full": _update_program(quota=3),
 }
 
 
@@ -510,3 +511,53 @@ def test_verify_reports_every_broken_invariant_at_once(app, factory, session, sm
         f"I5: allocated, but no mail for its code "
         f"(claim={second.id} code={second.code_id} creator={second.creator_id})",
     ]
+
+
+def test_verify_reads_the_counters_afresh_in_a_session_that_holds_the_program(
+        app, factory, session, smtp_server):
+    """The app's sessions keep what they loaded across commits: a program read before the
+    corruption must not hide it."""
+    w = healthy_program(app, factory, session, smtp_server)
+    with app.app_context():
+        own = get_session()
+        held = own.get(Program, w.program_id)  # kept: the session's identity map holds it
+        assert held.allocated_count == 3
+        session.execute(sa.update(Program).where(Program.id == w.program_id)
+                        .values(allocated_count=2))
+        session.commit()
+        assert [str(v) for v in verify_program(own, program_id=w.program_id)] == [
+            "I2: 3 allocated, counter says 2"]
+
+
+def test_a_violation_names_what_it_is_about_in_words_and_as_data():
+    from wellness_perks.services.verify import Violation
+
+    full = Violation("I1", "claim holds a code whose status is void", claim_id=7, code_id=8,
+                     creator_id=9)
+    assert str(full) == "I1: claim holds a code whose status is void (claim=7 code=8 creator=9)"
+    assert full.as_dict() == {"invariant": "I1",
+                              "message": "claim holds a code whose status is void",
+                              "claim_id": 7, "code_id": 8, "creator_id": 9}
+    bare = Violation("I2", "3 allocated, quota 2")
+    assert str(bare) == "I2: 3 allocated, quota 2"
+    assert bare.as_dict() == {"invariant": "I2", "message": "3 allocated, quota 2",
+                              "claim_id": None, "code_id": None, "creator_id": None}
+
+
+def test_verify_counts_the_grace_periods_to_the_second(app, factory, session, smtp_server,
+                                                       backend):
+    """A claim may stay pending 5 minutes and a mail wait 30 by default; one second more is
+    reported."""
+    w = healthy_program(app, factory, session, smtp_server)
+    corrupt(session, backend, Case(_insert_claim("late", "PK", LONG_AGO), lambda w: []), w)
+    corrupt(session, backend, Case(_update_mail("pk2", status=MailStatus.queued.value,
+                                                next_attempt_at=LONG_AGO), lambda w: []), w)
+    pending = f"I4: pending since {SINCE} (claim={w.made['claim']} creator={w.creator['late']})"
+    overdue = f"I5: mail #{w.mail['pk2']} queued and overdue since {SINCE} {_refs(w, 'pk2')}"
+    second = timedelta(seconds=1)
+    assert reported(app, w, now=LONG_AGO + timedelta(minutes=5)) == []
+    assert reported(app, w, now=LONG_AGO + timedelta(minutes=5) + second) == [pending]
+    assert reported(app, w, now=LONG_AGO + timedelta(minutes=30)) == [pending]
+    assert reported(app, w, now=LONG_AGO + timedelta(minutes=30) + second) == [pending, overdue]
+    assert reported(app, w, now=LONG_AGO + timedelta(minutes=10), pending_grace=timedelta(
+        minutes=10), mail_grace=timedelta(minutes=9)) == [overdue]

@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from wellness_perks import create_app, dispatch
 from wellness_perks.db import get_session
-from wellness_perks.models import AuditEvent, Creator, MailKind, OutboundEmail, Program
+from wellness_perks.models import AuditEvent, Code, Creator, MailKind, OutboundEmail, Program
 from wellness_perks.services import auth, claims, codes, mail, privacy
 from wellness_perks.services.mail import transport
 
@@ -335,6 +335,9 @@ def test_resend_failed_leaves_other_programs_and_older_failures(
     other = factory.program(slug="calm-6m")
     with app.app_context():
         assert mail.resend_failed(get_session(), program_id=other.id, actor="cli") == []
+        earlier = _row(session, allocated).created_at - timedelta(minutes=1)
+        assert mail.resend_failed(get_session(), program_id=other.id, actor="cli",
+                                  since=earlier) == []
         later = _row(session, allocated).created_at + timedelta(minutes=1)
         assert mail.resend_failed(get_session(), program_id=program_id, actor="cli",
                                   since=later) == []
@@ -347,3 +350,158 @@ def test_a_forgotten_creators_failed_mail_is_not_resent(app, allocated, session,
     with app.app_context():
         privacy.forget_creator(get_session(), email="ayesha@example.com", actor="cli")
         assert mail.resend_failed(get_session(), program_id=program_id, actor="cli") == []
+
+
+@pytest.mark.parametrize(("base", "window", "last_attempt"), [
+    (1, 1, 2),   # waits of 1 s: the first wait spans the window
+    (1, 2, 3),   # 1 + 2 s
+    (1, 3, 3),
+    (1, 4, 4),   # 1 + 2 + 4 s
+    (0, 3, 4),   # a zero base waits (at least) a second a time, and still ends
+])
+def test_the_attempt_that_fails_for_good_is_the_first_whose_waits_span_the_window(
+        app, base, window, last_attempt):
+    from wellness_perks.services.mail.queue import gives_up_after
+
+    with app.app_context():
+        app.config.update(MAIL_RETRY_BASE_SECONDS=base, MAIL_RETRY_WINDOW_SECONDS=window)
+        assert gives_up_after() == last_attempt
+
+
+def test_the_backoff_doubles_up_to_its_cap(app):
+    from wellness_perks.services.mail.queue import retry_delay
+
+    with app.app_context():
+        app.config.update(MAIL_RETRY_BASE_SECONDS=30, MAIL_RETRY_MAX_DELAY_SECONDS=100)
+        assert [retry_delay(n) for n in (0, 1, 2, 3, 4)] == [30, 30, 60, 100, 100]
+
+
+def test_a_failure_is_recorded_with_its_kind_and_at_most_a_thousand_characters():
+    from wellness_perks.services.mail.queue import BatchOutcome, _record_failure
+    from wellness_perks.services.mail.transport import Outgoing, PermanentMailError
+
+    booked: list[dict] = []
+    outcome = BatchOutcome()
+    item = Outgoing(outbound_id=7, to_email="a@example.com", attempts=1, kind="redemption",
+                    claim_id=3)
+    _record_failure(lambda _statement, params: booked.append(params) or {7},
+                    item, PermanentMailError("550 " + "x" * 2000), outcome)
+    [params] = booked
+    assert params["b_error"] == ("PermanentMailError: 550 " + "x" * 2000)[:1000]
+    assert (params["b_id"], params["b_status"], params["b_next_attempt_at"]) == (
+        7, "failed", None)
+    assert (outcome.failed, outcome.retry) == ([7], {})
+
+
+def test_a_mail_that_is_not_there_is_unknown(app):
+    with app.app_context():
+        assert mail.send(get_session(), outbound_id=424242) == "unknown"
+
+
+def test_a_batchs_outcome_counts_each_fate_and_a_retry_says_when():
+    from wellness_perks.services.mail.queue import BatchOutcome
+
+    outcome = BatchOutcome(sent=[1, 2, 3], failed=[4], cancelled=[5, 6], retry={7: 30, 8: 60})
+    assert outcome.counts() == {"sent": 3, "retry": 2, "failed": 1, "cancelled": 2}
+    assert str(mail.MailRetryLater(30)) == "retry in 30s"
+
+
+def test_a_mail_sent_again_starts_a_new_run_of_attempts_now(app, allocated, session,
+                                                            smtp_server, monkeypatch):
+    """What resend_failed writes, before a worker sends it: queued, no attempt yet, due now,
+    no lease; one audit event a mail, dated now. Only code mails of the program are resent,
+    created at or after ``since``."""
+    _fail_for_good(app, allocated, smtp_server)
+    program_id = session.exec(select(Program.id)).one()
+    smtp_server.refuse_with = "550 5.7.1 relay refused for now"
+    with app.app_context():  # a failed sign-in mail is not a code mail
+        sign_in = auth.request_sign_in(get_session(), email="ayesha@example.com")
+    smtp_server.refuse_with = None
+    assert _row(session, sign_in).status == "failed"
+    created_at = _row(session, allocated).created_at
+    handed_out: list[list[int]] = []
+    monkeypatch.setattr("wellness_perks.dispatch.send_emails", handed_out.append)
+    with app.app_context():
+        assert mail.resend_failed(get_session(), program_id=program_id, actor="cli",
+                                  since=created_at) == [allocated]
+    assert handed_out == [[allocated]]
+    row = _row(session, allocated)
+    assert (row.status, row.attempts, row.sending_started_at) == ("queued", 0, None)
+    [event] = session.exec(select(AuditEvent).where(AuditEvent.action == "mail.resent")).all()
+    assert (event.object_type, event.object_id) == ("outbound_email", allocated)
+    assert row.next_attempt_at == event.at
+    assert _row(session, sign_in).status == "failed"
+
+
+def test_a_batch_cancels_the_mails_of_voided_codes_and_sends_the_rest(app, stocked, session,
+                                                                      smtp_server):
+    voided = stocked[:2]
+    session.execute(sa.update(Code).where(Code.id.in_(
+        select(OutboundEmail.code_id).where(OutboundEmail.id.in_(voided)))).values(status="void"))
+    session.commit()
+    with app.app_context():
+        outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    assert (outcome.cancelled, outcome.sent) == (voided, stocked[2:])
+    assert len(smtp_server.messages) == 18
+    session.rollback()
+    rows = {r.id: (r.status, r.last_error) for r in session.exec(
+        select(OutboundEmail).execution_options(populate_existing=True)).all()}
+    assert [rows[i] for i in voided] == [("cancelled", "code_voided")] * 2
+    assert {rows[i] for i in stocked[2:]} == {("sent", None)}
+
+
+def test_a_mail_that_cannot_be_rendered_is_retried_and_the_batch_goes_on(
+        app, stocked, session, smtp_server, monkeypatch):
+    from wellness_perks.services.mail import queue
+
+    broken = stocked[:2]
+    real_render = queue.render
+
+    def render(outbound, *rest):
+        if outbound.id in broken:
+            raise RuntimeError("template missing")
+        return real_render(outbound, *rest)
+
+    monkeypatch.setattr(queue, "render", render)
+    with app.app_context():
+        outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    assert (sorted(outcome.retry), outcome.sent) == (broken, stocked[2:])
+    assert outcome.not_taken == [] and len(smtp_server.messages) == 18
+    session.rollback()
+    rows = {r.id: r for r in session.exec(
+        select(OutboundEmail).execution_options(populate_existing=True)).all()}
+    assert {(rows[i].status, rows[i].attempts, rows[i].last_error) for i in broken} == {
+        ("queued", 1, "RuntimeError: template missing")}
+
+
+def test_a_batch_leaves_alone_the_mails_it_did_not_take(app, stocked, session, smtp_server):
+    with app.app_context():
+        first = mail.send_batch(get_session(), outbound_ids=stocked[:5])
+        again = mail.send_batch(get_session(), outbound_ids=stocked[:10])
+    assert (first.not_taken, first.sent) == ([], stocked[:5])
+    assert (again.not_taken, again.sent) == (stocked[:5], stocked[5:10])
+    assert len(smtp_server.messages) == 10
+
+
+def test_on_postgresql_recording_a_message_also_checks_the_next_one(app, stocked, session,
+                                                                    smtp_server, backend):
+    """One statement a message: it records the message sent and reads whether the next one is
+    still the batch's; only the first message is checked alone. (SQLite has no UPDATE in a
+    WITH: there recording and checking are two statements.)"""
+    engine = app.extensions["db_engine"]
+    seen: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if "outboundemail" in statement.lower():
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        with app.app_context():
+            outcome = mail.send_batch(get_session(), outbound_ids=stocked)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(outcome.sent) == 20
+    # the take, the load of what the mails say, the first message's check, then per message
+    per_message = 1 if backend == "postgresql" else 2
+    assert len(seen) == 3 + 19 * per_message + 1, "\n".join(seen)
