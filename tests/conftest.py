@@ -236,3 +236,36 @@ def another_creator(app, smtp_server):
         sign_in(other, smtp_server, address)
         return other
     return _sign_in
+
+
+MANAGER_PASSWORD = "correct horse battery staple"
+
+
+def sign_in_manager(client, address: str, password: str = MANAGER_PASSWORD):
+    """Sign a manager in through the console's real form; the response of the POST."""
+    page = client.get("/manage/login")
+    return client.post("/manage/login", data={"email": address, "password": password,
+                                              "csrf_token": csrf_token(page.text)})
+
+
+@pytest.fixture
+def manager_client(app):
+    """A browser signed in to the console as a new manager of the given role:
+    ``manager_client("admin")`` (another call makes another manager and browser)."""
+    made = []
+
+    def _sign_in(role: str = "manager", address: str | None = None):
+        from wellness_perks.db import new_session
+        from wellness_perks.services import auth
+
+        address = address or f"{role}{len(made)}@managers.example"
+        with app.app_context():
+            with new_session() as session:
+                auth.create_manager(session, email=address, password=MANAGER_PASSWORD,
+                                    role=role, actor="test")
+        browser = app.test_client()
+        response = sign_in_manager(browser, address)
+        assert response.status_code == 302, response.text
+        made.append(address)
+        return browser
+    return _sign_in

@@ -19,7 +19,7 @@ from flask.cli import with_appcontext
 from sqlmodel import select
 
 from .db import get_session
-from .models import Manager
+from .models import MANAGER_ROLES, Manager
 from .services import auth, code_cipher, codes, health, imports, mail, privacy, programs, sweeper
 from .services import verify as violations
 from .services.countries import normalise_country, parse_country_quota
@@ -65,16 +65,19 @@ def init_db_command() -> None:
 
 @click.command("create-manager")
 @click.argument("email")
+@click.option("--role", type=click.Choice(MANAGER_ROLES), default="manager", show_default=True,
+              help="viewer reads; manager runs programs; admin also creates programs, "
+                   "managers and API tokens.")
 @click.password_option("--password", help="Prompted for (twice) when not given.")
 @with_appcontext
-def create_manager_command(email: str, password: str) -> None:
-    """Create a program manager account."""
+def create_manager_command(email: str, role: str, password: str) -> None:
+    """Create a console account (sign in at /manage/login)."""
     try:
         manager = auth.create_manager(get_session(), email=email, password=password,
-                                      actor=CLI_ACTOR)
+                                      role=role, actor=CLI_ACTOR)
     except DomainError as exc:
         _fail(str(exc))
-    click.echo(f"manager {manager.email} created")
+    click.echo(f"{manager.role} {manager.email} created")
 
 
 @click.command("create-program")
@@ -440,8 +443,8 @@ def seed_demo_command() -> None:
         else:
             password = secrets.token_urlsafe(12)
             auth.create_manager(session, email=DEMO_MANAGER, password=password,
-                                actor="seed-demo")
-            click.echo(f"demo manager {DEMO_MANAGER}, password {password} (shown once)")
+                                role="admin", actor="seed-demo")
+            click.echo(f"demo admin {DEMO_MANAGER}, password {password} (shown once)")
     else:
         click.echo(f"demo program {DEMO_SLUG} already exists")
     outbox = current_app.config["OUTBOX_DIR"] if not current_app.config["SMTP_HOST"] else None
@@ -456,6 +459,11 @@ def seed_demo_command() -> None:
         click.echo("  3. follow the sign-in link in the mail your SMTP server received, then "
                    "press Sign in")
     click.echo("  4. open the program and press Claim; the code mail lands in the same place")
+    click.echo("")
+    click.echo("Sign in as a manager:")
+    click.echo(f"  open {base_url}/manage/login and enter {DEMO_MANAGER} with the password "
+               "printed when the demo was made")
+    click.echo("  (another account: wellness-perks create-manager EMAIL --role admin)")
 
 
 @click.command("resend-failed")

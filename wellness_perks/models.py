@@ -210,10 +210,34 @@ class Eligibility(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
+class ManagerRole(enum.StrEnum):
+    """What a manager may do, each role including the ones before it."""
+
+    viewer = "viewer"  # reads dashboards and reports
+    manager = "manager"  # runs programs: uploads, creators, resends, reissues
+    admin = "admin"  # also creates programs, managers and API tokens
+
+
+MANAGER_ROLES: tuple[str, ...] = tuple(role.value for role in ManagerRole)
+
+
 class Manager(SQLModel, table=True):
+    __table_args__ = (
+        sa.CheckConstraint("role IN ('viewer', 'manager', 'admin')", name="ck_manager_role"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False, unique=True))
     password_hash: str = Field(sa_column=sa.Column(sa.String(300), nullable=False))
+    role: str = Field(default=ManagerRole.manager.value, sa_column=sa.Column(
+        sa.String(16), nullable=False, server_default=ManagerRole.manager.value))
+    # Named by every session of theirs; bumped at sign-out (and when an admin disables them),
+    # which ends every session at once.
+    session_version: int = Field(default=0, sa_column=sa.Column(
+        sa.Integer, nullable=False, server_default="0"))
+    # Set when an admin disables the account: no sign-in, no session.
+    disabled_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_login_at: datetime | None = Field(default=None, sa_column=_ts())
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 

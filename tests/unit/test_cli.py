@@ -221,8 +221,24 @@ def test_create_manager_prints_the_address_not_the_password(runner, session):
     assert result.stdout == "manager boss@example.com created\n"
     assert PASSWORD not in result.output
     [manager] = _all(session, select(Manager))
-    assert manager.email == "boss@example.com"
+    assert manager.email == "boss@example.com" and manager.role == "manager"
     assert check_password_hash(manager.password_hash, PASSWORD)
+
+
+@pytest.mark.parametrize("role", ["viewer", "manager", "admin"])
+def test_create_manager_gives_the_role_asked_for(runner, session, role):
+    result = _ok(_run(runner, "create-manager", "boss@example.com", "--role", role,
+                      "--password", PASSWORD))
+    assert result.stdout == f"{role} boss@example.com created\n"
+    [manager] = _all(session, select(Manager))
+    assert manager.role == role
+
+
+def test_create_manager_refuses_a_role_it_does_not_know(runner, session):
+    result = _run(runner, "create-manager", "boss@example.com", "--role", "owner",
+                  "--password", PASSWORD)
+    assert result.exit_code == 2 and "'owner' is not one of" in result.output
+    assert _count(session, Manager) == 0
 
 
 def test_create_manager_prompts_for_the_password_twice(runner, session):
@@ -671,21 +687,23 @@ def _seeded(session):
 def test_seed_demo_creates_the_demo_once(runner, session):
     first = _ok(_run(runner, "seed-demo"))
     assert "demo program demo-6m created: quota 25, 25 codes, 30 creators" in first.stdout
-    [password_line] = [line for line in first.stdout.splitlines() if "password" in line]
+    [password_line] = [line for line in first.stdout.splitlines() if "password " in line
+                       and "demo admin" in line]
     password = password_line.split("password ", 1)[1].removesuffix(" (shown once)")
     for text in ("Sign in as a creator:", "http://localhost/login", "creator01@example.com",
-                 "press Claim"):
+                 "press Claim", "Sign in as a manager:", "http://localhost/manage/login"):
         assert text in first.stdout
     assert _seeded(session) == (1, 30, 30, 25, 1, 1)
     [program] = _all(session, select(Program))
     assert program.slug == "demo-6m" and program.window_state(datetime.now(UTC)) == "open"
     [manager] = _all(session, select(Manager))
-    assert manager.email == "manager@example.com"
+    assert manager.email == "manager@example.com" and manager.role == "admin"
     assert check_password_hash(manager.password_hash, password)
 
     second = _ok(_run(runner, "seed-demo"))
     assert "demo program demo-6m already exists" in second.stdout
-    assert "created" not in second.stdout and "password" not in second.stdout
+    assert "created" not in second.stdout and password not in second.stdout
+    assert "shown once" not in second.stdout
     assert "Sign in as a creator:" in second.stdout
     assert _seeded(session) == (1, 30, 30, 25, 1, 1)
 

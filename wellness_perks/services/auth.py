@@ -16,12 +16,12 @@ import sqlalchemy as sa
 from flask import current_app
 from itsdangerous import BadData, SignatureExpired
 from sqlmodel import Session, select
-from werkzeug.security import generate_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from .. import dispatch
 from ..db import once_more_if_disconnected, write_transaction
 from ..logs import log_event
-from ..models import Creator, Eligibility, MailKind, Manager
+from ..models import MANAGER_ROLES, Creator, Eligibility, MailKind, Manager
 from . import audit, tokens
 from .emails import mask_email, normalise_email
 from .errors import Conflict, DomainError, InvalidInput, NotFound
@@ -214,18 +214,87 @@ def _spend_link(session: Session, creator_id: int, nonce: int) -> None:
     session.commit()
 
 
-def create_manager(session: Session, *, email: str, password: str, actor: str) -> Manager:
+def create_manager(session: Session, *, email: str, password: str, actor: str,
+                   role: str = "manager") -> Manager:
     normalised = normalise_email(email)
+    if role not in MANAGER_ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(MANAGER_ROLES)}", field="role",
+                           code="manager_role_unknown")
     if len(password) < 12:
         raise InvalidInput("password must be at least 12 characters", field="password")
     with write_transaction(session):
         if session.exec(select(Manager.id).where(Manager.email == normalised)).first():
             raise Conflict(f"a manager with email {normalised} already exists")
-        manager = Manager(email=normalised, password_hash=generate_password_hash(password))
+        manager = Manager(email=normalised, password_hash=generate_password_hash(password),
+                          role=role)
         session.add(manager)
         session.flush()
         audit.record(session, audit.event(actor=actor, action="manager.created",
                                           object_type="manager", object_id=manager.id,
-                                          detail={"email": normalised}))
+                                          detail={"email": normalised, "role": role}))
     return manager
 
+
+class PasswordRejected(DomainError):
+    """The address and password do not name an active manager (which of them is wrong is not
+    said)."""
+
+    status_code = 400
+    code = "manager_password_rejected"
+
+
+# Checked when the address names no manager, so that a wrong address costs the same hashing as
+# a wrong password: the time of an answer tells no one which addresses are managers.
+_NO_ONE = generate_password_hash("not a password of anyone")
+
+
+@dataclass(frozen=True)
+class SignedInManager:
+    """Who a manager session names, read in one query when the session is still theirs."""
+
+    manager_id: int
+    email: str
+    role: str
+    session_version: int
+
+
+def check_manager_password(session: Session, *, email: str, password: str) -> SignedInManager:
+    """The manager this address and password name, or PasswordRejected (also for a disabled
+    account). Records the sign-in."""
+    try:
+        normalised = normalise_email(email)
+    except InvalidInput:
+        normalised = None
+    manager = (session.exec(select(Manager).where(Manager.email == normalised)).first()
+               if normalised else None)
+    matches = check_password_hash(manager.password_hash if manager else _NO_ONE, password)
+    if manager is None or not matches or manager.disabled_at is not None:
+        session.rollback()
+        raise PasswordRejected()
+    with write_transaction(session):
+        manager.last_login_at = datetime.now(UTC)
+        audit.record(session, audit.event(actor=f"manager:{manager.id}",
+                                          action="manager.signed_in", object_type="manager",
+                                          object_id=manager.id))
+    return SignedInManager(manager.id, manager.email, manager.role, manager.session_version)
+
+
+def signed_in_manager(session: Session, *, manager_id: int,
+                      session_version: int) -> SignedInManager | None:
+    """The manager a session names, or None when that session has been ended (sign-out, a
+    disabled account)."""
+    row = once_more_if_disconnected(session, lambda: session.execute(
+        sa.select(Manager.email, Manager.role, Manager.session_version, Manager.disabled_at)
+        .where(Manager.id == manager_id)).first())
+    if row is None or row.session_version != session_version or row.disabled_at is not None:
+        return None
+    return SignedInManager(manager_id, row.email, row.role, row.session_version)
+
+
+def end_manager_sessions(session: Session, *, manager_id: int) -> None:
+    """End every session of this manager, on every device, at once."""
+    with write_transaction(session):
+        session.execute(sa.update(Manager).where(Manager.id == manager_id)
+                        .values(session_version=Manager.session_version + 1)
+                        .execution_options(synchronize_session=False))
+    log_event("manager.sessions_ended", manager_id=manager_id)

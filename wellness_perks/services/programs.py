@@ -33,6 +33,13 @@ def get_program(session: Session, slug: str) -> Program:
     return program
 
 
+def list_programs(session: Session) -> list[Program]:
+    """Every program, newest first: each row carries its own counters (quota, allocated, in
+    stock), so the list costs one read however many codes and claims there are."""
+    return list(session.exec(select(Program).order_by(Program.created_at.desc(),
+                                                      Program.id.desc())))
+
+
 def lock_program(session: Session, program_id: int) -> Program:
     """The program, read fresh and locked for the rest of the transaction: allocation, quota
     changes, voids and reissues of one program take turns on this lock.

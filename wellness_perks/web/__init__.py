@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from . import auth, errors, headers, hygiene, i18n, limits, ops, portal, security
+from . import auth, console, errors, headers, hygiene, i18n, limits, ops, portal, security
 from .security import csrf, login_manager
 
 # Each surface, and whether its POSTs carry a CSRF token (form posts from our own pages do).
 SURFACES: tuple[tuple[Blueprint, bool], ...] = (
     (auth.bp, True),
     (portal.bp, True),
+    (console.bp, True),
     (ops.bp, True),
 )
 

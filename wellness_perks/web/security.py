@@ -26,6 +26,7 @@ from flask_login import LoginManager, UserMixin, current_user, login_url, login_
 from flask_wtf import CSRFProtect
 
 from ..db import get_session
+from ..models import MANAGER_ROLES
 from ..services import auth
 from .errors import error_response, wants_json
 
@@ -68,7 +69,46 @@ class CreatorUser(UserMixin):
         auth.end_sessions(get_session(), creator_id=self.creator_id)
 
 
-USER_KINDS: dict[str, type] = {CreatorUser.prefix: CreatorUser}
+class ManagerUser(UserMixin):
+    """The signed-in program manager (the console), loaded in one query like a creator."""
+
+    kind = "manager"
+    prefix = "m"
+
+    def __init__(self, manager_id: int, email: str, role: str, session_version: int) -> None:
+        self.manager_id = manager_id
+        self.email = email
+        self.role = role
+        self.session_version = session_version
+
+    @classmethod
+    def from_signed_in(cls, signed_in: auth.SignedInManager) -> ManagerUser:
+        return cls(signed_in.manager_id, signed_in.email, signed_in.role,
+                   signed_in.session_version)
+
+    @property
+    def actor(self) -> str:
+        """How audit events name them."""
+        return f"manager:{self.manager_id}"
+
+    def get_id(self) -> str:
+        return f"{self.prefix}:{self.manager_id}:{self.session_version}"
+
+    def can(self, role: str) -> bool:
+        """Whether their role includes ``role`` (viewer < manager < admin)."""
+        return MANAGER_ROLES.index(self.role) >= MANAGER_ROLES.index(role)
+
+    @classmethod
+    def load(cls, manager_id: int, session_version: int) -> ManagerUser | None:
+        signed_in = auth.signed_in_manager(get_session(), manager_id=manager_id,
+                                           session_version=session_version)
+        return cls.from_signed_in(signed_in) if signed_in else None
+
+    def end_sessions(self) -> None:
+        auth.end_manager_sessions(get_session(), manager_id=self.manager_id)
+
+
+USER_KINDS: dict[str, type] = {CreatorUser.prefix: CreatorUser, ManagerUser.prefix: ManagerUser}
 
 
 @login_manager.user_loader
@@ -129,7 +169,11 @@ def unauthorized():
     if wants_json():
         return error_response(401, "sign_in_required")
     flash(login_manager.login_message, login_manager.login_message_category)
-    return redirect(login_url(login_manager.login_view, next_url=local_path(request.full_path)))
+    view = CONSOLE_LOGIN_VIEW if request.blueprint == "console" else login_manager.login_view
+    return redirect(login_url(view, next_url=local_path(request.full_path)))
+
+
+CONSOLE_LOGIN_VIEW = "console.login"  # managers sign in with a password, not a mailed link
 
 
 def local_path(value: str | None) -> str | None:
@@ -165,3 +209,23 @@ def kind_required(*kinds: str):
 
 
 creator_required = kind_required(CreatorUser.kind)
+
+
+def role_required(role: str):
+    """Let in only managers whose role includes ``role``: a manager of a lesser role, or a
+    creator, gets 403; nobody signed in is sent to the console's sign-in."""
+    if role not in MANAGER_ROLES:
+        raise ValueError(f"unknown role {role!r}")
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            if not current_user.is_authenticated:
+                return login_manager.unauthorized()
+            if current_user.kind != ManagerUser.kind or not current_user.can(role):
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator

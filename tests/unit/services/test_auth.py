@@ -201,7 +201,7 @@ def test_create_manager_stores_a_hash_not_the_password(app, session):
     [event] = _fresh(session, select(AuditEvent))
     assert event.action == "manager.created" and PASSWORD not in (event.detail or "")
     assert (event.object_type, event.object_id, json.loads(event.detail)) == (
-        "manager", manager.id, {"email": "boss@example.com"})
+        "manager", manager.id, {"email": "boss@example.com", "role": "manager"})
 
 
 @pytest.mark.parametrize(("email", "password", "message", "field"), [

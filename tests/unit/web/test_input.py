@@ -135,7 +135,7 @@ def _filled(action: str, fields: dict[str, str]) -> dict[str, str]:
 
 
 def test_every_post_form_answers_400_for_a_file_in_any_field(
-        app, client, factory, signed_in, session, smtp_server):
+        app, client, factory, signed_in, session, smtp_server, manager_client):
     program = factory.program()
     factory.creators(program, ["ayesha@example.com"])
     factory.codes(program, ["HS-AAAA-0001"])
@@ -151,6 +151,12 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     forms = [(anonymous, action, fields) for action, fields in sign_in_forms.items()]
     forms += [(client, action, fields) for action, fields in portal_forms.items()
               if action != "/login"]
+    console_sign_in = app.test_client()
+    forms += [(console_sign_in, action, fields)
+              for action, fields in _post_forms(console_sign_in, ["/manage/login"]).items()]
+    console = manager_client("admin")
+    forms += [(console, action, fields)
+              for action, fields in _post_forms(console, ["/manage/"]).items()]
     # Every POST route of the pages is tried (a new form is covered the day it appears).
     covered = {action.replace("headspace-6m", "<slug>").replace(link_path, "/login/<token>")
                for _, action, _ in forms}
@@ -168,6 +174,7 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     assert _claims(session) == [] and "creator.deletion_requested" not in _audit(session)
     assert len(smtp_server.messages) == mails_before
     assert client.get("/programs/headspace-6m").status_code == 200  # still signed in
+    assert console.get("/manage/").status_code == 200
 
 
 def test_the_email_as_a_file_upload_is_a_400_with_the_form(client, smtp_server):
