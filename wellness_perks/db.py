@@ -178,6 +178,20 @@ def once_more_if_disconnected(session: Session, work: Callable[[], T]) -> T:
         return work()
 
 
+def read_outside_transaction(session: Session, statement: sa.Executable,
+                             params: dict | None = None) -> sa.Row | None:
+    """The first row of a read that needs no transaction of its own (who a session names).
+
+    On PostgreSQL it runs on a pooled connection in autocommit: one round trip, where the
+    session's transaction would add a BEGIN before it and a ROLLBACK at the end of the
+    request, on a connection held the whole request. Elsewhere it runs in the session."""
+    if not is_postgresql(session):
+        return session.execute(statement, params).first()
+    with session.get_bind().connect() as conn:
+        return (conn.execution_options(isolation_level="AUTOCOMMIT")
+                .execute(statement, params).first())
+
+
 def is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 

@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .. import dispatch
-from ..db import once_more_if_disconnected, write_transaction
+from ..db import once_more_if_disconnected, read_outside_transaction, write_transaction
 from ..logs import log_event
 from ..models import MANAGER_ROLES, Creator, Eligibility, MailKind, Manager
 from . import audit, tokens
@@ -115,12 +115,16 @@ def signed_in_creator(session: Session, *, creator_id: int,
     """The creator a session names, or None when that session has been ended (they signed out,
     or were forgotten, since it began): every session carries the version it began under."""
     # The first statement of a request: a connection the server dropped costs a retry (a read).
-    row = once_more_if_disconnected(session, lambda: session.execute(
-        sa.select(Creator.email, Creator.handle, Creator.locale, Creator.session_version)
-        .where(Creator.id == creator_id)).first())
+    row = once_more_if_disconnected(session, lambda: read_outside_transaction(
+        session, _SIGNED_IN_CREATOR, {"b_creator": creator_id}))
     if row is None or row.session_version != session_version:
         return None
     return SignedInCreator(creator_id, row.email, row.handle, row.locale, row.session_version)
+
+
+_SIGNED_IN_CREATOR = (
+    sa.select(Creator.email, Creator.handle, Creator.locale, Creator.session_version)
+    .where(Creator.id == sa.bindparam("b_creator")))
 
 
 def end_sessions(session: Session, *, creator_id: int) -> None:
@@ -283,9 +287,8 @@ def signed_in_manager(session: Session, *, manager_id: int,
                       session_version: int) -> SignedInManager | None:
     """The manager a session names, or None when that session has been ended (sign-out, a
     disabled account)."""
-    row = once_more_if_disconnected(session, lambda: session.execute(
-        sa.select(Manager.email, Manager.role, Manager.session_version, Manager.disabled_at)
-        .where(Manager.id == manager_id)).first())
+    row = once_more_if_disconnected(session, lambda: read_outside_transaction(
+        session, _SIGNED_IN_MANAGER, {"b_manager": manager_id}))
     if row is None or row.session_version != session_version or row.disabled_at is not None:
         return None
     return SignedInManager(manager_id, row.email, row.role, row.session_version)
@@ -298,3 +301,8 @@ def end_manager_sessions(session: Session, *, manager_id: int) -> None:
                         .values(session_version=Manager.session_version + 1)
                         .execution_options(synchronize_session=False))
     log_event("manager.sessions_ended", manager_id=manager_id)
+
+
+_SIGNED_IN_MANAGER = (
+    sa.select(Manager.email, Manager.role, Manager.session_version, Manager.disabled_at)
+    .where(Manager.id == sa.bindparam("b_manager")))
