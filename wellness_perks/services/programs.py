@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import sqlalchemy as sa
@@ -17,6 +17,7 @@ from ..models import (
     ClaimState,
     CountryQuota,
     Program,
+    window_state,
 )
 from . import audit
 from .errors import Conflict, InvalidInput, NotFound, ProgramNotFound
@@ -227,7 +228,42 @@ def quota_summary(session: Session, program: Program) -> dict:
     }
 
 
+def list_programs(session: Session, *, now: datetime | None = None) -> list[dict]:
+    """Every program with its window state, quota, allocations, stock and claims by state, in
+    two queries whatever the codes and claims: the counters are the programs' rows (as in
+    ``quota_summary``), and the claims not allocated are counted by program and state in one
+    pass over ``ix_claim_program_state``; no code is counted."""
+    now = now or datetime.now(UTC)
+    rows = session.execute(_ALL_PROGRAMS).all()
+    waiting: dict[int, dict[str, int]] = {}
+    for program_id, state, count in session.execute(_NOT_ALLOCATED_BY_PROGRAM_AND_STATE):
+        waiting.setdefault(program_id, {})[state] = count
+    listed = []
+    for program_id, slug, name, quota, allocated, in_stock, opens_at, closes_at in rows:
+        by_state = dict.fromkeys((s.value for s in ClaimState), 0)
+        by_state[ClaimState.allocated.value] = allocated
+        by_state.update(waiting.get(program_id, {}))
+        listed.append({
+            "program": slug, "name": name,
+            "window": window_state(opens_at, closes_at, now).value,
+            "opens_at": opens_at.isoformat() if opens_at else None,
+            "closes_at": closes_at.isoformat() if closes_at else None,
+            "quota": quota, "allocated": allocated, "remaining": max(quota - allocated, 0),
+            "in_stock": in_stock, "claims": by_state, "claims_total": sum(by_state.values()),
+        })
+    return listed
+
+
 _program, _claim = Program.__table__.c, Claim.__table__.c
+_ALL_PROGRAMS = (sa.select(_program.id, _program.slug, _program.name, _program.quota,
+                           _program.allocated_count, _program.in_stock_count, _program.opens_at,
+                           _program.closes_at)
+                 .order_by(_program.slug))
+_NOT_ALLOCATED_BY_PROGRAM_AND_STATE = (
+    sa.select(_claim.program_id, _claim.state, sa.func.count())
+    .where(_claim.state.in_([s.value for s in ClaimState if s != ClaimState.allocated]))
+    .group_by(_claim.program_id, _claim.state)
+)
 _COUNTERS = (sa.select(_program.quota, _program.allocated_count, _program.in_stock_count)
              .where(_program.id == sa.bindparam("b_program")))
 _NOT_ALLOCATED_BY_STATE = (
