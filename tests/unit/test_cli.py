@@ -357,7 +357,7 @@ def test_import_codes_csv_sample(runner, session, program):
 
 
 def test_import_codes_plain_file_with_errors_imports_nothing(runner, session, program):
-    result = _run(runner, "import-codes", SLUG, CODES_WITH_ERRORS)
+    result = _run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--no-expiry")
     name = CODES_WITH_ERRORS.name
     _error(result,
            f"{name}: line 5, code: longer than 64 characters",
@@ -373,7 +373,7 @@ def test_import_codes_plain_file_with_errors_imports_nothing(runner, session, pr
 
 
 def test_import_codes_plain_file_with_errors_skip_invalid(runner, session, program):
-    result = _ok(_run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--skip-invalid"))
+    result = _ok(_run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--no-expiry", "--skip-invalid"))
     assert result.stdout == "imported 30, duplicate 1, invalid 3\n"
     assert "line 5, code" in result.stderr and "line 2, code: duplicate" in result.stderr
     assert "nothing was imported" not in result.stderr
@@ -382,7 +382,7 @@ def test_import_codes_plain_file_with_errors_skip_invalid(runner, session, progr
 
 
 def test_import_codes_json_report(runner, session, program):
-    result = _run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--json")
+    result = _run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--no-expiry", "--json")
     assert result.exit_code == 1
     report = _json(result)
     assert {"imported", "duplicate", "invalid", "errors"} <= report.keys()
@@ -398,7 +398,7 @@ def test_import_codes_json_report(runner, session, program):
                                      "params": {"first_line": 1},
                                      "reason": "same code as line 1"}]
 
-    good = _json(_ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--json")))
+    good = _json(_ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--no-expiry", "--json")))
     assert (good["imported"], good["duplicate"], good["invalid"], good["errors"]) == (
         60, 0, 0, [])
     [batch_id] = _all(session, select(CodeBatch.id))
@@ -418,17 +418,17 @@ def test_import_codes_refuses_an_expiry_in_the_past(runner, session, program):
 
 def test_import_codes_empty_file(runner, session, program, tmp_path):
     path = _write(tmp_path, "empty.txt", b"")
-    result = _run(runner, "import-codes", SLUG, path)
+    result = _run(runner, "import-codes", SLUG, path, "--no-expiry")
     _error(result, "empty.txt: line 1, file: the file is empty", "nothing was imported")
     assert "--skip-invalid" not in result.stderr
     assert _count(session, CodeBatch) == 0
-    report = _json(_run(runner, "import-codes", SLUG, path, "--json", "--skip-invalid"))
+    report = _json(_run(runner, "import-codes", SLUG, path, "--no-expiry", "--json", "--skip-invalid"))
     assert report["committed"] is False
     assert [(e["line"], e["field"]) for e in report["errors"]] == [(1, "file")]
 
 
 def test_import_codes_unknown_program(runner, session):
-    _error(_run(runner, "import-codes", "no-such-program", CODES_SAMPLE),
+    _error(_run(runner, "import-codes", "no-such-program", CODES_SAMPLE, "--no-expiry"),
            "Error: no program with slug 'no-such-program'")
     assert _count(session, Code) == 0
 
@@ -437,7 +437,7 @@ def test_import_codes_unknown_program(runner, session):
 
 
 def test_quota_after_importing_codes(runner, program):
-    _ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE))
+    _ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--no-expiry"))
     summary = _json(_ok(_run(runner, "quota", SLUG, "--json")))
     assert summary == {
         "program": SLUG, "name": "Headspace · 6 months", "quota": 100, "allocated": 0,
@@ -492,7 +492,7 @@ def test_import_codes_names_the_lines_of_codes_another_program_holds(runner, fac
     factory.codes(factory.program(slug="calm-1y"), ["SHARED-0001", "SHARED-0002"])
     codes_file = tmp_path / "codes.txt"
     codes_file.write_text("OWN-0001\nSHARED-0002\nSHARED-0001\n")
-    result = _ok(_run(runner, "import-codes", SLUG, codes_file))
+    result = _ok(_run(runner, "import-codes", SLUG, codes_file, "--no-expiry"))
     assert result.stdout == ("imported 3, duplicate 0, invalid 0\n"
                              "2 of the codes imported are held by another program too (not an "
                              "error): lines 2, 3\n")

@@ -44,7 +44,7 @@ def mask_code(value: str) -> str:
     stay hidden: a short code keeps less (its prefix first, then its end)."""
     value = (value or "").strip()
     tail = value[-4:] if len(value) >= 8 else ""
-    if tail and value[-5] in SEPARATORS:
+    if tail and len(value) >= 9 and value[-5] in SEPARATORS:
         tail = value[-5:]  # the separator before the end shows, as the code prints it
     first = next((i for i, c in enumerate(value) if c in SEPARATORS), None)
     prefix = value[:first + 1] if first is not None else ""
