@@ -373,7 +373,8 @@ def test_import_codes_plain_file_with_errors_imports_nothing(runner, session, pr
 
 
 def test_import_codes_plain_file_with_errors_skip_invalid(runner, session, program):
-    result = _ok(_run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--no-expiry", "--skip-invalid"))
+    result = _ok(_run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--no-expiry",
+                      "--skip-invalid"))
     assert result.stdout == "imported 30, duplicate 1, invalid 3\n"
     assert "line 5, code" in result.stderr and "line 2, code: duplicate" in result.stderr
     assert "nothing was imported" not in result.stderr
@@ -422,7 +423,8 @@ def test_import_codes_empty_file(runner, session, program, tmp_path):
     _error(result, "empty.txt: line 1, file: the file is empty", "nothing was imported")
     assert "--skip-invalid" not in result.stderr
     assert _count(session, CodeBatch) == 0
-    report = _json(_run(runner, "import-codes", SLUG, path, "--no-expiry", "--json", "--skip-invalid"))
+    report = _json(_run(runner, "import-codes", SLUG, path, "--no-expiry", "--json",
+                        "--skip-invalid"))
     assert report["committed"] is False
     assert [(e["line"], e["field"]) for e in report["errors"]] == [(1, "file")]
 
