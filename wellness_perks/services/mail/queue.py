@@ -524,12 +524,10 @@ def resend_claim_mail(session: Session, *, program_id: int, creator_email: str, 
 
     Refused (NoCodeHeld) when the creator holds no code in the program; refused
     (ResendTooSoon) when a code mail was queued for the claim, first or again, less than
-    ``RESEND_MIN_INTERVAL_MINUTES`` ago; refused (Conflict) while an attempt is sending it, and
-    for a creator who asked to be forgotten. A mail that had been sent goes out as a new
-    message (see ``_queue_again``).
+    ``RESEND_MIN_INTERVAL_MINUTES`` ago; refused (Conflict) while an attempt is sending it. A
+    creator who asked to be forgotten has no address left to be found by. A mail that had been
+    sent goes out as a new message (see ``_queue_again``).
     """
-    from ..privacy import FORGOTTEN_DOMAIN
-
     now = now or datetime.now(UTC)
     interval = timedelta(minutes=current_app.config["RESEND_MIN_INTERVAL_MINUTES"])
     address = normalise_email(creator_email)
@@ -552,9 +550,6 @@ def resend_claim_mail(session: Session, *, program_id: int, creator_email: str, 
         if not current:  # verify (I5) names such a claim
             raise Conflict(f"claim #{claim.id} has no mail for its code", claim_id=claim.id)
         mail = current[-1]
-        if mail.to_email.endswith(f"@{FORGOTTEN_DOMAIN}"):
-            raise Conflict("this creator asked to be forgotten: there is no address to send to",
-                           claim_id=claim.id)
         if mail.status == MailStatus.sending.value:
             raise Conflict(f"mail #{mail.id} is being sent right now", claim_id=claim.id)
         mail_ids = [m.id for m in mails]
