@@ -202,7 +202,7 @@ def test_fuzz_import_creators(app, backend):
                                               actor="test")
             report = _check_outcome(lambda: imports.import_creators(
                 session, program=program, stream=io.BytesIO(data), skip_invalid=skip_invalid,
-                expires_on=None, actor="test"), data, seen)
+                actor="test"), data, seen)
             session.rollback()
             stored = set(session.execute(
                 sa.select(Creator.handle, Creator.email, Creator.country, Creator.name)
