@@ -774,6 +774,7 @@ def test_import_codes_needs_an_expiry_or_an_explicit_none(runner, session, progr
 def test_import_codes_with_no_expiry(runner, session, program):
     _ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--no-expiry"))
     assert _all(session, select(CodeBatch.expires_on)) == [None]
+    assert _ok(_run(runner, "verify", SLUG)).stdout == f"{SLUG}: I1-I5 hold\n"
 
 
 def test_set_batch_expiry_by_id_and_by_name(runner, session, program):
@@ -844,6 +845,8 @@ def test_list_programs_table_and_json(runner, factory, session, allocated_three)
     assert [(p["program"], p["window"], p["allocated"], p["in_stock"], p["claims"]["allocated"])
             for p in document] == [("calm-1y", "not_open", 0, 0, 0), (SLUG, "open", 3, 3, 3)]
     assert document[1]["claims_total"] == 3
+    for slug in ("calm-1y", SLUG):  # a read: it changes nothing
+        assert _ok(_run(runner, "verify", slug)).stdout == f"{slug}: I1-I5 hold\n"
 
 
 def test_list_programs_without_programs(runner):
