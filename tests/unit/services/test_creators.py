@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from tests.helpers import code_value
+from tests.unit.services.scenarios import run_in_threads, stocked_program
 from tests.unit.services.test_verify import SLUG, healthy_program
 from wellness_perks.db import get_session
 from wellness_perks.models import (
@@ -222,3 +223,39 @@ def test_a_refused_removal_changes_nothing(app, healthy, session, email, reason,
     assert _on_list(session, healthy.program_id, healthy.creator["pk3"])
     assert _events(session) == []
     assert session.exec(select(sa.func.count()).select_from(OutboundEmail)).one() == 4
+
+
+def test_removals_racing_allocation_never_leave_a_refused_claim_with_a_code(
+        app, factory, session, backend):
+    """Removals and allocation batches of one program at once (on PostgreSQL, truly parallel):
+    each claim ends either allocated (its creator's removal left it alone) or refused with
+    ``removed_from_list`` and no code; the counters hold (verify)."""
+    program, claim_ids = stocked_program(app, factory, session, quota=40, creators=40, codes=40)
+    emails = [f"creator{i:03d}@example.com" for i in range(0, 40, 2)]
+    removals: dict[str, creators.Removal] = {}
+
+    def remove(email):
+        def job(s):
+            removals[email] = creators.remove_from_list(s, program_id=program.id, email=email,
+                                                        reason="race", actor="test")
+        return job
+
+    def allocate(s):
+        allocation.allocate_program(s, program_id=program.id, batch_size=3)
+
+    jobs = [job for pair in zip([remove(e) for e in emails], [allocate] * len(emails),
+                                strict=True) for job in pair]
+    run_in_threads(app, jobs, threads=6)
+    session.rollback()
+    by_creator = {c.email: c.id for c in session.exec(select(Creator)).all()}
+    for email, removal in removals.items():
+        claim = session.exec(select(Claim).where(Claim.creator_id == by_creator[email])).one()
+        if removal.refused:
+            assert (claim.state, claim.reason, claim.code_id) == (
+                "refused", ClaimReason.removed_from_list, None)
+        else:
+            assert (removal.claim_state, claim.state) == ("allocated", "allocated")
+    kept = [e for e in by_creator if e not in removals]
+    assert all(session.exec(select(Claim.state).where(Claim.creator_id == by_creator[e])).one()
+               == "allocated" for e in kept)
+    _verified(app, program.id)
