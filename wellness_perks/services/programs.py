@@ -236,7 +236,7 @@ def list_programs(session: Session, *, now: datetime | None = None) -> list[dict
     now = now or datetime.now(UTC)
     listed = []
     for row in session.execute(_ALL_PROGRAMS).mappings():
-        # "allocated" is the counter; the other states are counted
+        # "allocated" is the program's counter; the other states are counted
         by_state = {state: row[state] for state in (s.value for s in ClaimState)}
         listed.append({
             "program": row["slug"], "name": row["name"],
