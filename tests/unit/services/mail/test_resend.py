@@ -122,6 +122,10 @@ def test_a_failed_code_mail_is_queued_again_with_its_message_id(app, healthy, se
     row = _row(session, healthy.mail["in1"])
     assert (row.status, row.last_error, row.created_at) == ("sent", None, created)
     assert first["Message-ID"] == again["Message-ID"]  # it never arrived: the same message
+    # Its owed time stays: the throttle knows it was queued again from its audit event.
+    with pytest.raises(ResendTooSoon, match="try again in 9 minutes"):
+        _resend(app, healthy.program_id, "in1@example.com",
+                now=datetime.now(UTC) + timedelta(minutes=12))
     _verified(app, healthy.program_id)
 
 
