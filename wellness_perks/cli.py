@@ -295,7 +295,7 @@ def void_batch_command(slug: str, batch: str, reason: str) -> None:
 @with_appcontext
 def list_programs_command(as_json: bool) -> None:
     """Every program: window, quota, allocated, in stock and claims."""
-    listed = programs.list_programs(get_session())
+    listed = programs.program_summaries(get_session())
     if as_json:
         click.echo(json.dumps(listed, indent=2))
         return

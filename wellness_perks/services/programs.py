@@ -228,11 +228,13 @@ def quota_summary(session: Session, program: Program) -> dict:
     }
 
 
-def list_programs(session: Session, *, now: datetime | None = None) -> list[dict]:
-    """Every program with its window state, quota, allocations, stock and claims by state, in
-    one query at a cost that does not grow with the codes or the allocated claims: the counters
-    are the programs' rows (as in ``quota_summary``), and each program's claims not allocated
-    are counted by state, each count a range of ``ix_claim_program_state``; no code is read."""
+def program_summaries(session: Session, *, now: datetime | None = None) -> list[dict]:
+    """Every program's ``quota_summary`` numbers (but the country quotas), its window state
+    and its claims by state, by slug: what ``list-programs`` prints (and the API will send).
+
+    One query, at a cost that does not grow with the codes or the allocated claims: the
+    counters are the programs' rows, and each program's claims not allocated are counted by
+    state, each count a range of ``ix_claim_program_state``; no code is read."""
     now = now or datetime.now(UTC)
     listed = []
     for row in session.execute(_ALL_PROGRAMS).mappings():

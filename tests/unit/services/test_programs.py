@@ -259,12 +259,12 @@ def test_quota_summary_matches_a_direct_count(app, session, factory):
     assert _summary(app, "calm-1y")["in_stock"] == 1
 
 
-# --------------------------------------------------------------------------- list_programs
+# --------------------------------------------------------------------------- program_summaries
 
 
 def _listed(app, **options) -> list[dict]:
     with app.app_context():
-        return programs.list_programs(get_session(), **options)
+        return programs.program_summaries(get_session(), **options)
 
 
 def test_list_programs_gives_every_programs_numbers_as_quota_summary_does(app, session,
