@@ -226,6 +226,12 @@ class Config:
         self.MAIL_RETRY_WINDOW_SECONDS = _env_int("MAIL_RETRY_WINDOW_SECONDS", 24 * 3600)
         # Messages a second each sending process may send (0: as fast as the server takes them).
         self.MAIL_RATE_LIMIT = _env_float("MAIL_RATE_LIMIT", 0.0)
+        # A claim's code mail is sent again on a manager's request (`resend`) only if none was
+        # queued for the claim in the last this many minutes.
+        self.RESEND_MIN_INTERVAL_MINUTES = _env_int("RESEND_MIN_INTERVAL_MINUTES", 10)
+        if self.RESEND_MIN_INTERVAL_MINUTES < 0:
+            raise RuntimeError("environment variable RESEND_MIN_INTERVAL_MINUTES must be 0 or "
+                               f"more, got {self.RESEND_MIN_INTERVAL_MINUTES}")
         # Mails per send task (one SMTP connection carries a batch).
         self.MAIL_BATCH_SIZE = _env_int("MAIL_BATCH_SIZE", 50)
         self.OUTBOX_DIR = _env("OUTBOX_DIR", str(instance / "outbox"))

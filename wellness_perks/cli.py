@@ -20,7 +20,18 @@ from sqlmodel import select
 
 from .db import get_session
 from .models import MANAGER_ROLES, Manager
-from .services import auth, code_cipher, codes, health, imports, mail, privacy, programs, sweeper
+from .services import (
+    auth,
+    code_cipher,
+    codes,
+    creators,
+    health,
+    imports,
+    mail,
+    privacy,
+    programs,
+    sweeper,
+)
 from .services import verify as violations
 from .services.countries import normalise_country, parse_country_quota
 from .services.errors import DomainError
@@ -210,19 +221,179 @@ def import_creators_command(slug: str, csv_file: Path, skip_invalid: bool, as_js
 @click.argument("codes_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--expires", type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Last day the codes can be redeemed (YYYY-MM-DD).")
+@click.option("--no-expiry", is_flag=True, help="The codes do not expire (instead of --expires).")
 @click.option("--batch-name", help="Name of the batch (default: file name and time).")
 @click.option("--skip-invalid", is_flag=True, help="Import the valid codes even if some are not.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @with_appcontext
-def import_codes_command(slug, codes_file: Path, expires, batch_name, skip_invalid, as_json):
-    """Import a batch of codes (CSV with a 'code' column, or one code per line)."""
+def import_codes_command(slug, codes_file: Path, expires, no_expiry, batch_name, skip_invalid,
+                         as_json):
+    """Import a batch of codes (CSV with a 'code' column, or one code per line). Say when they
+    expire: --expires YYYY-MM-DD, or --no-expiry."""
+    expires_on = _expiry(expires, no_expiry)
     program = _program(slug)
-    expires_on: date | None = expires.date() if expires else None
     _run_import(codes_file, as_json, "importing codes", lambda stream, progress:
                 imports.import_codes(get_session(), program=program, stream=stream,
                                      filename=str(codes_file), batch_name=batch_name,
                                      expires_on=expires_on, skip_invalid=skip_invalid,
                                      progress=progress, actor=CLI_ACTOR))
+
+
+def _expiry(expires: datetime | None, no_expiry: bool) -> date | None:
+    """The date of --expires, or None for an explicit --no-expiry; one of them is required."""
+    if expires is not None and no_expiry:
+        raise click.UsageError("give --expires or --no-expiry, not both")
+    if expires is None and not no_expiry:
+        raise click.UsageError("say when the codes expire: --expires YYYY-MM-DD, or --no-expiry "
+                               "if they never do")
+    return expires.date() if expires is not None else None
+
+
+@click.command("set-batch-expiry")
+@click.argument("slug")
+@click.argument("batch")
+@click.option("--expires", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="New last day the batch's codes can be redeemed (YYYY-MM-DD).")
+@click.option("--no-expiry", is_flag=True, help="The batch's codes do not expire.")
+@with_appcontext
+def set_batch_expiry_command(slug: str, batch: str, expires, no_expiry: bool) -> None:
+    """Change when a batch's codes expire (BATCH: its id or its name)."""
+    expires_on = _expiry(expires, no_expiry)
+    program = _program(slug)
+    try:
+        change = codes.set_batch_expiry(get_session(), program_id=program.id, batch=batch,
+                                        expires_on=expires_on, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+
+    def said(day: date | None) -> str:
+        return day.isoformat() if day else "no expiry"
+
+    click.echo(f"batch #{change.batch_id} ({change.name}): expiry {said(change.before)} -> "
+               f"{said(change.after)}")
+
+
+@click.command("void-batch")
+@click.argument("slug")
+@click.argument("batch")
+@click.option("--reason", required=True, help="Why, for the audit log (e.g. 'partner recalled').")
+@with_appcontext
+def void_batch_command(slug: str, batch: str, reason: str) -> None:
+    """Void the codes of a batch still in stock (BATCH: its id or its name); codes creators
+    hold are left alone."""
+    program = _program(slug)
+    try:
+        result = codes.void_batch(get_session(), program_id=program.id, batch=batch,
+                                  reason=reason, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    voided = (f"{result.voided} code{'s' if result.voided != 1 else ''} in stock voided"
+              if result.voided else "no code of it was in stock: nothing voided")
+    click.echo(f"batch #{result.batch_id} ({result.name}): {voided}; {result.held} held by "
+               "creators, left alone")
+
+
+@click.command("list-programs")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON (a stable interface).")
+@with_appcontext
+def list_programs_command(as_json: bool) -> None:
+    """Every program: window, quota, allocated, in stock and claims."""
+    listed = programs.program_summaries(get_session())
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    if not listed:
+        click.echo("no program yet: create-program makes one")
+        return
+    header = ("program", "name", "window", "quota", "allocated", "in stock", "claims")
+    rows = [(p["program"], p["name"], p["window"], *(f"{p[k]:,}" for k in (
+        "quota", "allocated", "in_stock", "claims_total"))) for p in listed]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(w) if i < 3 else str(cell).rjust(w)
+                             for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+
+
+@click.command("show-creator")
+@click.argument("slug")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON (a stable interface).")
+@with_appcontext
+def show_creator_command(slug: str, email: str, as_json: bool) -> None:
+    """A creator in a program (a support case): their claim, its code masked, and every mail
+    to them."""
+    program = _program(slug)
+    try:
+        case = creators.creator_case(get_session(), program_id=program.id, email=email)
+    except DomainError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(case, indent=2))
+        return
+    who = case["creator"]
+    click.echo(f"creator #{who['id']} {who['email']} {who['handle']} ({who['country']}, "
+               f"reads {who['locale']}): {'on' if who['on_list'] else 'not on'} the list of "
+               f"{slug}")
+    if not case["claims"]:
+        click.echo("  no claim in this program")
+    for claim in case["claims"]:
+        reason = f" ({claim['reason']})" if claim["reason"] else ""
+        decided = f", decided {claim['decided_at']}" if claim["decided_at"] else ""
+        click.echo(f"  claim #{claim['id']}: {claim['state']}{reason}, requested "
+                   f"{claim['requested_at']}{decided}")
+        if held := claim["code"]:
+            expires = held["expires_on"] or "no expiry"
+            click.echo(f"    code #{held['id']} {held['masked']} ({held['status']}), batch "
+                       f"#{held['batch_id']} {held['batch']}, expires {expires}")
+    if not case["mails"]:
+        click.echo("  no mail to them")
+    for m in case["mails"]:
+        sent = f", sent {m['sent_at']}" if m["sent_at"] else ""
+        error = f", last error: {m['last_error']}" if m["last_error"] else ""
+        twice = ", possibly sent twice" if m["possibly_sent"] else ""
+        click.echo(f"  mail #{m['id']} {m['kind']}: {m['status']} after {m['attempts']} "
+                   f"attempt{'s' if m['attempts'] != 1 else ''}{sent}{error}{twice}")
+
+
+@click.command("resend")
+@click.argument("slug")
+@click.argument("email")
+@with_appcontext
+def resend_command(slug: str, email: str) -> None:
+    """Send a creator their code mail again (at most once every RESEND_MIN_INTERVAL_MINUTES)."""
+    program = _program(slug)
+    try:
+        outbound_id = mail.resend_claim_mail(get_session(), program_id=program.id,
+                                             creator_email=email, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"mail #{outbound_id} queued again")
+
+
+@click.command("remove-creator")
+@click.argument("slug")
+@click.argument("email")
+@click.option("--reason", required=True, help="Why, for the audit log.")
+@with_appcontext
+def remove_creator_command(slug: str, email: str, reason: str) -> None:
+    """Take a creator off a program's list (mark them ineligible): a claim of theirs still
+    waiting is refused; a code they hold stays theirs."""
+    program = _program(slug)
+    try:
+        removal = creators.remove_from_list(get_session(), program_id=program.id, email=email,
+                                            reason=reason, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    said = (f"{removal.email} removed from the list of {slug}" if removal.was_on_list
+            else f"{removal.email} was not on the list of {slug}")
+    if removal.refused:
+        said += f"; their {removal.claim_state} claim #{removal.claim_id} is refused"
+    elif removal.claim_state == "allocated":
+        said += (f"; their claim #{removal.claim_id} holds a code and is left alone "
+                 "(reissue or void-code take it back)")
+    elif removal.claim_id is not None:
+        said += f"; their claim #{removal.claim_id} was already {removal.claim_state}"
+    click.echo(said)
 
 
 @click.command("quota")
@@ -505,6 +676,12 @@ COMMANDS = (
     set_quota_command,
     import_creators_command,
     import_codes_command,
+    set_batch_expiry_command,
+    void_batch_command,
+    list_programs_command,
+    show_creator_command,
+    resend_command,
+    remove_creator_command,
     void_code_command,
     reissue_command,
     restore_code_command,

@@ -57,6 +57,7 @@ class ClaimReason(enum.StrEnum):
     quota_reached = "quota_reached"                  # waits: the program's quota is full
     country_quota_reached = "country_quota_reached"  # waits: the creator's country is full
     out_of_stock = "out_of_stock"                    # waits: no code in stock
+    removed_from_list = "removed_from_list"          # refused: taken off the list while waiting
 
 
 class WindowState(enum.StrEnum):

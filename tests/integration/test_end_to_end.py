@@ -48,7 +48,7 @@ def set_up_program(stack, tmp_path, creators: list[str], codes: list[str]) -> No
                                   "--redeem-url", REDEEM_URL).stdout
     out = stack.cli("import-creators", SLUG, str(creators_csv)).stdout
     assert f"imported {len(creators)}, duplicate 0, invalid 0" in out
-    out = stack.cli("import-codes", SLUG, str(codes_txt)).stdout
+    out = stack.cli("import-codes", SLUG, str(codes_txt), "--no-expiry").stdout
     assert f"imported {len(codes)}, duplicate 0, invalid 0" in out
 
 

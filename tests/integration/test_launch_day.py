@@ -151,7 +151,7 @@ def import_codes(st: Stack, tmp_path, slug: str, count: int) -> list[str]:
     values = [f"{slug.upper()}-{secrets.token_hex(4).upper()}" for _ in range(count)]
     path = tmp_path / f"{slug}-codes-{secrets.token_hex(2)}.txt"
     path.write_text("".join(f"{v}\n" for v in values))
-    out = st.cli("import-codes", slug, str(path)).stdout
+    out = st.cli("import-codes", slug, str(path), "--no-expiry").stdout
     assert f"imported {count}, duplicate 0, invalid 0" in out, out
     return values
 

@@ -373,7 +373,7 @@ def test_import_codes_csv_sample(runner, session, program):
 
 
 def test_import_codes_plain_file_with_errors_imports_nothing(runner, session, program):
-    result = _run(runner, "import-codes", SLUG, CODES_WITH_ERRORS)
+    result = _run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--no-expiry")
     name = CODES_WITH_ERRORS.name
     _error(result,
            f"{name}: line 5, code: longer than 64 characters",
@@ -389,7 +389,8 @@ def test_import_codes_plain_file_with_errors_imports_nothing(runner, session, pr
 
 
 def test_import_codes_plain_file_with_errors_skip_invalid(runner, session, program):
-    result = _ok(_run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--skip-invalid"))
+    result = _ok(_run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--no-expiry",
+                      "--skip-invalid"))
     assert result.stdout == "imported 30, duplicate 1, invalid 3\n"
     assert "line 5, code" in result.stderr and "line 2, code: duplicate" in result.stderr
     assert "nothing was imported" not in result.stderr
@@ -398,7 +399,7 @@ def test_import_codes_plain_file_with_errors_skip_invalid(runner, session, progr
 
 
 def test_import_codes_json_report(runner, session, program):
-    result = _run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--json")
+    result = _run(runner, "import-codes", SLUG, CODES_WITH_ERRORS, "--no-expiry", "--json")
     assert result.exit_code == 1
     report = _json(result)
     assert {"imported", "duplicate", "invalid", "errors"} <= report.keys()
@@ -414,7 +415,7 @@ def test_import_codes_json_report(runner, session, program):
                                      "params": {"first_line": 1},
                                      "reason": "same code as line 1"}]
 
-    good = _json(_ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--json")))
+    good = _json(_ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--no-expiry", "--json")))
     assert (good["imported"], good["duplicate"], good["invalid"], good["errors"]) == (
         60, 0, 0, [])
     [batch_id] = _all(session, select(CodeBatch.id))
@@ -434,17 +435,18 @@ def test_import_codes_refuses_an_expiry_in_the_past(runner, session, program):
 
 def test_import_codes_empty_file(runner, session, program, tmp_path):
     path = _write(tmp_path, "empty.txt", b"")
-    result = _run(runner, "import-codes", SLUG, path)
+    result = _run(runner, "import-codes", SLUG, path, "--no-expiry")
     _error(result, "empty.txt: line 1, file: the file is empty", "nothing was imported")
     assert "--skip-invalid" not in result.stderr
     assert _count(session, CodeBatch) == 0
-    report = _json(_run(runner, "import-codes", SLUG, path, "--json", "--skip-invalid"))
+    report = _json(_run(runner, "import-codes", SLUG, path, "--no-expiry", "--json",
+                        "--skip-invalid"))
     assert report["committed"] is False
     assert [(e["line"], e["field"]) for e in report["errors"]] == [(1, "file")]
 
 
 def test_import_codes_unknown_program(runner, session):
-    _error(_run(runner, "import-codes", "no-such-program", CODES_SAMPLE),
+    _error(_run(runner, "import-codes", "no-such-program", CODES_SAMPLE, "--no-expiry"),
            "Error: no program with slug 'no-such-program'")
     assert _count(session, Code) == 0
 
@@ -453,7 +455,7 @@ def test_import_codes_unknown_program(runner, session):
 
 
 def test_quota_after_importing_codes(runner, program):
-    _ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE))
+    _ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--no-expiry"))
     summary = _json(_ok(_run(runner, "quota", SLUG, "--json")))
     assert summary == {
         "program": SLUG, "name": "Headspace · 6 months", "quota": 100, "allocated": 0,
@@ -508,7 +510,7 @@ def test_import_codes_names_the_lines_of_codes_another_program_holds(runner, fac
     factory.codes(factory.program(slug="calm-1y"), ["SHARED-0001", "SHARED-0002"])
     codes_file = tmp_path / "codes.txt"
     codes_file.write_text("OWN-0001\nSHARED-0002\nSHARED-0001\n")
-    result = _ok(_run(runner, "import-codes", SLUG, codes_file))
+    result = _ok(_run(runner, "import-codes", SLUG, codes_file, "--no-expiry"))
     assert result.stdout == ("imported 3, duplicate 0, invalid 0\n"
                              "2 of the codes imported are held by another program too (not an "
                              "error): lines 2, 3\n")
@@ -772,3 +774,198 @@ def test_resend_failed_sends_a_programs_failed_code_mails_again(
     again = _run(runner, "resend-failed", SLUG)
     assert again.output.strip() == "no failed code mail to send again"
     assert _run(runner, "verify", SLUG).exit_code == 0
+
+
+# ------------------------------------------ import-codes expiry, set-batch-expiry, void-batch
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ([], "say when the codes expire: --expires YYYY-MM-DD, or --no-expiry"),
+    (["--expires", "2030-12-31", "--no-expiry"], "give --expires or --no-expiry, not both"),
+])
+def test_import_codes_needs_an_expiry_or_an_explicit_none(runner, session, program, options,
+                                                          message):
+    _error(_run(runner, "import-codes", SLUG, CODES_SAMPLE, *options), message, exit_code=2)
+    assert _count(session, CodeBatch) == 0 and _count(session, Code) == 0
+
+
+def test_import_codes_with_no_expiry(runner, session, program):
+    _ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--no-expiry"))
+    assert _all(session, select(CodeBatch.expires_on)) == [None]
+    assert _ok(_run(runner, "verify", SLUG)).stdout == f"{SLUG}: I1-I5 hold\n"
+
+
+def test_set_batch_expiry_by_id_and_by_name(runner, session, program):
+    _ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--no-expiry", "--batch-name", "May"))
+    result = _ok(_run(runner, "set-batch-expiry", SLUG, "1", "--expires", "2031-01-31"))
+    assert result.stdout == "batch #1 (May): expiry no expiry -> 2031-01-31\n"
+    result = _ok(_run(runner, "set-batch-expiry", SLUG, "May", "--no-expiry"))
+    assert result.stdout == "batch #1 (May): expiry 2031-01-31 -> no expiry\n"
+    assert _all(session, select(CodeBatch.expires_on)) == [None]
+    assert _audit_actions(session)[-2:] == ["code_batch.expiry_changed"] * 2
+    assert _ok(_run(runner, "verify", SLUG)).stdout == f"{SLUG}: I1-I5 hold\n"
+
+
+@pytest.mark.parametrize(("args", "message", "exit_code"), [
+    (["June", "--no-expiry"], "this program has no batch 'June'", 1),
+    (["May"], "say when the codes expire", 2),
+    (["May", "--expires", "2001-01-01"], "expiry date 2001-01-01 is in the past", 1),
+    (["May", "--expires", "31/01/2031"], "--expires", 2),
+])
+def test_set_batch_expiry_refusals_change_nothing(runner, session, program, args, message,
+                                                  exit_code):
+    _ok(_run(runner, "import-codes", SLUG, CODES_SAMPLE, "--expires", "2030-12-31",
+             "--batch-name", "May"))
+    _error(_run(runner, "set-batch-expiry", SLUG, *args), message, exit_code=exit_code)
+    assert _all(session, select(CodeBatch.expires_on)) == [date(2030, 12, 31)]
+
+
+def test_void_batch_voids_the_stock_and_leaves_held_codes(runner, session, allocated_three):
+    result = _ok(_run(runner, "void-batch", SLUG, "1", "--reason", "partner recalled"))
+    assert result.stdout == ("batch #1 (" + _all(session, select(CodeBatch.name))[0] +
+                             "): 3 codes in stock voided; 3 held by creators, left alone\n")
+    assert [status for status in _all(session, select(Code.status).order_by(Code.id))] == [
+        "assigned"] * 3 + ["void"] * 3
+    assert _ok(_run(runner, "quota", SLUG, "--json")).stdout.count('"in_stock": 0') == 1
+    again = _ok(_run(runner, "void-batch", SLUG, "1", "--reason", "again"))
+    assert "no code of it was in stock: nothing voided; 3 held by creators" in again.stdout
+    assert _audit_actions(session).count("code_batch.voided") == 1
+    assert _ok(_run(runner, "verify", SLUG)).stdout == f"{SLUG}: I1-I5 hold\n"
+
+
+@pytest.mark.parametrize(("args", "message", "exit_code"), [
+    (["1", "--reason", " "], "say why the batch is voided", 1),
+    (["7", "--reason", "x"], "this program has no batch '7'", 1),
+    (["1"], "Missing option '--reason'", 2),
+])
+def test_void_batch_refusals_change_nothing(runner, session, allocated_three, args, message,
+                                            exit_code):
+    _error(_run(runner, "void-batch", SLUG, *args), message, exit_code=exit_code)
+    assert _count(session, Code, Code.status == "void") == 0
+    _error(_run(runner, "void-batch", "nope", "1", "--reason", "x"), "no program with slug")
+
+
+# --------------------------------------------------------------------------- list-programs
+
+
+def test_list_programs_table_and_json(runner, factory, session, allocated_three):
+    factory.program(slug="calm-1y", name="Calm · 1 year", quota=5,
+                    opens_at=datetime.now(UTC) + timedelta(days=1))
+    result = _ok(_run(runner, "list-programs"))
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["program", "name", "window", "quota", "allocated", "in", "stock",
+                                "claims"]
+    assert lines[1].split() == ["calm-1y", "Calm", "·", "1", "year", "not_open", "5", "0", "0",
+                                "0"]
+    assert lines[2].split() == [SLUG, "Headspace", "·", "6", "months", "open", "10", "3", "3",
+                                "3"]
+    document = _json(_ok(_run(runner, "list-programs", "--json")))
+    assert [(p["program"], p["window"], p["allocated"], p["in_stock"], p["claims"]["allocated"])
+            for p in document] == [("calm-1y", "not_open", 0, 0, 0), (SLUG, "open", 3, 3, 3)]
+    assert document[1]["claims_total"] == 3
+    for slug in ("calm-1y", SLUG):  # a read: it changes nothing
+        assert _ok(_run(runner, "verify", slug)).stdout == f"{slug}: I1-I5 hold\n"
+
+
+def test_list_programs_without_programs(runner):
+    assert _ok(_run(runner, "list-programs")).stdout == "no program yet: create-program makes one\n"
+    assert _json(_ok(_run(runner, "list-programs", "--json"))) == []
+
+
+# --------------------------------------------------------------------------- show-creator
+
+
+def test_show_creator_masks_the_code_and_lists_the_mails(runner, session, allocated_three,
+                                                         smtp_server):
+    smtp_server.wait_for_mail("p1@example.com", "code")
+    [value] = _code_values_held_by(session, "p1@example.com")
+    result = _ok(_run(runner, "show-creator", SLUG, "p1@example.com"))
+    assert value not in result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"creator #1 p1@example.com @p1 (PK, reads en): on the list of {SLUG}"
+    assert lines[1].startswith("  claim #1: allocated, requested ")
+    assert lines[2].startswith(f"    code #1 HS-****-{value[-4:]} (assigned), batch #1 ")
+    assert lines[2].endswith(", expires no expiry")
+    assert lines[3].startswith("  mail #1 redemption: sent after 1 attempt, sent ")
+    document = _json(_ok(_run(runner, "show-creator", SLUG, "p1@example.com", "--json")))
+    assert value not in json.dumps(document)
+    assert document["claims"][0]["code"]["masked"] == f"HS-****-{value[-4:]}"
+    assert [(m["kind"], m["status"]) for m in document["mails"]] == [("redemption", "sent")]
+    assert _ok(_run(runner, "verify", SLUG)).stdout == f"{SLUG}: I1-I5 hold\n"
+
+
+def _code_values_held_by(session, email) -> list[str]:
+    return [code_value(token) for token in _all(session, select(Code.value_encrypted)
+            .join(Claim, Claim.code_id == Code.id).join(Creator, Creator.id == Claim.creator_id)
+            .where(Creator.email == email))]
+
+
+@pytest.mark.parametrize(("email", "message"), [
+    ("nobody@example.com", "nobody with the address nobody@example.com"),
+    ("not-an-address", "not a valid email address"),
+])
+def test_show_creator_refusals(runner, allocated_three, email, message):
+    _error(_run(runner, "show-creator", SLUG, email), message)
+
+
+def test_show_creator_not_on_the_list(runner, factory, allocated_three):
+    other = factory.program(slug="calm-1y")
+    factory.creators(other, ["outsider@example.com"])
+    result = _ok(_run(runner, "show-creator", SLUG, "outsider@example.com"))
+    assert result.stdout.splitlines()[1:] == ["  no claim in this program", "  no mail to them"]
+    assert "not on the list of headspace-6m" in result.stdout
+
+
+# --------------------------------------------------------------------------- resend
+
+
+def test_resend_queues_the_code_mail_again_throttled(runner, app, session, allocated_three,
+                                                     smtp_server):
+    smtp_server.wait_for_mail("p1@example.com", "code")
+    too_soon = _error(_run(runner, "resend", SLUG, "p1@example.com"), "try again in 10 minutes")
+    assert "queued again" not in too_soon.output
+    app.config["RESEND_MIN_INTERVAL_MINUTES"] = 0
+    result = _ok(_run(runner, "resend", SLUG, "p1@example.com"))
+    assert result.stdout == "mail #1 queued again\n"
+    smtp_server.wait_for_mail("p1@example.com", "code", count=2)
+    [value] = _code_values_held_by(session, "p1@example.com")
+    assert value not in result.output
+    assert _audit_actions(session).count("mail.resent") == 1
+    assert _ok(_run(runner, "verify", SLUG)).stdout == f"{SLUG}: I1-I5 hold\n"
+
+
+def test_resend_refuses_a_creator_without_a_code(runner, factory, session, allocated_three):
+    factory.creators(allocated_three, ["late@example.com"])
+    _error(_run(runner, "resend", SLUG, "late@example.com"),
+           "late@example.com holds no code in this program")
+    _error(_run(runner, "resend", "nope", "late@example.com"), "no program with slug")
+    assert _audit_actions(session).count("mail.resent") == 0
+
+
+# --------------------------------------------------------------------------- remove-creator
+
+
+def test_remove_creator_refuses_a_waiting_claim_and_leaves_a_held_code(
+        runner, app, factory, session, allocated_three):
+    factory.creators(allocated_three, ["p3@example.com"], country="PK")
+    session.rollback()
+    p3 = session.exec(select(Creator.id).where(Creator.email == "p3@example.com")).one()
+    session.add(Claim(program_id=allocated_three.id, creator_id=p3, country="PK"))
+    session.commit()  # p3's claim, its allocation not run yet
+    result = _ok(_run(runner, "remove-creator", SLUG, "p3@example.com", "--reason", "left"))
+    assert result.stdout == (f"p3@example.com removed from the list of {SLUG}; their "
+                             "pending claim #4 is refused\n")
+    assert _rows(session, select(Claim.state, Claim.reason).where(Claim.id == 4)) == [
+        ("refused", "removed_from_list")]
+    result = _ok(_run(runner, "remove-creator", SLUG, "p1@example.com", "--reason", "left"))
+    assert result.stdout == (f"p1@example.com removed from the list of {SLUG}; their claim #1 "
+                             "holds a code and is left alone (reissue or void-code take it "
+                             "back)\n")
+    assert _rows(session, select(Claim.state).where(Claim.id == 1)) == ["allocated"]
+    assert _count(session, Eligibility) == 2
+    _error(_run(runner, "remove-creator", SLUG, "p1@example.com", "--reason", "again"),
+           "p1@example.com is not on this program's list")
+    _error(_run(runner, "remove-creator", SLUG, "p2@example.com"), "Missing option '--reason'",
+           exit_code=2)
+    assert _audit_actions(session).count("creator.removed_from_list") == 2
+    assert _ok(_run(runner, "verify", SLUG)).stdout == f"{SLUG}: I1-I5 hold\n"

@@ -34,6 +34,19 @@ def test_worker_niceness_defaults_to_the_webs(monkeypatch, tmp_path):
     assert Config().WORKER_NICENESS == 10
 
 
+def test_the_resend_interval_defaults_to_ten_minutes_and_is_never_negative(monkeypatch,
+                                                                            tmp_path):
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.delenv("RESEND_MIN_INTERVAL_MINUTES", raising=False)
+    assert Config().RESEND_MIN_INTERVAL_MINUTES == 10
+    monkeypatch.setenv("RESEND_MIN_INTERVAL_MINUTES", "0")
+    assert Config().RESEND_MIN_INTERVAL_MINUTES == 0
+    monkeypatch.setenv("RESEND_MIN_INTERVAL_MINUTES", "-1")
+    with pytest.raises(RuntimeError, match="RESEND_MIN_INTERVAL_MINUTES must be 0 or more, "
+                                           "got -1"):
+        Config()
+
+
 def test_given_settings_win_and_a_given_key_writes_no_file(monkeypatch, tmp_path):
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "from-environment"))
     monkeypatch.setenv("SECRET_KEY", "")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -24,6 +24,7 @@ from ..models import (
     ClaimState,
     Code,
     CodeAssignment,
+    CodeBatch,
     CodeStatus,
     Creator,
     MailKind,
@@ -32,6 +33,24 @@ from . import audit, code_cipher, stock
 from .errors import Conflict, InvalidInput, NotFound
 from .mail import owe, owed
 from .programs import lock_program
+
+SEPARATORS = "-_ ./"
+MASK = "****"
+
+
+def mask_code(value: str) -> str:
+    """A code as managers see it: the prefix up to its first separator and the last 4
+    characters, the rest hidden (``HS-ABCD-7K2Q`` -> ``HS-****-7K2Q``). At least 4 characters
+    stay hidden: a short code keeps less (its prefix first, then its end)."""
+    value = (value or "").strip()
+    tail = value[-4:] if len(value) >= 8 else ""
+    if tail and len(value) >= 9 and value[-5] in SEPARATORS:
+        tail = value[-5:]  # the separator before the end shows, as the code prints it
+    first = next((i for i, c in enumerate(value) if c in SEPARATORS), None)
+    prefix = value[:first + 1] if first is not None else ""
+    if len(value) - len(prefix) - len(tail) < 4:
+        prefix = ""
+    return f"{prefix}{MASK}{tail}"
 
 
 @dataclass(frozen=True)
@@ -245,3 +264,114 @@ def rotate_code_key(session: Session, *, actor: str, batch_size: int = ROTATION_
                                               detail={"rotated": rotated, "key_id": newest}))
     log_event(KEY_ROTATED, rotated=rotated)
     return rotated
+
+
+# --------------------------------------------------------------------------- batches
+
+MAX_REASON_LENGTH = 200
+
+
+def find_batch(session: Session, *, program_id: int, batch: str | int,
+               for_update: bool = False) -> CodeBatch:
+    """The program's batch named by its id (a number) or its name. NotFound if none; Conflict
+    if the name is shared by several (the id tells them apart)."""
+    ref = str(batch).strip()
+    query = select(CodeBatch).where(CodeBatch.program_id == program_id)
+    if for_update:
+        query = query.with_for_update()
+    query = query.execution_options(populate_existing=True)
+    if ref.isdigit():
+        found = session.exec(query.where(CodeBatch.id == int(ref))).first()
+        if found is not None:
+            return found
+    named = session.exec(query.where(CodeBatch.name == ref).order_by(CodeBatch.id)).all()
+    if not named:
+        raise NotFound(f"this program has no batch {ref!r} (give its id or its name)",
+                       batch=ref)
+    if len(named) > 1:
+        ids = ", ".join(f"#{b.id}" for b in named)
+        raise Conflict(f"{len(named)} batches are named {ref!r} ({ids}): give the batch id",
+                       batch=ref)
+    return named[0]
+
+
+@dataclass(frozen=True)
+class ExpiryChange:
+    batch_id: int
+    name: str
+    before: date | None
+    after: date | None
+
+
+EXPIRY_CHANGED = "code_batch.expiry_changed"
+
+
+def set_batch_expiry(session: Session, *, program_id: int, batch: str | int,
+                     expires_on: date | None, actor: str,
+                     today: date | None = None) -> ExpiryChange:
+    """Change the last day a batch's codes can be redeemed (None: they do not expire). Mails
+    sent from now on say the new date; the date can't be in the past."""
+    today = today or datetime.now(UTC).date()
+    if expires_on is not None and expires_on < today:
+        raise InvalidInput(f"expiry date {expires_on.isoformat()} is in the past",
+                           field="expires")
+    with write_transaction(session):
+        found = find_batch(session, program_id=program_id, batch=batch, for_update=True)
+        change = ExpiryChange(found.id, found.name, found.expires_on, expires_on)
+        found.expires_on = expires_on
+        session.flush()
+        audit.record(session, audit.event(
+            actor=actor, action=EXPIRY_CHANGED, object_type="code_batch", object_id=found.id,
+            program_id=program_id,
+            detail={"before": change.before, "after": change.after}))
+    log_event(EXPIRY_CHANGED, batch_id=change.batch_id, program_id=program_id)
+    return change
+
+
+@dataclass(frozen=True)
+class BatchVoided:
+    batch_id: int
+    name: str
+    voided: int  # codes that were in stock, void now
+    held: int    # codes of the batch creators hold: untouched
+
+
+BATCH_VOIDED = "code_batch.voided"
+_VOID_BATCH_STOCK = (
+    sa.update(Code.__table__)
+    .where(Code.__table__.c.program_id == sa.bindparam("b_program"),
+           Code.__table__.c.batch_id == sa.bindparam("b_batch"),
+           Code.__table__.c.status == CodeStatus.available.value)
+    .values(status=CodeStatus.void.value)
+)
+
+
+def void_batch(session: Session, *, program_id: int, batch: str | int, reason: str,
+               actor: str) -> BatchVoided:
+    """Void every code of a batch still in stock (``restore-code`` can bring one back); the
+    codes creators hold are left as they are. The stock counter goes down by as many, in the
+    same transaction, under the program's row lock (allocation takes codes under it too)."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("say why the batch is voided (the reason is audited)",
+                           field="reason")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidInput(f"reason is longer than {MAX_REASON_LENGTH} characters",
+                           field="reason")
+    with write_transaction(session):
+        lock_program(session, program_id)
+        found = find_batch(session, program_id=program_id, batch=batch)
+        conn = session.connection()
+        voided = conn.execute(_VOID_BATCH_STOCK,
+                              {"b_program": program_id, "b_batch": found.id}).rowcount
+        held = session.execute(sa.select(sa.func.count()).select_from(Code).where(
+            Code.batch_id == found.id, Code.status == CodeStatus.assigned)).scalar_one()
+        if voided:
+            stock.move_counter(conn, program_id, -voided)
+            audit.record(session, audit.event(
+                actor=actor, action=BATCH_VOIDED, object_type="code_batch",
+                object_id=found.id, program_id=program_id,
+                detail={"voided": voided, "held": held, "reason": reason}))
+        result = BatchVoided(found.id, found.name, voided, held)
+    log_event(BATCH_VOIDED, batch_id=result.batch_id, program_id=program_id, voided=voided)
+    return result

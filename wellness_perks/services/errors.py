@@ -66,3 +66,27 @@ class InvalidInput(DomainError):
 class Conflict(DomainError):
     status_code = 409
     code = "conflict"
+
+
+class NoCodeHeld(Conflict):
+    """The creator holds no code in the program (no allocated claim): nothing to mail again."""
+
+    code = "no_code_held"
+
+    def __init__(self, email: str) -> None:
+        super().__init__(f"{email} holds no code in this program (no allocated claim)",
+                         email=email)
+
+
+class ResendTooSoon(Conflict):
+    """A claim's code mail was queued less than ``RESEND_MIN_INTERVAL_MINUTES`` ago
+    (``minutes``: how long until it may be sent again)."""
+
+    status_code = 429
+    code = "resend_too_soon"
+
+    def __init__(self, *, claim_id: int, minutes: int) -> None:
+        plural = "s" if minutes != 1 else ""
+        super().__init__(f"a code mail was queued for claim #{claim_id} less than the minimum "
+                         f"interval ago: try again in {minutes} minute{plural}",
+                         claim_id=claim_id, minutes=minutes)

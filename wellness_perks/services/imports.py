@@ -565,13 +565,16 @@ def import_codes(
     stream: BinaryIO,
     filename: str = "-",
     batch_name: str | None = None,
-    expires_on: date | None = None,
+    expires_on: date | None,
     skip_invalid: bool = False,
     progress: Progress | None = None,
     actor: str,
     today: date | None = None,
 ) -> ImportReport:
     """Import one batch of codes: a CSV with a ``code`` column, or one code per line.
+
+    ``expires_on`` is the last day the codes can be redeemed, given by every caller: None is
+    an explicit "no expiry" (it can be changed later, ``codes.set_batch_expiry``).
 
     Codes are stripped of surrounding white space and never altered otherwise. A code already
     held by this program, or repeated in the file, counts as a duplicate. The program's stock

@@ -113,7 +113,8 @@ def machine_for(app, exercised: Counter):
             values = [f"PROP-{self.next_code + i:05d}" for i in range(count)]
             self.next_code += count
             self._tolerating_refusal(imports.import_codes, program=self.program, actor="test",
-                                     stream=io.BytesIO("\n".join(values).encode()))
+                                     stream=io.BytesIO("\n".join(values).encode()),
+                                     expires_on=None)
 
         @rule(delta=st.integers(-3, 4))
         def change_quota(self, delta):

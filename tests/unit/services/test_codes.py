@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import date
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from wellness_perks.models import (
     Claim,
     Code,
     CodeAssignment,
+    CodeBatch,
     MailStatus,
     OutboundEmail,
 )
@@ -286,7 +288,7 @@ def test_rotation_re_encrypts_every_code_under_the_newest_key_resumably(app, fac
     with app.app_context():
         report = imports.import_codes(get_session(), program=program,
                                       stream=io.BytesIO(b"HS-ROT-0003\nHS-ROT-0100\n"),
-                                      actor="test")
+                                      expires_on=None, actor="test")
         assert (report.imported, report.duplicate) == (1, 1)
         codes.void_code(get_session(), program_id=program.id, value="HS-ROT-0006",
                         reason="x", actor="test")
@@ -305,3 +307,128 @@ def test_rotation_stops_before_writing_when_the_fingerprint_key_changed(app, fac
                                                               "another key"):
         codes.rotate_code_key(get_session(), actor="test")
     assert _tokens(session) == before
+
+
+# --------------------------------------------------------------------------- masking, batches
+
+
+@pytest.mark.parametrize(("value", "masked"), [
+    ("HS-ABCD-7K2Q", "HS-****-7K2Q"),
+    ("  HS-ABCD-7K2Q ", "HS-****-7K2Q"),
+    ("DEMO-A1B2C3-D4E5F6", "DEMO-****E5F6"),
+    ("HSABCDEF7K2Q", "****7K2Q"),
+    ("HS-AB-7K2Q", "****-7K2Q"),      # with its prefix, only 2 characters would be hidden
+    ("AB-CDEFG", "****DEFG"),
+    ("ABCDEFG", "****"),              # short: nothing of it shows
+    ("", "****"),
+])
+def test_mask_code_keeps_the_prefix_and_the_last_four(value, masked):
+    assert codes.mask_code(value) == masked
+
+
+def test_a_masked_code_always_hides_four_characters():
+    for length in range(0, 40):
+        for value in ("X" * length, ("AB-" + "C" * length), ("C" * length + "-ABCD")):
+            shown = codes.mask_code(value).replace(codes.MASK, "")
+            assert len(value.strip()) - len(shown) >= min(4, len(value.strip())), value
+
+
+def _batch_events(session, action):
+    session.rollback()
+    return [json.loads(e.detail or "{}") | {"actor": e.actor, "object_id": e.object_id}
+            for e in session.exec(select(AuditEvent).where(AuditEvent.action == action)
+                                  .order_by(AuditEvent.id))]
+
+
+def test_voiding_a_batch_voids_its_stock_only_and_lowers_the_counter(app, served, session):
+    with app.app_context():
+        result = codes.void_batch(get_session(), program_id=served.id, batch="1",
+                                  reason="partner recalled", actor="manager:1")
+    assert (result.batch_id, result.voided, result.held) == (1, 2, 2)
+    session.rollback()
+    assert [c.status for c in session.exec(select(Code).order_by(Code.id))] == [
+        "assigned", "assigned", "void", "void"]
+    assert stock(session, served.id) == (0, 0)
+    assert _batch_events(session, codes.BATCH_VOIDED) == [
+        {"voided": 2, "held": 2, "reason": "partner recalled", "actor": "manager:1",
+         "object_id": 1}]
+    _verified(app, served)
+    with app.app_context():  # again: nothing left in stock, nothing changes, nothing audited
+        again = codes.void_batch(get_session(), program_id=served.id, batch="1",
+                                 reason="again", actor="manager:1")
+    assert (again.voided, again.held) == (0, 2)
+    assert len(_batch_events(session, codes.BATCH_VOIDED)) == 1
+    _verified(app, served)
+
+
+def test_voiding_a_batch_leaves_the_other_batches_and_programs_alone(app, factory, served,
+                                                                    session):
+    factory.codes(served, ["HS-B1-0001"])
+    other = factory.program(slug="calm-1y")
+    factory.codes(other, ["HS-C1-0001"])
+    session.execute(sa.update(CodeBatch).where(CodeBatch.id == 1).values(name="January"))
+    session.commit()
+    with app.app_context():
+        assert codes.void_batch(get_session(), program_id=served.id, batch="January",
+                                reason="recalled", actor="test").voided == 2
+        with pytest.raises(NotFound):  # the other program's batch is not this program's
+            codes.void_batch(get_session(), program_id=served.id, batch="3", reason="x",
+                             actor="test")
+    assert stock(session, served.id) == (1, 1)
+    assert stock(session, other.id) == (1, 1)
+    _verified(app, served)
+    _verified(app, other)
+
+
+@pytest.mark.parametrize(("batch", "reason", "error", "message"), [
+    ("1", "  ", InvalidInput, "say why"),
+    ("1", "r" * 201, InvalidInput, "longer than 200"),
+    ("9", "recalled", NotFound, "no batch '9'"),
+    ("no such batch", "recalled", NotFound, "no batch 'no such batch'"),
+])
+def test_voiding_a_batch_refused_changes_nothing(app, served, session, batch, reason, error,
+                                                 message):
+    with app.app_context(), pytest.raises(error, match=message):
+        codes.void_batch(get_session(), program_id=served.id, batch=batch, reason=reason,
+                         actor="test")
+    assert stock(session, served.id) == (2, 2)
+
+
+def test_a_batch_name_shared_by_two_batches_needs_the_id(app, factory, served, session):
+    session.rollback()
+    name = session.get(CodeBatch, 1).name
+    with app.app_context():
+        imports.import_codes(get_session(), program=served, stream=io.BytesIO(b"HS-B1-0001\n"),
+                             batch_name=name, expires_on=None, actor="test")
+        with pytest.raises(Conflict, match=r"2 batches are named .* \(#1, #2\): give the batch"):
+            codes.set_batch_expiry(get_session(), program_id=served.id, batch=name,
+                                   expires_on=None, actor="test")
+
+
+def test_setting_a_batchs_expiry_after_the_fact(app, served, session, smtp_server):
+    with app.app_context():
+        change = codes.set_batch_expiry(get_session(), program_id=served.id, batch="1",
+                                        expires_on=date(2031, 3, 31), actor="manager:1")
+    assert (change.before, change.after) == (None, date(2031, 3, 31))
+    session.rollback()
+    assert session.get(CodeBatch, 1).expires_on == date(2031, 3, 31)
+    assert _batch_events(session, codes.EXPIRY_CHANGED) == [
+        {"before": None, "after": "2031-03-31", "actor": "manager:1", "object_id": 1}]
+    with app.app_context():  # and back to no expiry
+        change = codes.set_batch_expiry(get_session(), program_id=served.id, batch="1",
+                                        expires_on=None, actor="manager:1")
+    assert (change.before, change.after) == (date(2031, 3, 31), None)
+    session.rollback()
+    assert session.get(CodeBatch, 1).expires_on is None
+    _verified(app, served)
+
+
+def test_a_batchs_expiry_can_not_be_set_in_the_past(app, served, session):
+    with app.app_context(), pytest.raises(InvalidInput, match="in the past") as refused:
+        codes.set_batch_expiry(get_session(), program_id=served.id, batch="1",
+                               expires_on=date(2026, 1, 1), actor="test",
+                               today=date(2026, 1, 2))
+    assert refused.value.field == "expires"
+    session.rollback()
+    assert session.get(CodeBatch, 1).expires_on is None
+    assert _batch_events(session, codes.EXPIRY_CHANGED) == []

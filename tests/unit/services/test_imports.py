@@ -57,6 +57,7 @@ def _import_creators(app, program: Program, content, **options) -> ImportReport:
 def _import_codes(app, program: Program, content, **options) -> ImportReport:
     with app.app_context(), _opened(content) as (stream, filename):
         options.setdefault("filename", filename)
+        options.setdefault("expires_on", None)  # no expiry, said explicitly
         return imports.import_codes(get_session(), program=program, stream=stream,
                                     actor="test", **options)
 
@@ -630,7 +631,8 @@ def test_rejected_file_leaves_nothing_in_the_session(app, session, program):
         s = get_session()
         with pytest.raises(imports.FileRejected):
             imports.import_codes(s, program=s.get(Program, program.id),
-                                 stream=io.BytesIO(good_then_bad), actor="test")
+                                 stream=io.BytesIO(good_then_bad), expires_on=None,
+                                 actor="test")
         s.commit()  # a careless caller: must not save half an import
     session.rollback()
     assert session.exec(select(Code)).all() == []

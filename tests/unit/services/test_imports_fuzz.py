@@ -271,7 +271,7 @@ def test_fuzz_import_codes(app, backend):
                                               actor="test")
             report = _check_outcome(lambda: imports.import_codes(
                 session, program=program, stream=io.BytesIO(data), skip_invalid=skip_invalid,
-                actor="test"), data, seen)
+                expires_on=None, actor="test"), data, seen)
             session.rollback()
             cipher = code_cipher.cipher()  # codes are stored encrypted: compare what they say
             stored = [cipher.decrypt(token) for token in session.scalars(

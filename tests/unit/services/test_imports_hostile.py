@@ -270,7 +270,7 @@ def test_codes_that_are_all_letters_still_import(app, session, program, content,
 def test_the_command_names_line_one_and_the_known_header(runner, session, program, tmp_path):
     path = tmp_path / "codes.txt"
     path.write_text("codes\nHS-AAAA-0001\n")
-    result = runner.invoke(args=["import-codes", SLUG, str(path)])
+    result = runner.invoke(args=["import-codes", SLUG, str(path), "--no-expiry"])
     assert result.exit_code == 1
     assert ("codes.txt: line 1, header: 'codes' looks like a header, but the known header is "
             "'code'") in result.stderr
@@ -283,7 +283,7 @@ def test_a_rejected_header_leaves_nothing_in_the_session(app, session, program):
         s = get_session()
         with pytest.raises(imports.FileRejected):
             imports.import_codes(s, program=program, stream=io.BytesIO(b"codes\nHS-A-1\n"),
-                                 actor="test")
+                                 expires_on=None, actor="test")
         s.commit()
     assert _count(session, CodeBatch) == 0
 

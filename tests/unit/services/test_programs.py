@@ -3,6 +3,7 @@ with, quotas that never drop below what is allocated, and the numbers ``quota`` 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -256,3 +257,56 @@ def test_quota_summary_matches_a_direct_count(app, session, factory):
     assert (summary["allocated"], summary["remaining"], summary["in_stock"]) == (3, 0, in_stock)
     assert in_stock == 2  # 7 imported, 3 given out, 1 voided, 1 given in a reissue
     assert _summary(app, "calm-1y")["in_stock"] == 1
+
+
+# --------------------------------------------------------------------------- program_summaries
+
+
+def _listed(app, **options) -> list[dict]:
+    with app.app_context():
+        return programs.program_summaries(get_session(), **options)
+
+
+def test_list_programs_gives_every_programs_numbers_as_quota_summary_does(app, session,
+                                                                          factory):
+    test_quota_summary_matches_a_direct_count(app, session, factory)
+    factory.program(slug="zen-3m", name="Zen", quota=0,
+                    opens_at=datetime.now(UTC) + timedelta(days=1))
+    listed = _listed(app)
+    assert [p["program"] for p in listed] == ["calm-1y", SLUG, "zen-3m"]
+    for entry in listed[:2]:
+        summary = _summary(app, entry["program"])
+        assert {k: entry[k] for k in ("name", "quota", "allocated", "remaining", "in_stock",
+                                      "claims")} == {
+            k: summary[k] for k in ("name", "quota", "allocated", "remaining", "in_stock",
+                                    "claims")}
+        assert entry["claims_total"] == sum(summary["claims"].values())
+    assert [p["window"] for p in listed] == ["open", "open", "not_open"]
+    assert listed[2] | {"opens_at": None, "closes_at": None} == {
+        "program": "zen-3m", "name": "Zen", "window": "not_open", "opens_at": None,
+        "closes_at": None, "quota": 0, "allocated": 0, "remaining": 0, "in_stock": 0,
+        "claims": {"pending": 0, "allocated": 0, "waitlisted": 0, "refused": 0},
+        "claims_total": 0}
+    closed = _listed(app, now=datetime.now(UTC) + timedelta(days=60))
+    assert [p["window"] for p in closed] == ["closed", "closed", "closed"]
+
+
+def test_list_programs_is_one_statement_that_never_reads_the_codes(app, session, factory):
+    """Its cost does not grow with the programs' codes or allocated claims: the counters, and
+    the claims not allocated counted per program and state."""
+    test_quota_summary_matches_a_direct_count(app, session, factory)
+    statements: list[str] = []
+    engine = app.extensions["db_engine"]
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        _listed(app)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 1, reads
+    assert not any(re.search(r"\bcode\b|codeassignment|codebatch", s, re.IGNORECASE)
+                   for s in reads), reads

@@ -24,7 +24,7 @@ from tests.helpers import CODE_ENCRYPTION_KEY, TEST_SECRET_KEY, migrated_pg_data
 from wellness_perks import create_app
 from wellness_perks.db import get_session, make_engine
 from wellness_perks.models import Creator
-from wellness_perks.services import allocation, claims, imports, stock
+from wellness_perks.services import allocation, claims, imports, programs, stock
 from wellness_perks.services.mail import queue
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -254,6 +254,39 @@ def test_allocation_reads_the_waiting_line_from_its_index_whatever_the_statistic
     plan = generic_plan(stale_engine, allocation._WAITING_CLAIMS, custom=True, b_program=1,
                         b_full=[], b_limit=200)
     assert "ix_claim_waiting" in plan and "claim_pkey" not in plan, plan
+
+
+@pytest.fixture(scope="module")
+def programs_engine():
+    """Forty programs, most of their claims allocated, the statistics up to date."""
+    with _migrated_database() as engine:
+        with engine.begin() as conn:
+            for statement in (
+                "INSERT INTO program (id, slug, name, perk_months, quota, allocated_count, "
+                "code_pattern, created_at) SELECT g, 'p' || g, 'P', 6, 100000, 0, '.*', now() "
+                "FROM generate_series(1, 40) g",
+                "INSERT INTO creator (id, email, handle, country, login_nonce, created_at) "
+                "SELECT g, 'c' || g || '@example.com', 'h', 'PK', 0, now() "
+                "FROM generate_series(1, 1000) g",
+                "INSERT INTO claim (program_id, creator_id, country, state, requested_at) "
+                "SELECT p, c, 'PK', CASE WHEN mod(c, 100) = 0 THEN 'waitlisted' "
+                "WHEN mod(c, 101) = 0 THEN 'refused' WHEN mod(c, 103) = 0 THEN 'pending' "
+                "ELSE 'allocated' END, now() "
+                "FROM generate_series(1, 40) p, generate_series(1, 1000) c",
+            ):
+                conn.exec_driver_sql(statement)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
+        yield engine
+
+
+def test_the_program_list_counts_each_programs_claims_on_the_state_index(programs_engine):
+    """Not by reading the claims, most of them allocated (the counter has those)."""
+    with programs_engine.connect() as conn:
+        text = str(programs._ALL_PROGRAMS.compile(conn, compile_kwargs={"literal_binds": True}))
+        plan = "\n".join(conn.exec_driver_sql(f"EXPLAIN {text}").scalars())
+    assert "ix_claim_program_state" in plan, plan
+    assert "Seq Scan on claim" not in plan and " code" not in plan, plan
 
 
 CLAIM_LOOKUPS = {

@@ -135,6 +135,27 @@ def test_claim_after_the_window_closed_is_refused_with_reason(
     assert smtp_server.to("ayesha@example.com", "code") == []
 
 
+def test_a_waiting_creator_taken_off_the_list_sees_their_claim_refused_with_reason(
+        app, client, factory, signed_in, session):
+    from wellness_perks.db import get_session
+    from wellness_perks.services import creators
+
+    program = factory.program(quota=0)
+    factory.creators(program, ["ayesha@example.com"])
+    signed_in("ayesha@example.com")
+    page = client.get("/programs/headspace-6m")
+    client.post("/programs/headspace-6m/claim", data={"csrf_token": csrf_token(page.text)})
+    assert [c.state for c in _claims(session)] == ["waitlisted"]
+    with app.app_context():
+        creators.remove_from_list(get_session(), program_id=program.id,
+                                  email="ayesha@example.com", reason="left", actor="test")
+    [claim] = _claims(session)
+    assert (claim.state, claim.reason) == ("refused", "removed_from_list")
+    page = client.get("/programs/headspace-6m")
+    assert "We couldn't give you this perk: you are no longer on this program's list." in \
+        page.text.replace("&#39;", "'")
+
+
 def test_claim_before_the_window_opens_records_nothing(client, factory, signed_in, session):
     now = datetime.now(UTC)
     program = factory.program(opens_at=now + timedelta(days=1), closes_at=now + timedelta(days=9))

@@ -7,6 +7,7 @@ from .queue import (
     MailRetryLater,
     owe,
     owed,
+    resend_claim_mail,
     resend_failed,
     retry_delay,
     send,
@@ -15,4 +16,4 @@ from .queue import (
 from .transport import PermanentMailError, close_pools
 
 __all__ = ["BatchOutcome", "MailRetryLater", "PermanentMailError", "close_pools", "owe", "owed",
-           "resend_failed", "retry_delay", "send", "send_batch"]
+           "resend_claim_mail", "resend_failed", "retry_delay", "send", "send_batch"]

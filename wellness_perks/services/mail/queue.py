@@ -32,7 +32,9 @@ from ...db import (
 from ...logs import log_event
 from ...models import (
     DEFAULT_LOCALE,
+    AuditEvent,
     Claim,
+    ClaimState,
     Code,
     CodeBatch,
     CodeStatus,
@@ -44,6 +46,8 @@ from ...models import (
     Program,
 )
 from .. import audit
+from ..emails import normalise_email
+from ..errors import Conflict, NoCodeHeld, ResendTooSoon
 from . import transport
 from .mime import HeaderInjection
 from .render import render
@@ -486,15 +490,83 @@ def resend_failed(session: Session, *, program_id: int, actor: str,
             sa.select(OutboundEmail.id).join(Claim, Claim.id == OutboundEmail.claim_id)
             .where(condition).order_by(OutboundEmail.id).with_for_update(of=OutboundEmail)
         ).scalars())
-        if ids:
-            session.execute(
-                sa.update(OutboundEmail).where(OutboundEmail.id.in_(ids))
-                .values(status=MailStatus.queued.value, attempts=0, next_attempt_at=now,
-                        sending_started_at=None))
-            audit.record(session, *(audit.event(
-                actor=actor, action=RESENT, object_type="outbound_email", object_id=outbound_id,
-                program_id=program_id, at=now) for outbound_id in ids))
+        _queue_again(session, ids, program_id=program_id, actor=actor, now=now)
     if ids:
         log_event(RESENT, program_id=program_id, count=len(ids))  # pragma: no mutate
         dispatch.send_emails(ids)
     return ids
+
+
+def _queue_again(session: Session, ids: list[int], *, program_id: int, actor: str,
+                 now: datetime, detail: dict | None = None, new_message: bool = False) -> None:
+    """Queue these code mails (row-locked by the caller) for a new run of attempts, in the
+    caller's transaction, with an audit event each: the one way a mail is sent again.
+    ``new_message``: the mail went out before, and this is a second copy on purpose, under a
+    Message-ID of its own (the Message-ID is made from the row's id and ``created_at``), so
+    that a mail system which drops repeated Message-IDs delivers it."""
+    if not ids:
+        return
+    values = {"status": MailStatus.queued.value, "attempts": 0, "next_attempt_at": now,
+              "sending_started_at": None}
+    if new_message:
+        values["created_at"] = now
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.id.in_(ids)).values(**values))
+    audit.record(session, *(audit.event(
+        actor=actor, action=RESENT, object_type="outbound_email", object_id=outbound_id,
+        program_id=program_id, at=now, detail=detail) for outbound_id in ids))
+
+
+def resend_claim_mail(session: Session, *, program_id: int, creator_email: str, actor: str,
+                      now: datetime | None = None) -> int:
+    """Send a creator's code mail again (a manager's request: "I never got it"); returns the
+    mail's id. The mail is the one about the code their claim holds (its redemption mail, or
+    its reissue mail after a reissue), queued again as ``resend_failed`` does.
+
+    Refused (NoCodeHeld) when the creator holds no code in the program; refused
+    (ResendTooSoon) when a code mail was queued for the claim, first or again, less than
+    ``RESEND_MIN_INTERVAL_MINUTES`` ago; refused (Conflict) while an attempt is sending it. A
+    creator who asked to be forgotten has no address left to be found by. A mail that had been
+    sent goes out as a new message (see ``_queue_again``).
+    """
+    now = now or datetime.now(UTC)
+    interval = timedelta(minutes=current_app.config["RESEND_MIN_INTERVAL_MINUTES"])
+    address = normalise_email(creator_email)
+    with write_transaction(session):
+        claim = session.execute(
+            sa.select(Claim.id, Claim.state, Claim.code_id)
+            .join(Creator, Creator.id == Claim.creator_id)
+            .where(Claim.program_id == program_id, Creator.email == address)
+            .with_for_update(of=Claim)).first()
+        if claim is None or claim.state != ClaimState.allocated or claim.code_id is None:
+            raise NoCodeHeld(address)
+        mails = session.execute(
+            sa.select(OutboundEmail.id, OutboundEmail.code_id, OutboundEmail.status,
+                      OutboundEmail.created_at, OutboundEmail.to_email, OutboundEmail.sent_at)
+            .where(OutboundEmail.claim_id == claim.id,
+                   OutboundEmail.kind.in_(CODE_MAIL_KINDS))
+            .order_by(OutboundEmail.id).with_for_update()).all()
+        current = [m for m in mails if m.code_id == claim.code_id
+                   and m.status != MailStatus.cancelled.value]
+        if not current:  # verify (I5) names such a claim
+            raise Conflict(f"claim #{claim.id} has no mail for its code", claim_id=claim.id)
+        mail = current[-1]
+        if mail.status == MailStatus.sending.value:
+            raise Conflict(f"mail #{mail.id} is being sent right now", claim_id=claim.id)
+        mail_ids = [m.id for m in mails]
+        resent_at = session.execute(
+            sa.select(sa.func.max(AuditEvent.at))
+            .where(AuditEvent.object_type == "outbound_email",
+                   AuditEvent.object_id.in_(mail_ids), AuditEvent.action == RESENT)
+        ).scalar()
+        last_queued = max([m.created_at for m in mails] + ([resent_at] if resent_at else []))
+        if now - last_queued < interval:
+            left = interval - (now - last_queued)
+            raise ResendTooSoon(claim_id=claim.id,
+                                minutes=max(1, -(-int(left.total_seconds()) // 60)))
+        _queue_again(session, [mail.id], program_id=program_id, actor=actor, now=now,
+                     detail={"claim_id": claim.id, "status_before": mail.status,
+                             "sent_at_before": mail.sent_at},
+                     new_message=mail.status == MailStatus.sent.value)
+    log_event(RESENT, program_id=program_id, count=1, claim_id=claim.id)  # pragma: no mutate
+    dispatch.send_emails([mail.id])
+    return mail.id
