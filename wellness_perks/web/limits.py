@@ -79,9 +79,26 @@ def init_app(app: Flask) -> None:
     # One limiter per app: its store and settings are the app's (a test's apps never share).
     # It brings the store (Redis or memory, from RATELIMIT_STORAGE_URI) and the strategy; the
     # limits below are counted with keys of their own (an address, a session, a token).
-    app.extensions["limiter"] = Limiter(key_func=client_address, app=app,
-                                        key_prefix=config["RATELIMIT_KEY_PREFIX"])
+    limiter = Limiter(key_func=client_address, app=app,
+                      key_prefix=config["RATELIMIT_KEY_PREFIX"])
+    _without_route_checks(app, limiter)
+    app.extensions["limiter"] = limiter
+    app.extensions["limit_items"] = {name: parse(config[setting])
+                                     for name, (setting, _code) in LIMITS.items()}
     app.register_error_handler(LimitReached, _limit_reached)
+
+
+def _without_route_checks(app: Flask, limiter: Limiter) -> None:
+    """No route carries a Flask-Limiter decorator limit (each limit here is counted by hand,
+    keyed by what it limits), so Flask-Limiter's check of every request against its route
+    limits, and the headers it would add, are work for nothing on every request, the
+    launch-day claim included: both hooks are taken off again."""
+    checks = app.before_request_funcs.get(None, [])
+    if limiter._check_request_limit in checks:
+        checks.remove(limiter._check_request_limit)
+    responses = app.after_request_funcs.get(None, [])
+    responses[:] = [hook for hook in responses
+                    if getattr(hook, "args", None) != (limiter,)]
 
 
 def _limit_reached(exc: LimitReached):
@@ -96,7 +113,7 @@ def _strategy():
 
 
 def _item(name: str) -> RateLimitItem:
-    return parse(current_app.config[LIMITS[name][0]])
+    return current_app.extensions["limit_items"][name]
 
 
 def _on() -> bool:

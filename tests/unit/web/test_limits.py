@@ -228,3 +228,12 @@ def test_a_store_that_does_not_answer_lets_sign_in_through(app_config, program, 
         assert len(smtp_server.wait_for_mail(AYESHA, "sign-in")) == 1
     finally:
         storeless.extensions["db_engine"].dispose()
+
+
+def test_no_request_pays_for_route_limits_that_do_not_exist(app):
+    """Every limit is counted by hand; Flask-Limiter's per-request check of route limits (and
+    its headers) is not run at all."""
+    limiter = app.extensions["limiter"]
+    assert limiter._check_request_limit not in app.before_request_funcs.get(None, [])
+    assert not [hook for hook in app.after_request_funcs.get(None, [])
+                if getattr(hook, "args", None) == (limiter,)]
