@@ -187,6 +187,7 @@ class BenchRun:
         wait_http(web, f"http://127.0.0.1:{self.web_port}/login")
         for worker in workers:
             self.stack.wait_worker_ready(worker)
+        self.workers = workers
         self.watch.add("web", web.pid)
         for w in workers:
             self.watch.add("worker", w.pid)

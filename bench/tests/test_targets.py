@@ -42,3 +42,25 @@ def test_time_and_cpu_targets_apply_to_launch_day_only():
     assert verdicts["last redemption mail after first claim (s)"][1] == "n/a"
     assert verdicts["all-in CPU per claim (ms)"][1] == "n/a"
     assert verdicts["invariant violations"][1] == "PASS"
+
+
+def _killed(results, possibly_sent: int):
+    results["fault"] = {"worker_killed": "worker1", "after_s": 5.0}
+    results["launch"]["mail"]["possibly_sent"] = possibly_sent
+    return results
+
+
+def test_with_a_worker_killed_a_repeat_passes_only_if_it_was_in_flight_and_marked():
+    cpu = {"web": 40.0}
+    args = argparse.Namespace(n=2_000, q=2_000, concurrency=64, capacity=False,
+                              celery_concurrency=2)
+
+    def verdict(repeated, marked):
+        results = _killed(_results(30.0, repeated, cpu), marked)
+        return {t["target"]: t["result"] for t in evaluate_targets(results, args)}[
+            "creators mailed more than once"]
+
+    assert verdict(0, 0) == "PASS"
+    assert verdict(2, 2) == "PASS"  # one in flight per pool process, each marked
+    assert verdict(1, 0) == "FAIL"  # a repeat nobody was told of
+    assert verdict(3, 3) == "FAIL"  # more than were in flight
