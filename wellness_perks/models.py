@@ -175,6 +175,12 @@ class Program(SQLModel, table=True):
     def window_state(self, now: datetime) -> WindowState:
         return window_state(self.opens_at, self.closes_at, now, self.claims_paused_at)
 
+    def in_own_zone(self, value: datetime) -> datetime:
+        """An instant as the clocks of the program's time zone show it."""
+        from zoneinfo import ZoneInfo
+
+        return value.astimezone(ZoneInfo(self.time_zone))
+
 
 class CountryQuota(SQLModel, table=True):
     """An optional cap on a program's allocations to creators of one country."""
