@@ -136,6 +136,32 @@ def set_quota_command(slug, quota, country_quota_options, uncapped):
     _echo_summary(programs.quota_summary(get_session(), program))
 
 
+@click.command("pause")
+@click.argument("slug")
+@with_appcontext
+def pause_command(slug: str) -> None:
+    """Pause claiming: new claims are refused until `resume` (claims waiting are served)."""
+    program = _program(slug)
+    try:
+        programs.pause_claims(get_session(), program_id=program.id, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"claiming of {slug} is paused")
+
+
+@click.command("resume")
+@click.argument("slug")
+@with_appcontext
+def resume_command(slug: str) -> None:
+    """Resume claiming after `pause`."""
+    program = _program(slug)
+    try:
+        programs.resume_claims(get_session(), program_id=program.id, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"claiming of {slug} has resumed")
+
+
 def _run_import(path: Path, as_json: bool, label: str, do_import) -> None:
     size = path.stat().st_size
     show_bar = not as_json and sys.stderr.isatty()
@@ -503,6 +529,8 @@ COMMANDS = (
     create_manager_command,
     create_program_command,
     set_quota_command,
+    pause_command,
+    resume_command,
     import_creators_command,
     import_codes_command,
     void_code_command,

@@ -17,16 +17,16 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("program") as batch:
-        batch.add_column(sa.Column("time_zone", sa.String(64), nullable=False,
-                                   server_default="UTC"))
-        batch.add_column(sa.Column("support_email", sa.String(320), nullable=True))
-        batch.add_column(sa.Column("claims_paused_at", sa.DateTime(timezone=True),
-                                   nullable=True))
+    # Plain ADD and DROP COLUMN (SQLite 3.35+ too): a batch copy of the program table would
+    # turn the CHECK of in_stock_count into one of the table, which 0003's downgrade can't drop.
+    op.add_column("program", sa.Column("time_zone", sa.String(64), nullable=False,
+                                       server_default="UTC"))
+    op.add_column("program", sa.Column("support_email", sa.String(320), nullable=True))
+    op.add_column("program", sa.Column("claims_paused_at", sa.DateTime(timezone=True),
+                                       nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("program") as batch:
-        batch.drop_column("claims_paused_at")
-        batch.drop_column("support_email")
-        batch.drop_column("time_zone")
+    op.drop_column("program", "claims_paused_at")
+    op.drop_column("program", "support_email")
+    op.drop_column("program", "time_zone")
