@@ -39,7 +39,7 @@ LOCAL_TIME_FORMATS = ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M")
 TIME_ZONES = sorted(zoneinfo.available_timezones())
 
 
-def _local_time(field) -> None:
+def _local_time(_form, field) -> None:
     """A local date and time as a browser's ``datetime-local`` sends it (or empty)."""
     if (field.data or "").strip() and _parsed_local_time(field.data) is None:
         raise ValidationError("local_time_invalid")
