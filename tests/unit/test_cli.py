@@ -473,6 +473,32 @@ def test_quota_unknown_program(runner, options):
     assert result.stdout == ""
 
 
+# --------------------------------------------------------------------------- pause, resume
+
+
+def test_pause_and_resume_claiming(runner, session, program):
+    result = _ok(_run(runner, "pause", SLUG))
+    assert "claiming of headspace-6m is paused" in result.output
+    assert _rows(session, select(Program.claims_paused_at))[0] is not None
+    result = _ok(_run(runner, "resume", SLUG))
+    assert "claiming of headspace-6m has resumed" in result.output
+    assert _rows(session, select(Program.claims_paused_at)) == [None]
+    assert _rows(session, select(AuditEvent.actor, AuditEvent.action).where(
+        AuditEvent.action.like("program.claims%"))) == [
+        ("cli", "program.claims_paused"), ("cli", "program.claims_resumed")]
+
+
+def test_pause_refuses_a_closed_program_and_an_unknown_one(runner, session, factory):
+    now = datetime.now(UTC)
+    factory.program(slug=SLUG, opens_at=now - timedelta(days=2),
+                    closes_at=now - timedelta(days=1))
+    result = _run(runner, "pause", SLUG)
+    assert result.exit_code == 1 and "its claim window has closed" in result.output
+    result = _run(runner, "resume", "nope")
+    assert result.exit_code == 1 and "no program with slug 'nope'" in result.output
+    assert _rows(session, select(Program.claims_paused_at)) == [None]
+
+
 # ------------------------------------------------- set-quota, void-code, reissue, restore-code
 
 
