@@ -275,3 +275,11 @@ def test_a_paused_program_refuses_a_claim_through_the_portal(factory, manager_cl
     _post(manager, f"/manage/programs/{SLUG}/resume", page=EDIT)
     creator.post(f"/programs/{SLUG}/claim", data={"csrf_token": token})
     assert [c.state for c in _fresh(session, select(Claim))] == ["allocated"]
+
+
+def test_creators_see_the_opening_time_in_the_programs_zone(factory, signed_in):
+    program = factory.program(opens_at=datetime(2027, 12, 1, 9, 0), time_zone="Asia/Karachi",
+                              closes_at=datetime(2027, 12, 31, 9, 0))
+    factory.creators(program, ["ayesha@example.com"])
+    page = signed_in("ayesha@example.com").get(f"/programs/{SLUG}")
+    assert "Claims open on 2027-12-01 09:00 Asia/Karachi (2027-12-01 04:00 UTC)." in page.text
