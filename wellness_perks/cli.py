@@ -44,13 +44,17 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-def _parse_when(value: str | None, option: str) -> datetime | None:
+def _parse_when(value: str | None, option: str, local: bool = False) -> datetime | None:
+    """An ISO 8601 time; without a zone it is UTC, or with ``local`` left for the service to
+    read in the program's time zone."""
     if value is None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         _fail(f"{option} {value!r} is not an ISO 8601 date or time (e.g. 2026-12-01T09:00+05:00)")
+    if local:
+        return parsed
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
@@ -98,22 +102,28 @@ def create_manager_command(email: str, role: str, password: str) -> None:
               help="How many codes may be handed out in all.")
 @click.option("--months", default=6, show_default=True, type=click.IntRange(min=1),
               help="Length of the subscription the perk gives.")
-@click.option("--opens", help="When claims open (ISO 8601; no zone means UTC).")
-@click.option("--closes", help="When claims close (ISO 8601; no zone means UTC).")
+@click.option("--opens", help="When claims open (ISO 8601; no zone means UTC, or --time-zone).")
+@click.option("--closes", help="When claims close (ISO 8601; no zone means UTC, or --time-zone).")
+@click.option("--time-zone", help="IANA zone of the claim window, e.g. Asia/Karachi: --opens "
+                                  "and --closes without a zone are local times there.")
 @click.option("--redeem-url", help="Link to redeem a code; {code} is replaced by the code.")
+@click.option("--support-email", help="Where creators write with questions (program page and "
+                                      "code mail; default HELP_EMAIL).")
 @click.option("--code-format", help="Regular expression every code must match in full.")
 @click.option("--country-quota", "country_quota_options", multiple=True, metavar="CC=N",
               help="Cap allocations to one country, e.g. PK=2000 (repeatable).")
 @with_appcontext
-def create_program_command(slug, name, quota, months, opens, closes, redeem_url, code_format,
-                           country_quota_options):
+def create_program_command(slug, name, quota, months, opens, closes, time_zone, redeem_url,
+                           support_email, code_format, country_quota_options):
     """Create a program (a perk with its quota and claim window)."""
     try:
         by_country = dict(parse_country_quota(o) for o in country_quota_options)
         program = programs.create_program(
             get_session(), slug=slug, name=name, quota=quota, perk_months=months,
-            opens_at=_parse_when(opens, "--opens"), closes_at=_parse_when(closes, "--closes"),
-            redeem_url=redeem_url, code_pattern=code_format, country_quotas=by_country,
+            opens_at=_parse_when(opens, "--opens", local=time_zone is not None),
+            closes_at=_parse_when(closes, "--closes", local=time_zone is not None),
+            time_zone=time_zone, redeem_url=redeem_url, support_email=support_email,
+            code_pattern=code_format, country_quotas=by_country,
             actor=CLI_ACTOR,
         )
     except DomainError as exc:
@@ -145,6 +155,32 @@ def set_quota_command(slug, quota, country_quota_options, uncapped):
         _fail(str(exc))
     click.echo(f"quota of {slug} changed")
     _echo_summary(programs.quota_summary(get_session(), program))
+
+
+@click.command("pause")
+@click.argument("slug")
+@with_appcontext
+def pause_command(slug: str) -> None:
+    """Pause claiming: new claims are refused until `resume` (claims waiting are served)."""
+    program = _program(slug)
+    try:
+        programs.pause_claims(get_session(), program_id=program.id, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"claiming of {slug} is paused")
+
+
+@click.command("resume")
+@click.argument("slug")
+@with_appcontext
+def resume_command(slug: str) -> None:
+    """Resume claiming after `pause`."""
+    program = _program(slug)
+    try:
+        programs.resume_claims(get_session(), program_id=program.id, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"claiming of {slug} has resumed")
 
 
 def _run_import(path: Path, as_json: bool, label: str, do_import) -> None:
@@ -674,6 +710,8 @@ COMMANDS = (
     create_manager_command,
     create_program_command,
     set_quota_command,
+    pause_command,
+    resume_command,
     import_creators_command,
     import_codes_command,
     set_batch_expiry_command,

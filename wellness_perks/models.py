@@ -63,6 +63,7 @@ class ClaimReason(enum.StrEnum):
 class WindowState(enum.StrEnum):
     not_open = "not_open"
     open = "open"
+    paused = "paused"  # a manager paused claiming: claims are refused until they resume it
     closed = "closed"
 
 
@@ -112,8 +113,13 @@ WAITING = "state IN ('pending', 'waitlisted')"
 
 
 def window_state(opens_at: datetime | None, closes_at: datetime | None,
-                 now: datetime) -> WindowState:
-    """The state of a claim window at ``now`` (either end may be open)."""
+                 now: datetime, paused_at: datetime | None = None) -> WindowState:
+    """The state of a claim window at ``now`` (either end may be open). A closed window is
+    closed, paused or not; a paused one is paused whether or not it has opened yet."""
+    if closes_at is not None and now >= closes_at:
+        return WindowState.closed
+    if paused_at is not None:
+        return WindowState.paused
     if opens_at is not None and now < opens_at:
         return WindowState.not_open
     if closes_at is not None and now >= closes_at:
@@ -145,6 +151,15 @@ class Program(SQLModel, table=True):
         default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     opens_at: datetime | None = Field(default=None, sa_column=_ts())
     closes_at: datetime | None = Field(default=None, sa_column=_ts())
+    # The IANA zone the window was set in (``Asia/Karachi``): the instants above are UTC, and
+    # the console shows them back in this zone.
+    time_zone: str = Field(default="UTC", sa_column=sa.Column(
+        sa.String(64), nullable=False, server_default="UTC"))
+    # Set while a manager has paused claiming (new claims are refused with ``claims_paused``).
+    claims_paused_at: datetime | None = Field(default=None, sa_column=_ts())
+    # Where creators write with questions: the program page and the code mail's footer
+    # (HELP_EMAIL when none is set).
+    support_email: str | None = Field(default=None, sa_column=sa.Column(sa.String(320)))
     redeem_url: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
     code_pattern: str = Field(
         default=DEFAULT_CODE_PATTERN, sa_column=sa.Column(sa.String(500), nullable=False)
@@ -159,7 +174,13 @@ class Program(SQLModel, table=True):
         return self.redeem_url.replace("{code}", quote(code, safe=""))
 
     def window_state(self, now: datetime) -> WindowState:
-        return window_state(self.opens_at, self.closes_at, now)
+        return window_state(self.opens_at, self.closes_at, now, self.claims_paused_at)
+
+    def in_own_zone(self, value: datetime) -> datetime:
+        """An instant as the clocks of the program's time zone show it."""
+        from zoneinfo import ZoneInfo
+
+        return value.astimezone(ZoneInfo(self.time_zone))
 
 
 class CountryQuota(SQLModel, table=True):

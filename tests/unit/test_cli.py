@@ -146,6 +146,17 @@ def test_create_program_stores_what_it_was_given(runner, session):
     assert _audit_actions(session) == ["program.created"]
 
 
+def test_create_program_in_a_time_zone_with_a_support_contact(runner, session):
+    _ok(_run(runner, "create-program", "--slug", SLUG, "--name", "Headspace", "--quota", 5,
+             "--time-zone", "Asia/Karachi", "--opens", "2026-12-01T09:00",
+             "--closes", "2027-01-31T18:00Z", "--support-email", "Help@Headspace.example"))
+    [program] = _all(session, select(Program))
+    assert program.opens_at == datetime(2026, 12, 1, 4, 0, tzinfo=UTC)  # 09:00 in Karachi
+    assert program.closes_at == datetime(2027, 1, 31, 18, 0, tzinfo=UTC)  # its own zone
+    assert (program.time_zone, program.support_email) == ("Asia/Karachi",
+                                                           "help@headspace.example")
+
+
 def test_create_program_defaults(runner, session):
     _ok(_run(runner, "create-program", "--slug", "calm-1y", "--name", "Calm", "--quota", 0))
     [program] = _all(session, select(Program))
@@ -164,6 +175,8 @@ def test_create_program_defaults(runner, session):
      "the claim window closes before it opens"),
     # ... and what it can't read.
     (["--opens", "next tuesday"], "--opens 'next tuesday' is not an ISO 8601 date or time"),
+    (["--time-zone", "Karachi", "--opens", "2026-12-01T09:00"],
+     "'Karachi' is not an IANA time zone"),
 ])
 def test_create_program_refuses_bad_input_and_creates_nothing(runner, session, options, message):
     args = {"--slug": SLUG, "--name": "Headspace", "--quota": "10"}
@@ -473,6 +486,32 @@ def test_quota_unknown_program(runner, options):
     result = _run(runner, "quota", "no-such-program", *options)
     _error(result, "Error: no program with slug 'no-such-program'")
     assert result.stdout == ""
+
+
+# --------------------------------------------------------------------------- pause, resume
+
+
+def test_pause_and_resume_claiming(runner, session, program):
+    result = _ok(_run(runner, "pause", SLUG))
+    assert "claiming of headspace-6m is paused" in result.output
+    assert _rows(session, select(Program.claims_paused_at))[0] is not None
+    result = _ok(_run(runner, "resume", SLUG))
+    assert "claiming of headspace-6m has resumed" in result.output
+    assert _rows(session, select(Program.claims_paused_at)) == [None]
+    assert _rows(session, select(AuditEvent.actor, AuditEvent.action).where(
+        AuditEvent.action.like("program.claims%"))) == [
+        ("cli", "program.claims_paused"), ("cli", "program.claims_resumed")]
+
+
+def test_pause_refuses_a_closed_program_and_an_unknown_one(runner, session, factory):
+    now = datetime.now(UTC)
+    factory.program(slug=SLUG, opens_at=now - timedelta(days=2),
+                    closes_at=now - timedelta(days=1))
+    result = _run(runner, "pause", SLUG)
+    assert result.exit_code == 1 and "its claim window has closed" in result.output
+    result = _run(runner, "resume", "nope")
+    assert result.exit_code == 1 and "no program with slug 'nope'" in result.output
+    assert _rows(session, select(Program.claims_paused_at)) == [None]
 
 
 # ------------------------------------------------- set-quota, void-code, reissue, restore-code

@@ -27,7 +27,7 @@ from ..models import (
     window_state,
 )
 from . import audit, code_cipher
-from .errors import ClaimWindowNotOpen, NotFound, NotOnList, ProgramNotFound
+from .errors import ClaimsPaused, ClaimWindowNotOpen, NotFound, NotOnList, ProgramNotFound
 
 
 def is_eligible(session: Session, *, program_id: int, creator_id: int) -> bool:
@@ -148,7 +148,7 @@ def _decide(conn: sa.Connection, program: Program | str, creator_id: int,
         if by_slug:
             _program_id(conn, program)  # ProgramNotFound, unless the creator is what is missing
         raise NotFound(f"no creator with id {creator_id}")
-    (program_id, name, opens_at, closes_at, country, eligibility_id,
+    (program_id, name, opens_at, closes_at, paused_at, country, eligibility_id,
      claim_id, claim_state, claim_reason) = row
     existing = (ClaimRequested(claim_id, claim_state, claim_reason)
                 if claim_id is not None else None)
@@ -159,9 +159,13 @@ def _decide(conn: sa.Connection, program: Program | str, creator_id: int,
         # its window is told, and nothing is recorded.
         raise NotOnList(program_id=program_id, creator_id=creator_id)
 
-    window = window_state(opens_at, closes_at, now)
+    window = window_state(opens_at, closes_at, now, paused_at)
     if window == WindowState.not_open:
         raise ClaimWindowNotOpen(name=name, opens_at=opens_at)
+    if window == WindowState.paused:
+        # Nothing is recorded, as before the window opens: once claiming resumes, the
+        # creator's claim takes its place in line like any other.
+        raise ClaimsPaused(f"claims for {name} are paused", name=name)
     if eligibility_id is None:
         state, reason = ClaimState.refused, ClaimReason.not_eligible
     elif window == WindowState.closed:
@@ -234,12 +238,14 @@ def _audit_event(decision: _Decision, creator_id: int, claim_id: int | None,
 
 
 def _claim_context(program_matches) -> sa.Select:
-    """One query: the program, the creator's country, whether they are on its list, and their
-    earlier claim. Built once; executed with ``program`` and ``creator_id`` parameters."""
+    """One query: the program (its window, and whether claiming is paused), the creator's
+    country, whether they are on its list, and their earlier claim. Built once; executed with
+    ``program`` and ``creator_id`` parameters."""
     claim = Claim.__table__.c
     return (
         sa.select(Program.id, Program.name, Program.opens_at, Program.closes_at,
-                  Creator.country, Eligibility.id, claim.id, claim.state, claim.reason)
+                  Program.claims_paused_at, Creator.country, Eligibility.id, claim.id,
+                  claim.state, claim.reason)
         .select_from(Program)
         .join(Creator, Creator.id == sa.bindparam("creator_id"))
         # Found by the creator (a creator has a row per program at most), whatever the plan:

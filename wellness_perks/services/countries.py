@@ -25,3 +25,17 @@ def parse_country_quota(option: str) -> tuple[str, int]:
         raise InvalidInput(f"country quota {option!r} must look like PK=2000",
                            field="country-quota")
     return normalise_country(country, field="country-quota"), int(number)
+
+
+def parse_country_quotas(text: str) -> dict[str, int]:
+    """Country quotas written one a line (or separated by commas): ``"PK=2000\\nIN=500"`` ->
+    ``{"PK": 2000, "IN": 500}``; a country named twice is refused."""
+    quotas: dict[str, int] = {}
+    for item in (text or "").replace(",", "\n").splitlines():
+        if not item.strip():
+            continue
+        country, number = parse_country_quota(item.strip())
+        if country in quotas:
+            raise InvalidInput(f"country quota {country} is given twice", field="country-quota")
+        quotas[country] = number
+    return quotas

@@ -50,6 +50,14 @@ class ClaimWindowNotOpen(DomainError):
     code = "claim_window_not_open"
 
 
+class ClaimsPaused(DomainError):
+    """A claim while a manager has paused claiming (``name``): nothing is recorded, so the
+    creator claims again once claiming resumes."""
+
+    status_code = 409
+    code = "claims_paused"
+
+
 class InvalidInput(DomainError):
     """Bad values given to a command or form; ``field`` names what was wrong."""
 

@@ -199,3 +199,29 @@ def test_a_claim_survives_its_connection_being_cut(app, factory, session, backen
         claim = claims.request_claim(doomed, program=program.slug, creator_id=1)
     assert claim.state in ("pending", "allocated")
     assert [c.state for c in _claims(session)] == ["allocated"]
+
+
+def test_a_paused_program_is_told_by_the_claims_one_read(app, factory, session):
+    """Pause is part of the query that reads the claim's context: refusing a claim because
+    claiming is paused costs that one statement and writes nothing."""
+    from wellness_perks.services.errors import ClaimsPaused
+
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com"])
+    with app.app_context():
+        programs.pause_claims(get_session(), program_id=program.id, actor="test")
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args):
+        if statement.split()[0].upper() not in {"BEGIN", "COMMIT", "ROLLBACK"}:
+            statements.append(statement)
+
+    engine = app.extensions["db_engine"]
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with app.app_context(), pytest.raises(ClaimsPaused):
+            claims.request_claim(get_session(), program="headspace-6m", creator_id=1)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert len(statements) == 1 and "claims_paused_at" in statements[0], statements
+    assert _claims(session) == []

@@ -3,6 +3,7 @@ with, quotas that never drop below what is allocated, and the numbers ``quota`` 
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -22,7 +23,7 @@ from wellness_perks.models import (
     Program,
 )
 from wellness_perks.services import claims, codes, programs
-from wellness_perks.services.errors import Conflict, InvalidInput, NotOnList
+from wellness_perks.services.errors import ClaimsPaused, Conflict, InvalidInput, NotOnList
 
 SLUG = "headspace-6m"
 PKT = timezone(timedelta(hours=5))
@@ -310,3 +311,212 @@ def test_list_programs_is_one_statement_that_never_reads_the_codes(app, session,
     assert len(reads) == 1, reads
     assert not any(re.search(r"\bcode\b|codeassignment|codebatch", s, re.IGNORECASE)
                    for s in reads), reads
+# --------------------------------------------------------------------------- time zones
+
+
+KARACHI = "Asia/Karachi"
+
+
+def test_a_local_opening_time_is_read_in_the_programs_zone_and_stored_in_utc(app, session):
+    _create(app, opens_at=datetime(2026, 12, 1, 9, 0), closes_at=datetime(2026, 12, 31, 21, 0),
+            time_zone=KARACHI)
+    [program] = _fresh(session, select(Program))
+    assert program.opens_at == datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
+    assert program.closes_at == datetime(2026, 12, 31, 16, 0, tzinfo=UTC)
+    assert program.time_zone == KARACHI
+    assert program.in_own_zone(program.opens_at).strftime("%H:%M") == "09:00"
+
+
+@pytest.mark.parametrize(("local", "zone", "message"), [
+    (datetime(2026, 12, 1, 9, 0), "Mars/Olympus", "'Mars/Olympus' is not an IANA time zone"),
+    (datetime(2026, 12, 1, 9, 0), "", "'' is not an IANA time zone"),
+    (datetime(2027, 3, 28, 1, 30), "Europe/London", "opens: 2027-03-28 01:30 does not happen"),
+    (datetime(2027, 10, 31, 1, 30), "Europe/London", "opens: 2027-10-31 01:30 happens twice"),
+])
+def test_a_local_time_that_is_not_one_instant_is_refused(app, session, local, zone, message):
+    with pytest.raises(InvalidInput) as refused:
+        _create(app, opens_at=local, time_zone=zone)
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert refused.value.field in {"time-zone", "opens"}
+    assert _count(session, Program) == 0
+
+
+@pytest.mark.parametrize(("given", "field", "message"), [
+    ({"redeem_url": "https://headspace.example/redeem"}, "redeem-url",
+     "redeem URL must contain {code}"),
+    ({"support_email": "not an address"}, "support-email", "support contact: not a valid"),
+    ({"perk_months": 0}, "months", "months must be at least 1"),
+])
+def test_create_program_checks_the_new_settings(app, session, given, field, message):
+    with pytest.raises(InvalidInput) as refused:
+        _create(app, **given)
+    assert refused.value.field == field and str(refused.value).startswith(message)
+    assert _count(session, Program) == 0
+
+
+# --------------------------------------------------------------------------- update_program
+
+
+def _settings(**given) -> dict:
+    return {"name": "Headspace", "quota": 10, "country_quotas": {}, "perk_months": 6,
+            "opens_at": None, "closes_at": None, "time_zone": "UTC", "redeem_url": None,
+            "support_email": None} | given
+
+
+def _update(app, program_id, **given):
+    with app.app_context():
+        return programs.update_program(get_session(), program_id=program_id,
+                                       actor="manager:7", **_settings(**given))
+
+
+def _audits(session, action=None):
+    statement = select(AuditEvent).order_by(AuditEvent.id)
+    if action:
+        statement = statement.where(AuditEvent.action == action)
+    return [(e.actor, e.action, e.detail) for e in _fresh(session, statement)]
+
+
+def test_update_program_changes_the_settings_and_audits_before_and_after(app, session):
+    program = _create(app)
+    _update(app, program.id, name="Headspace · 12 months", perk_months=12,
+            opens_at=datetime(2026, 12, 1, 9, 0), time_zone=KARACHI,
+            redeem_url="https://headspace.example/r/{code}",
+            support_email="Help@Headspace.example")
+    [stored] = _fresh(session, select(Program))
+    assert (stored.name, stored.perk_months, stored.time_zone) == (
+        "Headspace · 12 months", 12, KARACHI)
+    assert stored.opens_at == datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
+    assert stored.support_email == "help@headspace.example"
+    [(actor, _, detail)] = _audits(session, "program.updated")
+    assert actor == "manager:7"
+    assert json.loads(detail) == {
+        "name": ["Headspace", "Headspace · 12 months"], "perk_months": [6, 12],
+        "opens_at": [None, "2026-12-01 04:00:00+00:00"], "time_zone": ["UTC", KARACHI],
+        "redeem_url": [None, "https://headspace.example/r/{code}"],
+        "support_email": [None, "help@headspace.example"]}
+
+
+def test_an_edit_that_changes_nothing_records_nothing(app, session):
+    program = _create(app)
+    _update(app, program.id)
+    assert _audits(session) == [("test", "program.created", _audits(session)[0][2])]
+
+
+def test_update_program_adds_changes_and_removes_country_quotas_as_set_quota_does(
+        app, session, allocated_three):
+    _update(app, allocated_three.id, name="Headspace · 6 months", quota=12,
+            country_quotas={"PK": 5, "IN": 1})
+    assert dict(_fresh(session, select(CountryQuota.country, CountryQuota.quota))) == {
+        "PK": 5, "IN": 1}
+    [(_, _, detail)] = _audits(session, "program.quota_changed")
+    assert json.loads(detail) == {"quota": [10, 12], "PK": [3, 5], "IN": [None, 1]}
+    _update(app, allocated_three.id, name="Headspace · 6 months", quota=12,
+            country_quotas={"IN": 1})
+    assert _fresh(session, select(CountryQuota.country)) == ["IN"]
+    assert json.loads(_audits(session, "program.quota_changed")[-1][2]) == {"PK": [5, None]}
+
+
+@pytest.mark.parametrize(("given", "field", "message"), [
+    ({"quota": 2}, "quota", "quota 2 is below the 3 codes already allocated"),
+    ({"country_quotas": {"PK": 1}}, "country-quota", "PK quota 1 is below the 2 codes"),
+    ({"name": "Head\nBcc: x@evil.example"}, "name", "name must be one line"),
+    ({"redeem_url": "javascript:alert('{code}')"}, "redeem-url", "redeem URL must be an http"),
+    ({"opens_at": datetime(2026, 12, 2, 9), "closes_at": datetime(2026, 12, 2, 8)}, "closes",
+     "the claim window closes before it opens"),
+    ({"time_zone": "Karachi"}, "time-zone", "'Karachi' is not an IANA time zone"),
+])
+def test_update_program_refusals_change_nothing(app, session, allocated_three, given, field,
+                                                message):
+    before = _audits(session)
+    with pytest.raises(InvalidInput) as refused:
+        _update(app, allocated_three.id, **({"name": "Headspace · 6 months",
+                                             "country_quotas": {"PK": 3}} | given))
+    assert refused.value.field == field and str(refused.value).startswith(message)
+    [program] = _fresh(session, select(Program))
+    assert (program.name, program.quota, program.time_zone) == ("Headspace · 6 months", 10, "UTC")
+    assert _fresh(session, select(CountryQuota.country, CountryQuota.quota)) == [("PK", 3)]
+    assert _audits(session) == before
+
+
+# --------------------------------------------------------------------------- open, pause, close
+
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def _claiming(app, action, program_id, **kw):
+    with app.app_context():
+        return getattr(programs, f"{action}_claims")(get_session(), program_id=program_id,
+                                                     actor="manager:7", **kw)
+
+
+def _state(session, now=NOW) -> str:
+    [program] = _fresh(session, select(Program))
+    return program.window_state(now)
+
+
+def test_open_now_moves_a_later_opening_to_now(app, session):
+    program = _create(app, opens_at=NOW + timedelta(days=3))
+    assert _state(session) == "not_open"
+    _claiming(app, "open", program.id, now=NOW)
+    assert _state(session) == "open"
+    _claiming(app, "open", program.id, now=NOW + timedelta(minutes=1))  # already open
+    [(actor, _, detail)] = _audits(session, "program.claims_opened")
+    assert actor == "manager:7"
+    assert json.loads(detail) == {"opens_at": [str(NOW + timedelta(days=3)), str(NOW)]}
+
+
+def test_pause_refuses_new_claims_until_resumed(app, session, factory):
+    program = factory.program()
+    factory.creators(program, ["ayesha@example.com", "bilal@example.com"])
+    factory.codes(program, ["HS-PAUSE-0001", "HS-PAUSE-0002"])
+    with app.app_context():
+        claims.request_claim(get_session(), program=program.slug, creator_id=2)
+    _claiming(app, "pause", program.id)
+    _claiming(app, "pause", program.id)  # a second pause changes nothing
+    assert _state(session, datetime.now(UTC)) == "paused"
+    with app.app_context(), pytest.raises(ClaimsPaused) as refused:
+        claims.request_claim(get_session(), program=program.slug, creator_id=1)
+    assert refused.value.code == "claims_paused"
+    assert refused.value.params == {"name": "Headspace · 6 months"}
+    assert _fresh(session, select(Claim.creator_id)) == [2]  # nothing recorded for ayesha
+    with app.app_context():  # a claim made before the pause stands as it was
+        assert claims.request_claim(get_session(), program=program.slug,
+                                    creator_id=2).state == "allocated"
+    _claiming(app, "resume", program.id)
+    with app.app_context():
+        assert claims.request_claim(get_session(), program=program.slug,
+                                    creator_id=1).state in {"pending", "allocated"}
+    assert [a for _, a, _ in _audits(session) if a.startswith("program.claims")] == [
+        "program.claims_paused", "program.claims_resumed"]
+
+
+def test_close_now_closes_and_ends_a_pause_and_nothing_reopens_it_but_an_edit(app, session):
+    program = _create(app, opens_at=NOW - timedelta(days=1), closes_at=NOW + timedelta(days=9))
+    _claiming(app, "pause", program.id, now=NOW)
+    _claiming(app, "close", program.id, now=NOW)
+    [stored] = _fresh(session, select(Program))
+    assert (stored.closes_at, stored.claims_paused_at) == (NOW, None)
+    assert stored.window_state(NOW) == "closed"
+    for action, code in (("open", "program_closed"), ("pause", "program_closed")):
+        with pytest.raises(Conflict) as refused:
+            _claiming(app, action, program.id, now=NOW)
+        assert refused.value.code == code
+    _claiming(app, "close", program.id, now=NOW)  # closed already: nothing changes
+    assert len(_audits(session, "program.claims_closed")) == 1
+
+
+def test_closing_a_window_not_open_yet_closes_it_without_opening(app, session):
+    program = _create(app, opens_at=NOW + timedelta(days=1))
+    _claiming(app, "close", program.id, now=NOW)
+    assert _state(session) == "closed"
+    assert _state(session, NOW + timedelta(days=2)) == "closed"
+
+
+def test_open_now_while_paused_asks_to_resume_first(app, session):
+    program = _create(app, opens_at=NOW + timedelta(days=1))
+    _claiming(app, "pause", program.id, now=NOW)
+    with pytest.raises(Conflict) as refused:
+        _claiming(app, "open", program.id, now=NOW)
+    assert refused.value.code == "program_paused"
+    assert _state(session) == "paused"

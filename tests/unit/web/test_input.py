@@ -5,6 +5,8 @@ in every POST form the pages have; nothing is recorded and no mail goes out."""
 from __future__ import annotations
 
 import io
+import re
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
@@ -13,7 +15,9 @@ from sqlmodel import select
 
 from tests.helpers import csrf_token, sign_in_link
 from wellness_perks import create_app, web
-from wellness_perks.models import AuditEvent, Claim
+from wellness_perks.db import get_session
+from wellness_perks.models import AuditEvent, Claim, Program
+from wellness_perks.services import programs
 
 TWENTY_MB = 20 * 1024 * 1024
 
@@ -139,6 +143,12 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     program = factory.program()
     factory.creators(program, ["ayesha@example.com"])
     factory.codes(program, ["HS-AAAA-0001"])
+    # The console's claiming buttons show by state: one program not open yet, one paused.
+    later = datetime.now(UTC) + timedelta(days=1)
+    factory.program(slug="calm-1y", opens_at=later, closes_at=later + timedelta(days=30))
+    paused = factory.program(slug="quiet-1m")
+    with app.app_context():
+        programs.pause_claims(get_session(), program_id=paused.id, actor="test")
     anonymous = app.test_client()
     sign_in_forms = _post_forms(anonymous, ["/login"])
     anonymous.post("/login", data={"email": "ayesha@example.com",
@@ -155,10 +165,13 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     forms += [(console_sign_in, action, fields)
               for action, fields in _post_forms(console_sign_in, ["/manage/login"]).items()]
     console = manager_client("admin")
-    forms += [(console, action, fields)
-              for action, fields in _post_forms(console, ["/manage/"]).items()]
+    forms += [(console, action, fields) for action, fields in _post_forms(console, [
+        "/manage/", "/manage/programs/new", *(f"/manage/programs/{slug}/edit"
+                                              for slug in ("headspace-6m", "calm-1y",
+                                                           "quiet-1m"))]).items()]
     # Every POST route of the pages is tried (a new form is covered the day it appears).
-    covered = {action.replace("headspace-6m", "<slug>").replace(link_path, "/login/<token>")
+    covered = {re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
+               .replace(link_path, "/login/<token>")
                for _, action, _ in forms}
     assert covered == _form_rules(app), "a POST route no page's form reaches"
     mails_before = len(smtp_server.messages)
@@ -172,6 +185,9 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
             tried += 1
     assert tried >= 5
     assert _claims(session) == [] and "creator.deletion_requested" not in _audit(session)
+    assert [a for a in _audit(session) if a.startswith("program.")] == [
+        "program.created"] * 3 + ["program.claims_paused"]  # no console form changed a thing
+    assert len(session.exec(select(Program)).all()) == 3
     assert len(smtp_server.messages) == mails_before
     assert client.get("/programs/headspace-6m").status_code == 200  # still signed in
     assert console.get("/manage/").status_code == 200

@@ -58,6 +58,8 @@ def _content(outbound, creator, code, batch, program) -> tuple[str, str, str]:
             "expires_on": batch.expires_on,
             "program_url": f"{config['BASE_URL']}/programs/{program.slug}",
             "reissue": outbound.kind == MailKind.reissue,
+            # The program's own support contact, in the body only (never a header).
+            "help_email": program.support_email or config["HELP_EMAIL"],
         }
         template = "email/redemption"
     else:

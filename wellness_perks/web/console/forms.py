@@ -1,7 +1,18 @@
 from __future__ import annotations
 
-from wtforms import EmailField, HiddenField, PasswordField
-from wtforms.validators import DataRequired, Length
+import zoneinfo
+from datetime import datetime
+
+from wtforms import (
+    EmailField,
+    HiddenField,
+    PasswordField,
+    SelectField,
+    StringField,
+    TextAreaField,
+    ValidationError,
+)
+from wtforms.validators import DataRequired, Length, Regexp
 
 from ..forms import Form
 
@@ -21,3 +32,102 @@ class ManagerSignInForm(Form):
         render_kw={"autocomplete": "current-password"},
     )
     next = HiddenField()  # the console page asked for before sign-in (a local path)
+
+
+_NUMBER = r"^\s*\d{1,9}\s*$"
+LOCAL_TIME_FORMATS = ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M")
+TIME_ZONES = sorted(zoneinfo.available_timezones())
+
+
+def _local_time(_form, field) -> None:
+    """A local date and time as a browser's ``datetime-local`` sends it (or empty)."""
+    if (field.data or "").strip() and _parsed_local_time(field.data) is None:
+        raise ValidationError("local_time_invalid")
+
+
+def _parsed_local_time(value: str | None) -> datetime | None:
+    for pattern in LOCAL_TIME_FORMATS:
+        try:
+            return datetime.strptime((value or "").strip(), pattern)
+        except ValueError:
+            continue
+    return None
+
+
+class ProgramForm(Form):
+    """A program's settings, as the edit page shows and posts them. The rules are the
+    service's (``programs.update_program``): here only the shape of each value is checked."""
+
+    name = StringField("name", validators=[DataRequired("program_name_required"),
+                                           Length(max=200, message="program_name_too_long")])
+    quota = StringField("quota", validators=[DataRequired("number_required"),
+                                             Regexp(_NUMBER, message="number_required")],
+                        render_kw={"inputmode": "numeric"})
+    country_quotas = TextAreaField(
+        "country_quotas", validators=[Length(max=5000, message="country_quotas_too_long")],
+        render_kw={"rows": 4})
+    perk_months = StringField("perk_months", validators=[
+        DataRequired("number_required"), Regexp(_NUMBER, message="number_required")],
+        render_kw={"inputmode": "numeric"})
+    opens_at = StringField("opens_at", validators=[_local_time],
+                           render_kw={"type": "datetime-local"})
+    closes_at = StringField("closes_at", validators=[_local_time],
+                            render_kw={"type": "datetime-local"})
+    # Any name is taken here: the service says which zones exist (field ``time-zone``).
+    time_zone = SelectField("time_zone", choices=TIME_ZONES, validate_choice=False,
+                            default="UTC")
+    redeem_url = StringField("redeem_url", validators=[
+        Length(max=500, message="redeem_url_too_long")], render_kw={"inputmode": "url"})
+    support_email = StringField("support_email", validators=[
+        Length(max=320, message="email_too_long")], render_kw={"inputmode": "email"})
+
+    # The form field each service field name stands for (``InvalidInput.field``).
+    FIELD_OF = {"slug": "slug", "name": "name", "quota": "quota", "months": "perk_months",
+                "opens": "opens_at", "closes": "closes_at", "time-zone": "time_zone",
+                "redeem-url": "redeem_url", "support-email": "support_email",
+                "country-quota": "country_quotas"}
+
+    @classmethod
+    def of(cls, program, country_quotas: dict[str, dict]) -> ProgramForm:
+        """The form filled with the program as it stands, its window in its own zone."""
+        def local(value):
+            return program.in_own_zone(value).strftime("%Y-%m-%dT%H:%M") if value else ""
+
+        return cls(data={
+            "name": program.name, "quota": str(program.quota),
+            "country_quotas": "\n".join(f"{country}={row['quota']}"
+                                        for country, row in country_quotas.items()),
+            "perk_months": str(program.perk_months), "opens_at": local(program.opens_at),
+            "closes_at": local(program.closes_at), "time_zone": program.time_zone,
+            "redeem_url": program.redeem_url or "", "support_email": program.support_email or "",
+        })
+
+    def settings(self) -> dict:
+        """The posted values, typed, for ``create_program`` and ``update_program`` (the
+        country quotas still as text)."""
+        return {"name": self.name.data, "quota": int(self.quota.data),
+                "perk_months": int(self.perk_months.data),
+                "opens_at": _parsed_local_time(self.opens_at.data),
+                "closes_at": _parsed_local_time(self.closes_at.data),
+                "time_zone": self.time_zone.data or "",
+                "redeem_url": (self.redeem_url.data or "").strip() or None,
+                "support_email": (self.support_email.data or "").strip() or None}
+
+    def refused(self, exc) -> None:
+        """Show a service's refusal by the field it names (or over the whole form)."""
+        message = {**exc.params, "code": exc.code, "fallback": str(exc)}
+        field = self.FIELD_OF.get(getattr(exc, "field", None) or exc.params.get("field"))
+        if field is not None and field in self._fields:
+            self._fields[field].errors = [*self._fields[field].errors, message]
+        else:
+            self.form_errors.append(message)
+
+
+class NewProgramForm(ProgramForm):
+    slug = StringField("slug", validators=[DataRequired("slug_required"),
+                                           Length(max=64, message="slug_too_long")],
+                       render_kw={"autocapitalize": "none", "spellcheck": "false"})
+
+
+class ClaimingForm(Form):
+    """No fields: an open, pause, resume or close button and its CSRF token."""

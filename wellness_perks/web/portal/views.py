@@ -9,7 +9,7 @@ from flask_login import current_user
 
 from ...db import get_session
 from ...services import claims, privacy, programs
-from ...services.errors import ClaimWindowNotOpen, NotOnList, ProgramNotFound
+from ...services.errors import ClaimsPaused, ClaimWindowNotOpen, NotOnList, ProgramNotFound
 from .. import limits
 from ..security import creator_required
 from .forms import ClaimForm, DeletionForm
@@ -75,7 +75,7 @@ def claim(slug: str):
         claims.request_claim(get_session(), program=slug, creator_id=current_user.creator_id)
     except (ProgramNotFound, NotOnList):
         abort(404)  # as the program's page answers: a stranger's program is not found
-    except ClaimWindowNotOpen as exc:
+    except (ClaimWindowNotOpen, ClaimsPaused) as exc:
         flash({"code": exc.code, **exc.params}, "error")
     return redirect(url_for("portal.program", slug=slug))
 

@@ -7,10 +7,10 @@ import io
 
 import sqlalchemy as sa
 
-from tests.helpers import html_body
+from tests.helpers import html_body, text_body
 from wellness_perks.db import get_session
 from wellness_perks.models import Creator
-from wellness_perks.services import auth, imports
+from wellness_perks.services import auth, claims, imports
 
 
 def test_html_mail_escapes_creator_data(app, factory, smtp_server):
@@ -44,3 +44,23 @@ def test_a_mail_is_rendered_in_the_language_its_row_records(app, factory, sessio
     [english] = smtp_server.wait_for_mail("bilal@example.com", "sign-in")
     assert '<html lang="ur" dir="rtl">' in html_body(urdu)
     assert '<html lang="en" dir="ltr">' in html_body(english)
+
+
+def test_the_code_mail_names_the_programs_support_contact(app, factory, smtp_server):
+
+    own = factory.program(support_email="help@headspace.example")
+    plain = factory.program(slug="calm-1y")
+    factory.creators(own, ["ayesha@example.com"])
+    factory.creators(plain, ["bilal@example.com"])
+    factory.codes(own, ["HS-AAAA-0001"])
+    factory.codes(plain, ["CALM-AAAA-0001"])
+    with app.app_context():
+        claims.request_claim(get_session(), program=own.slug, creator_id=1)
+        claims.request_claim(get_session(), program=plain.slug, creator_id=2)
+    [own_mail] = smtp_server.wait_for_mail("ayesha@example.com", "code")
+    [plain_mail] = smtp_server.wait_for_mail("bilal@example.com", "code")
+    assert "Write to help@headspace.example." in text_body(own_mail)
+    assert 'href="mailto:help@headspace.example"' in html_body(own_mail)
+    help_email = app.config["HELP_EMAIL"]
+    assert f"Write to {help_email}." in text_body(plain_mail)  # none set: the platform's
+    assert "help@headspace.example" not in str(own_mail["Subject"]) + str(own_mail["From"])
