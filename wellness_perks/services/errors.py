@@ -66,3 +66,9 @@ class InvalidInput(DomainError):
 class Conflict(DomainError):
     status_code = 409
     code = "conflict"
+
+    def __init__(self, message: str | None = None, *, code: str | None = None,
+                 **params) -> None:
+        super().__init__(message, **params)
+        if code is not None:
+            self.code = code
