@@ -53,7 +53,7 @@ class ActionForm(Form):
 
 
 class ManagerRoleForm(Form):
-    role = SelectField("role", choices=[(role, role) for role in MANAGER_ROLES],
+    role = SelectField("role", choices=list(MANAGER_ROLES),
                        invalid_choice_message="manager_role_unknown",
                        validators=[DataRequired("manager_role_unknown")])
 
@@ -64,7 +64,7 @@ class NewManagerForm(Form):
         validators=[DataRequired("email_required"), Length(max=320, message="email_too_long")],
         render_kw={"autocomplete": "off", "inputmode": "email"},
     )
-    role = SelectField("role", choices=[(role, role) for role in MANAGER_ROLES],
+    role = SelectField("role", choices=list(MANAGER_ROLES),
                        default="manager", invalid_choice_message="manager_role_unknown",
                        validators=[DataRequired("manager_role_unknown")])
     password = PasswordField(

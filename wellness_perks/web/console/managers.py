@@ -9,6 +9,7 @@ from flask import flash, redirect, render_template, url_for
 from flask_login import current_user
 
 from ...db import get_session
+from ...models import MANAGER_ROLES
 from ...services import managers
 from ...services.errors import DomainError, InvalidInput
 from ..security import role_required
@@ -18,7 +19,7 @@ from .views import bp
 
 def _list_page(error: dict | None = None, status: int = 200):
     return render_template("console/managers.html", managers=managers.list_managers(
-        get_session()), role_form=ManagerRoleForm, action_form=ActionForm(), error=error,
+        get_session()), roles=MANAGER_ROLES, error=error,
         me=current_user.manager_id), status
 
 
