@@ -251,6 +251,8 @@ def sign_in_manager(client, address: str, password: str = MANAGER_PASSWORD):
 def enter_code(client, code: str, path: str = "/manage/login/code"):
     """The second step of a console sign-in (or an enrollment's confirmation) through its form."""
     page = client.get(path)
+    if page.status_code != 200:  # no sign-in waits here: the token of the sign-in page
+        page = client.get("/manage/login")
     return client.post(path, data={"code": code, "csrf_token": csrf_token(page.text)})
 
 
