@@ -248,24 +248,66 @@ def sign_in_manager(client, address: str, password: str = MANAGER_PASSWORD):
                                               "csrf_token": csrf_token(page.text)})
 
 
+def enter_code(client, code: str, path: str = "/manage/login/code"):
+    """The second step of a console sign-in (or an enrollment's confirmation) through its form."""
+    page = client.get(path)
+    if page.status_code != 200:  # no sign-in waits here: the token of the sign-in page
+        page = client.get("/manage/login")
+    return client.post(path, data={"code": code, "csrf_token": csrf_token(page.text)})
+
+
+def totp_code(secret: str, steps_ahead: int = 0) -> str:
+    """The TOTP code of ``secret`` now (by the service's clock), or ``steps_ahead`` steps on."""
+    import pyotp
+
+    from wellness_perks.services import two_factor
+
+    return pyotp.TOTP(secret).at(two_factor.clock() + steps_ahead * two_factor.STEP_SECONDS)
+
+
+def enroll_two_factor(app, manager_id: int) -> str:
+    """Turn two-factor sign-in on for a manager through the service; their TOTP secret (the
+    step of now is used up by the confirmation: sign in with ``totp_code(secret, 1)``)."""
+    from wellness_perks.db import new_session
+    from wellness_perks.services import two_factor
+
+    with app.app_context(), new_session() as session:
+        secret = two_factor.start_enrollment(session, manager_id=manager_id).secret
+        two_factor.confirm_enrollment(session, manager_id=manager_id, code=totp_code(secret),
+                                      actor="test")
+    return secret
+
+
 @pytest.fixture
 def manager_client(app):
     """A browser signed in to the console as a new manager of the given role:
-    ``manager_client("admin")`` (another call makes another manager and browser)."""
+    ``manager_client("admin")`` (another call makes another manager and browser). Admins, who
+    must, sign in with two factors (``two_factor=True`` gives anyone one); the browser's
+    ``manager_id`` and ``totp_secret`` say who it is."""
     made = []
 
-    def _sign_in(role: str = "manager", address: str | None = None):
+    def _sign_in(role: str = "manager", address: str | None = None,
+                 two_factor: bool | None = None):
         from wellness_perks.db import new_session
         from wellness_perks.services import auth
 
         address = address or f"{role}{len(made)}@managers.example"
         with app.app_context():
             with new_session() as session:
-                auth.create_manager(session, email=address, password=MANAGER_PASSWORD,
-                                    role=role, actor="test")
+                manager_id = auth.create_manager(session, email=address,
+                                                 password=MANAGER_PASSWORD, role=role,
+                                                 actor="test").id
+        secret = None
+        if two_factor or (two_factor is None and role == "admin"):
+            secret = enroll_two_factor(app, manager_id)
         browser = app.test_client()
         response = sign_in_manager(browser, address)
+        if secret:
+            assert response.headers["Location"] == "/manage/login/code", response.text
+            response = enter_code(browser, totp_code(secret, 1))
         assert response.status_code == 302, response.text
+        assert response.headers["Location"] == "/manage/", response.text
+        browser.manager_id, browser.totp_secret = manager_id, secret
         made.append(address)
         return browser
     return _sign_in

@@ -31,6 +31,7 @@ from .services import (
     privacy,
     programs,
     sweeper,
+    two_factor,
 )
 from .services import verify as violations
 from .services.countries import normalise_country, parse_country_quota
@@ -535,6 +536,13 @@ def rotate_code_key_command(batch_size: int, show_fingerprint_key: bool) -> None
             _fail(str(exc))
     click.echo(f"{rotated} code{'s' if rotated != 1 else ''} re-encrypted under the newest key; "
                "every code is under it now")
+    try:  # the managers' two-factor secrets are under the same keys
+        secrets_rotated = two_factor.rotate_secrets(session)
+    except DomainError as exc:
+        _fail(str(exc))
+    if secrets_rotated:
+        click.echo(f"{secrets_rotated} manager two-factor secret"
+                   f"{'s' if secrets_rotated != 1 else ''} re-encrypted too")
     if len(cipher.key_ids) > 1:
         click.echo("the older keys can now be removed from CODE_ENCRYPTION_KEY")
         if cipher.fingerprint_key_derived:
@@ -668,9 +676,14 @@ def seed_demo_command() -> None:
     click.echo("  4. open the program and press Claim; the code mail lands in the same place")
     click.echo("")
     click.echo("Sign in as a manager:")
-    click.echo(f"  open {base_url}/manage/login and enter {DEMO_MANAGER} with the password "
+    click.echo(f"  1. open {base_url}/manage/login and enter {DEMO_MANAGER} with the password "
                "printed when the demo was made")
-    click.echo("  (another account: wellness-perks create-manager EMAIL --role admin)")
+    click.echo("  2. the first time, an admin sets up two-factor sign-in: add the key shown (or "
+               "scan its QR code) in an authenticator app, enter the 6-digit code it shows, and "
+               "keep the 10 recovery codes")
+    click.echo("  3. after that, each sign-in asks for the password, then the app's current code")
+    click.echo("  (another account: wellness-perks create-manager EMAIL --role admin, or "
+               f"Managers in the console: {base_url}/manage/managers)")
 
 
 @click.command("resend-failed")

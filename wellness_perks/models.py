@@ -260,6 +260,30 @@ class Manager(SQLModel, table=True):
     # Set when an admin disables the account: no sign-in, no session.
     disabled_at: datetime | None = Field(default=None, sa_column=_ts())
     last_login_at: datetime | None = Field(default=None, sa_column=_ts())
+    # Two-factor sign-in (TOTP): the secret, encrypted like a code (services/code_cipher.py);
+    # set and not yet enabled while an enrollment waits for its first code.
+    totp_secret_encrypted: bytes | None = Field(default=None, sa_column=sa.Column(
+        sa.LargeBinary, nullable=True))
+    totp_enabled_at: datetime | None = Field(default=None, sa_column=_ts())
+    # The newest TOTP time step a code was accepted for: a code is accepted once, and never one
+    # of an older step (no replay inside its window).
+    totp_last_step: int | None = Field(default=None, sa_column=sa.Column(
+        sa.BigInteger, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class ManagerRecoveryCode(SQLModel, table=True):
+    """A one-time recovery code of a manager's two-factor sign-in, kept as its SHA-256 (the
+    codes are random, 50 bits each: no slow hash is needed to keep them unguessable)."""
+
+    __table_args__ = (sa.UniqueConstraint("manager_id", "code_hash",
+                                          name="uq_recovery_code_manager_hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    manager_id: int = Field(sa_column=sa.Column(
+        sa.Integer, sa.ForeignKey("manager.id", ondelete="CASCADE"), nullable=False))
+    code_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    used_at: datetime | None = Field(default=None, sa_column=_ts())
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 

@@ -580,6 +580,29 @@ def test_rotate_code_key_re_encrypts_under_the_newest_key_and_says_what_is_left(
     assert refused.exit_code == 1 and "was fingerprinted with another key" in refused.output
 
 
+def test_rotate_code_key_re_encrypts_the_managers_two_factor_secrets_too(app, runner, session):
+    import pyotp
+
+    from wellness_perks.db import get_session
+    from wellness_perks.models import Manager
+    from wellness_perks.services import auth, two_factor
+
+    old = app.config["CODE_ENCRYPTION_KEY"]
+    with app.app_context():
+        manager_id = auth.create_manager(get_session(), email="lead@platform.example",
+                                         password="correct horse battery staple",
+                                         actor="test").id
+        secret = two_factor.start_enrollment(get_session(), manager_id=manager_id).secret
+        two_factor.confirm_enrollment(get_session(), manager_id=manager_id,
+                                      code=pyotp.TOTP(secret).now(), actor="test")
+    new = Fernet.generate_key().decode()
+    app.config["CODE_ENCRYPTION_KEY"] = f"{new},{old}"
+    result = _ok(_run(runner, "rotate-code-key"))
+    assert "1 manager two-factor secret re-encrypted too\n" in result.stdout
+    token = _rows(session, select(Manager.totp_secret_encrypted))[0]
+    assert CodeCipher(new).decrypt(token) == secret
+
+
 def test_void_reissue_and_restore_commands(runner, session, allocated_three, smtp_server):
     held = [code_value(token) for token in _rows(
         session, select(Code.value_encrypted).where(Code.status == "assigned").order_by(Code.id))]
@@ -732,7 +755,8 @@ def test_seed_demo_creates_the_demo_once(runner, session):
                        and "demo admin" in line]
     password = password_line.split("password ", 1)[1].removesuffix(" (shown once)")
     for text in ("Sign in as a creator:", "http://localhost/login", "creator01@example.com",
-                 "press Claim", "Sign in as a manager:", "http://localhost/manage/login"):
+                 "press Claim", "Sign in as a manager:", "http://localhost/manage/login",
+                 "sets up two-factor sign-in", "authenticator app", "recovery codes"):
         assert text in first.stdout
     assert _seeded(session) == (1, 30, 30, 25, 1, 1)
     [program] = _all(session, select(Program))

@@ -21,7 +21,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from .. import dispatch
 from ..db import once_more_if_disconnected, read_outside_transaction, write_transaction
 from ..logs import log_event
-from ..models import MANAGER_ROLES, Creator, Eligibility, MailKind, Manager
+from ..models import MANAGER_ROLES, Creator, Eligibility, MailKind, Manager, ManagerRole
 from . import audit, tokens
 from .emails import mask_email, normalise_email
 from .errors import Conflict, DomainError, InvalidInput, NotFound
@@ -225,10 +225,12 @@ def create_manager(session: Session, *, email: str, password: str, actor: str,
         raise InvalidInput(f"role must be one of {', '.join(MANAGER_ROLES)}", field="role",
                            code="manager_role_unknown")
     if len(password) < 12:
-        raise InvalidInput("password must be at least 12 characters", field="password")
+        raise InvalidInput("password must be at least 12 characters", field="password",
+                           code="password_too_short")
     with write_transaction(session):
         if session.exec(select(Manager.id).where(Manager.email == normalised)).first():
-            raise Conflict(f"a manager with email {normalised} already exists")
+            raise Conflict(f"a manager with email {normalised} already exists",
+                           code="manager_exists")
         manager = Manager(email=normalised, password_hash=generate_password_hash(password),
                           role=role)
         session.add(manager)
@@ -260,11 +262,26 @@ class SignedInManager:
     email: str
     role: str
     session_version: int
+    two_factor: bool = False  # signs in with a second factor (services/two_factor.py)
+
+    @property
+    def second_step(self) -> str | None:
+        """What a sign-in asks for after the password: ``"code"`` (two-factor is on),
+        ``"enroll"`` (an admin without it), or None (the password is enough)."""
+        if self.two_factor:
+            return "code"
+        return "enroll" if self.role == ManagerRole.admin.value else None
+
+
+def _signed_in(manager: Manager) -> SignedInManager:
+    return SignedInManager(manager.id, manager.email, manager.role, manager.session_version,
+                           manager.totp_enabled_at is not None)
 
 
 def check_manager_password(session: Session, *, email: str, password: str) -> SignedInManager:
     """The manager this address and password name, or PasswordRejected (also for a disabled
-    account). Records the sign-in."""
+    account). Records nothing: the sign-in is recorded when its session begins
+    (``record_manager_sign_in``), after the second step if one is asked for."""
     try:
         normalised = normalise_email(email)
     except InvalidInput:
@@ -275,12 +292,29 @@ def check_manager_password(session: Session, *, email: str, password: str) -> Si
     if manager is None or not matches or manager.disabled_at is not None:
         session.rollback()
         raise PasswordRejected()
+    signed_in = _signed_in(manager)
+    session.rollback()
+    return signed_in
+
+
+def record_manager_sign_in(session: Session, *, manager_id: int, session_version: int,
+                           method: str = "password") -> SignedInManager:
+    """Begin the sign-in of a manager who has passed every step: the manager as they are now,
+    or PasswordRejected if the account was disabled, or its sessions ended, since the password
+    was checked. ``method`` says what the last step was (password, totp, recovery_code)."""
     with write_transaction(session):
+        manager = session.get(Manager, manager_id, with_for_update=True)
+        if (manager is None or manager.disabled_at is not None
+                or manager.session_version != session_version):
+            raise PasswordRejected()
         manager.last_login_at = datetime.now(UTC)
         audit.record(session, audit.event(actor=f"manager:{manager.id}",
                                           action="manager.signed_in", object_type="manager",
-                                          object_id=manager.id))
-    return SignedInManager(manager.id, manager.email, manager.role, manager.session_version)
+                                          object_id=manager.id,
+                                          detail=None if method == "password"
+                                          else {"second_factor": method}))
+        signed_in = _signed_in(manager)
+    return signed_in
 
 
 def signed_in_manager(session: Session, *, manager_id: int,
@@ -291,7 +325,8 @@ def signed_in_manager(session: Session, *, manager_id: int,
         session, _SIGNED_IN_MANAGER, {"b_manager": manager_id}))
     if row is None or row.session_version != session_version or row.disabled_at is not None:
         return None
-    return SignedInManager(manager_id, row.email, row.role, row.session_version)
+    return SignedInManager(manager_id, row.email, row.role, row.session_version,
+                           row.totp_enabled_at is not None)
 
 
 def end_manager_sessions(session: Session, *, manager_id: int) -> None:
@@ -304,5 +339,6 @@ def end_manager_sessions(session: Session, *, manager_id: int) -> None:
 
 
 _SIGNED_IN_MANAGER = (
-    sa.select(Manager.email, Manager.role, Manager.session_version, Manager.disabled_at)
+    sa.select(Manager.email, Manager.role, Manager.session_version, Manager.disabled_at,
+              Manager.totp_enabled_at)
     .where(Manager.id == sa.bindparam("b_manager")))

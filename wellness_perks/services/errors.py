@@ -75,6 +75,11 @@ class Conflict(DomainError):
     status_code = 409
     code = "conflict"
 
+    def __init__(self, message: str | None = None, *, code: str | None = None,
+                 **params) -> None:
+        super().__init__(message, **params)
+        if code is not None:
+            self.code = code
 
 class NoCodeHeld(Conflict):
     """The creator holds no code in the program (no allocated claim): nothing to mail again."""

@@ -18,16 +18,17 @@ CSRF protection is on for every form POST; a blueprint whose requests authentica
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import abort, current_app, flash, g, redirect, request, session
+from flask import abort, current_app, flash, g, redirect, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_url, login_user, logout_user
 from flask_wtf import CSRFProtect
 
 from ..db import get_session
 from ..models import MANAGER_ROLES
-from ..services import auth
+from ..services import auth, two_factor
 from .errors import error_response, wants_json
 
 csrf = CSRFProtect()
@@ -75,16 +76,18 @@ class ManagerUser(UserMixin):
     kind = "manager"
     prefix = "m"
 
-    def __init__(self, manager_id: int, email: str, role: str, session_version: int) -> None:
+    def __init__(self, manager_id: int, email: str, role: str, session_version: int,
+                 two_factor: bool = False) -> None:
         self.manager_id = manager_id
         self.email = email
         self.role = role
         self.session_version = session_version
+        self.two_factor = two_factor
 
     @classmethod
     def from_signed_in(cls, signed_in: auth.SignedInManager) -> ManagerUser:
         return cls(signed_in.manager_id, signed_in.email, signed_in.role,
-                   signed_in.session_version)
+                   signed_in.session_version, signed_in.two_factor)
 
     @property
     def actor(self) -> str:
@@ -211,9 +214,11 @@ def kind_required(*kinds: str):
 creator_required = kind_required(CreatorUser.kind)
 
 
-def role_required(role: str):
+def role_required(role: str, *, enrolling: bool = False):
     """Let in only managers whose role includes ``role``: a manager of a lesser role, or a
-    creator, gets 403; nobody signed in is sent to the console's sign-in."""
+    creator, gets 403; nobody signed in is sent to the console's sign-in. An admin session
+    without a second factor (one begun before it was reset) reaches only the pages that set one
+    up (``enrolling=True``): every other page sends it there."""
     if role not in MANAGER_ROLES:
         raise ValueError(f"unknown role {role!r}")
 
@@ -224,8 +229,70 @@ def role_required(role: str):
                 return login_manager.unauthorized()
             if current_user.kind != ManagerUser.kind or not current_user.can(role):
                 abort(403)
+            if (not enrolling and not current_user.two_factor
+                    and two_factor.required(current_user.role)):
+                flash("two_factor_required_for_admins")
+                return redirect(url_for(ENROLL_VIEW))
             return view(*args, **kwargs)
 
         return wrapper
 
     return decorator
+
+
+ENROLL_VIEW = "console.two_factor_setup"
+
+
+# --------------------------------------------------------------------------- half a sign-in
+
+PENDING = "console_pending"
+
+
+@dataclass(frozen=True)
+class PendingSignIn:
+    """A console sign-in whose password was right and whose second step (a code, or an
+    admin's enrollment) is still to come: kept in the session, bound to the manager and their
+    session version, for two_factor.PENDING_SECONDS and PENDING_ATTEMPTS wrong codes."""
+
+    manager_id: int
+    session_version: int
+    email: str
+    step: str  # "code" or "enroll"
+    next_path: str | None
+
+
+def begin_pending_sign_in(signed_in: auth.SignedInManager, next_path: str | None) -> None:
+    session.clear()  # nothing of a session before survives, as at begin_session
+    session[PENDING] = {"m": signed_in.manager_id, "v": signed_in.session_version,
+                        "e": signed_in.email, "s": signed_in.second_step,
+                        "n": next_path, "at": int(clock()), "f": 0}
+
+
+def pending_sign_in(step: str) -> PendingSignIn | None:
+    """The sign-in waiting for this step, or None (none, another step's, or too old: the
+    password is asked for again)."""
+    state = session.get(PENDING)
+    if not isinstance(state, dict) or state.get("s") != step:
+        return None
+    at = state.get("at")
+    if (not isinstance(at, int) or int(clock()) - at > two_factor.PENDING_SECONDS
+            or state.get("f", 0) >= two_factor.PENDING_ATTEMPTS):
+        session.pop(PENDING, None)
+        return None
+    return PendingSignIn(state["m"], state["v"], state["e"], state["s"], state.get("n"))
+
+
+def count_pending_failure() -> bool:
+    """One more wrong code for the waiting sign-in; False once it has had its tries (it is
+    over: the password is asked for again)."""
+    state = dict(session.get(PENDING) or {})
+    state["f"] = state.get("f", 0) + 1
+    if state["f"] >= two_factor.PENDING_ATTEMPTS:
+        session.pop(PENDING, None)
+        return False
+    session[PENDING] = state
+    return True
+
+
+def end_pending_sign_in() -> None:
+    session.pop(PENDING, None)

@@ -13,11 +13,12 @@ import pytest
 from flask import Blueprint, request
 from sqlmodel import select
 
+from tests.conftest import MANAGER_PASSWORD, enroll_two_factor, sign_in_manager
 from tests.helpers import csrf_token, sign_in_link
 from wellness_perks import create_app, web
-from wellness_perks.db import get_session
+from wellness_perks.db import get_session, new_session
 from wellness_perks.models import AuditEvent, Claim, Program
-from wellness_perks.services import programs
+from wellness_perks.services import auth, managers, programs
 
 TWENTY_MB = 20 * 1024 * 1024
 
@@ -164,17 +165,40 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     console_sign_in = app.test_client()
     forms += [(console_sign_in, action, fields)
               for action, fields in _post_forms(console_sign_in, ["/manage/login"]).items()]
+    # Each half of a sign-in: the code asked for after a password, and an admin's enrollment.
+    with app.app_context(), new_session() as db:
+        with_code = auth.create_manager(db, email="code@managers.example",
+                                        password=MANAGER_PASSWORD, actor="test").id
+        auth.create_manager(db, email="enrol@managers.example", password=MANAGER_PASSWORD,
+                            role="admin", actor="test")
+        managers.disable(db, manager_id=auth.create_manager(
+            db, email="gone@managers.example", password=MANAGER_PASSWORD, actor="test").id,
+            actor="test", now=datetime.now(UTC))
+    enroll_two_factor(app, with_code)
     console = manager_client("admin")
     forms += [(console, action, fields) for action, fields in _post_forms(console, [
-        "/manage/", "/manage/programs/new", *(f"/manage/programs/{slug}/edit"
-                                              for slug in ("headspace-6m", "calm-1y",
-                                                           "quiet-1m"))]).items()]
+        "/manage/", "/manage/managers", "/manage/managers/new", "/manage/programs/new",
+        *(f"/manage/programs/{slug}/edit"
+          for slug in ("headspace-6m", "calm-1y", "quiet-1m"))]).items()]
+    for address, page in (("code@managers.example", "/manage/login/code"),
+                          ("enrol@managers.example", "/manage/login/enroll")):
+        halfway = app.test_client()
+        assert sign_in_manager(halfway, address).headers["Location"] == page
+        forms += [(halfway, action, fields)
+                  for action, fields in _post_forms(halfway, [page]).items()]
+    # A manager's own Security pages: turning two-factor off, and setting it up.
+    for browser, page in ((manager_client("manager", two_factor=True), "/manage/security"),
+                          (manager_client("viewer"), "/manage/security/two-factor")):
+        forms += [(browser, action, fields)
+                  for action, fields in _post_forms(browser, [page]).items()]
     # Every POST route of the pages is tried (a new form is covered the day it appears).
-    covered = {re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
-               .replace(link_path, "/login/<token>")
+    covered = {re.sub(r"^/manage/managers/\d+/", "/manage/managers/<int:manager_id>/",
+                      re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
+                      .replace(link_path, "/login/<token>"))
                for _, action, _ in forms}
     assert covered == _form_rules(app), "a POST route no page's form reaches"
     mails_before = len(smtp_server.messages)
+    audit_before = len(_audit(session))
     tried = 0
     for who, action, fields in forms:
         for name in fields:
@@ -191,6 +215,7 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     assert len(smtp_server.messages) == mails_before
     assert client.get("/programs/headspace-6m").status_code == 200  # still signed in
     assert console.get("/manage/").status_code == 200
+    assert _audit(session)[audit_before:] == []  # no sign-in, no change of any account
 
 
 def test_the_email_as_a_file_upload_is_a_400_with_the_form(client, smtp_server):

@@ -12,8 +12,9 @@ from wtforms import (
     TextAreaField,
     ValidationError,
 )
-from wtforms.validators import DataRequired, Length, Regexp
+from wtforms.validators import DataRequired, Length, Optional, Regexp
 
+from ...models import MANAGER_ROLES
 from ..forms import Form
 
 # Validation messages are codes; templates/messages.html has their words.
@@ -131,3 +132,53 @@ class NewProgramForm(ProgramForm):
 
 class ClaimingForm(Form):
     """No fields: an open, pause, resume or close button and its CSRF token."""
+
+
+class TwoFactorCodeForm(Form):
+    """The second step of a sign-in: the authenticator's 6 digits, or a recovery code."""
+
+    code = StringField(
+        "code",
+        validators=[DataRequired("two_factor_code_required"),
+                    Length(max=32, message="two_factor_code_too_long")],
+        render_kw={"autocomplete": "one-time-code", "autofocus": True, "spellcheck": "false",
+                   "autocapitalize": "off"},
+    )
+
+
+class EnrollmentCodeForm(Form):
+    """An enrollment's first code, which proves the authenticator app holds the secret."""
+
+    code = StringField(
+        "code",
+        validators=[DataRequired("two_factor_code_required"),
+                    Length(max=32, message="two_factor_code_too_long")],
+        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric",
+                   "pattern": "[0-9 ]*"},
+    )
+
+
+class ActionForm(Form):
+    """A button that changes something: the CSRF token only."""
+
+
+class ManagerRoleForm(Form):
+    role = SelectField("role", choices=list(MANAGER_ROLES),
+                       invalid_choice_message="manager_role_unknown",
+                       validators=[DataRequired("manager_role_unknown")])
+
+
+class NewManagerForm(Form):
+    email = EmailField(
+        "email",
+        validators=[DataRequired("email_required"), Length(max=320, message="email_too_long")],
+        render_kw={"autocomplete": "off", "inputmode": "email"},
+    )
+    role = SelectField("role", choices=list(MANAGER_ROLES),
+                       default="manager", invalid_choice_message="manager_role_unknown",
+                       validators=[DataRequired("manager_role_unknown")])
+    password = PasswordField(
+        "password",
+        validators=[Optional(), Length(min=12, max=1000, message="password_too_short")],
+        render_kw={"autocomplete": "new-password"},
+    )

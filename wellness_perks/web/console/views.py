@@ -1,28 +1,39 @@
-"""The console's sign-in, its first page, and programs: created (admins), edited and opened,
+"""The console's sign-in (a password, then a second factor where one is on or required), each
+manager's Security page, the first page, and programs: created (admins), edited and opened,
 paused, resumed and closed (managers)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import segno
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from markupsafe import Markup
 
 from ...db import get_session
 from ...services import auth as auth_service
-from ...services import programs
+from ...services import programs, two_factor
 from ...services.countries import parse_country_quotas
 from ...services.errors import Conflict, InvalidInput, ProgramNotFound
-from .. import limits
+from .. import limits, security
 from ..security import ManagerUser, begin_session, end_session, local_path, role_required
-from .forms import ClaimingForm, ManagerSignInForm, NewProgramForm, ProgramForm
+from .forms import (
+    ClaimingForm,
+    EnrollmentCodeForm,
+    ManagerSignInForm,
+    NewProgramForm,
+    ProgramForm,
+    TwoFactorCodeForm,
+)
 
 bp = Blueprint("console", __name__, url_prefix="/manage")
 
 
 @bp.after_request
 def _never_stored(response):
-    """Console pages show creators' personal data: no cache may keep them."""
+    """Console pages show creators' personal data (and, here, secrets): no cache may keep
+    them."""
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -30,6 +41,12 @@ def _never_stored(response):
 def _landing(next_path: str | None):
     path = local_path(next_path)
     return redirect(path if path and path.startswith("/manage") else url_for("console.index"))
+
+
+def _start_again(code: str):
+    security.end_pending_sign_in()
+    flash(code)
+    return redirect(url_for("console.login"))
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -51,11 +68,106 @@ def login():
             limits.record_password_failure(email)
             error = exc.code
         else:
-            limits.clear_password_failures(email)
-            begin_session(ManagerUser.from_signed_in(manager))
-            return _landing(form.next.data)
+            if manager.second_step is None:
+                return (_begin(manager.manager_id, manager.session_version, "password")
+                        or _landing(form.next.data))
+            # The failures counted so far stay until the second step passes: a right password
+            # again does not buy more guesses at the code.
+            security.begin_pending_sign_in(manager, local_path(form.next.data))
+            return redirect(url_for("console.sign_in_code" if manager.second_step == "code"
+                                    else "console.sign_in_enroll"))
     status = 400 if form.errors or error else 200
     return render_template("console/login.html", form=form, error=error), status
+
+
+def _begin(manager_id: int, session_version: int, method: str):
+    """Every step passed: the session begins (None), or, if the account was disabled or signed
+    out meanwhile, the answer that asks for the password again."""
+    try:
+        signed_in = auth_service.record_manager_sign_in(
+            get_session(), manager_id=manager_id, session_version=session_version,
+            method=method)
+    except auth_service.PasswordRejected:
+        return _start_again("two_factor_start_again")
+    limits.clear_password_failures(signed_in.email)
+    begin_session(ManagerUser.from_signed_in(signed_in))
+    return None
+
+
+def _wrong_code(pending: security.PendingSignIn) -> str | None:
+    """Count a wrong code (toward the address's lockout too); the error to show, or None when
+    the sign-in has had its tries."""
+    limits.record_password_failure(pending.email)
+    return "two_factor_code_rejected" if security.count_pending_failure() else None
+
+
+@bp.route("/login/code", methods=["GET", "POST"])
+@limits.sign_in_per_ip
+def sign_in_code():
+    pending = security.pending_sign_in("code")
+    if pending is None:
+        return _start_again("two_factor_start_again")
+    form = TwoFactorCodeForm()
+    error = None
+    if form.validate_on_submit():
+        limits.password_locked_out(pending.email)
+        try:
+            method = two_factor.check_code(get_session(), manager_id=pending.manager_id,
+                                           code=form.code.data)
+        except two_factor.CodeRejected:
+            error = _wrong_code(pending)
+            if error is None:
+                return _start_again("two_factor_too_many_codes")
+        else:
+            security.end_pending_sign_in()
+            return (_begin(pending.manager_id, pending.session_version, method)
+                    or _landing(pending.next_path))
+    status = 400 if form.errors or error else 200
+    return render_template("console/sign_in_code.html", form=form, error=error), status
+
+
+def _qr_svg(uri: str) -> Markup:
+    """The otpauth:// URI as a QR code, drawn here as inline SVG (no script, no request)."""
+    return Markup(segno.make(uri, error="m").svg_inline(
+        scale=4, light="#fff", title="QR code of the secret"))
+
+
+def _enroll_page(enrollment: two_factor.Enrollment, form, action: str, error=None,
+                 status=200):
+    return render_template("console/two_factor_enroll.html", enrollment=enrollment,
+                           qr=_qr_svg(enrollment.uri), form=form, action=action,
+                           error=error), status
+
+
+@bp.route("/login/enroll", methods=["GET", "POST"])
+@limits.sign_in_per_ip
+def sign_in_enroll():
+    """An admin without a second factor, right after their password: enrol, then sign in."""
+    pending = security.pending_sign_in("enroll")
+    if pending is None:
+        return _start_again("two_factor_start_again")
+    session = get_session()
+    enrollment = two_factor.start_enrollment(session, manager_id=pending.manager_id)
+    form = EnrollmentCodeForm()
+    action = url_for("console.sign_in_enroll")
+    if not form.validate_on_submit():
+        return _enroll_page(enrollment, form, action, status=400 if form.errors else 200)
+    limits.password_locked_out(pending.email)
+    try:
+        recovery_codes = two_factor.confirm_enrollment(
+            session, manager_id=pending.manager_id, code=form.code.data,
+            actor=f"manager:{pending.manager_id}")
+    except two_factor.CodeRejected:
+        error = _wrong_code(pending)
+        if error is None:
+            return _start_again("two_factor_too_many_codes")
+        return _enroll_page(enrollment, form, action, error, 400)
+    security.end_pending_sign_in()
+    stopped = _begin(pending.manager_id, pending.session_version, "totp")
+    if stopped is not None:
+        return stopped
+    return render_template("console/recovery_codes.html", recovery_codes=recovery_codes,
+                           next_path=local_path(pending.next_path))
 
 
 @bp.route("/logout", methods=["POST"])
@@ -145,3 +257,65 @@ def claiming(slug: str, action: str):
     else:
         flash({"code": f"claims_{action}_done", "name": program.name}, "message")
     return redirect(url_for("console.edit_program", slug=slug))
+
+
+# --------------------------------------------------------------------------- Security page
+
+
+@bp.route("/security")
+@role_required("viewer", enrolling=True)
+def security_page():
+    status = two_factor.status(get_session(), manager_id=current_user.manager_id)
+    return render_template("console/security.html", status=status,
+                           required=two_factor.required(current_user.role),
+                           form=TwoFactorCodeForm())
+
+
+@bp.route("/security/two-factor", methods=["GET", "POST"])
+@role_required("viewer", enrolling=True)
+def two_factor_setup():
+    session = get_session()
+    if current_user.two_factor:
+        flash("two_factor_already_on")
+        return redirect(url_for("console.security_page"))
+    enrollment = two_factor.start_enrollment(session, manager_id=current_user.manager_id)
+    form = EnrollmentCodeForm()
+    action = url_for("console.two_factor_setup")
+    if not form.validate_on_submit():
+        return _enroll_page(enrollment, form, action, status=400 if form.errors else 200)
+    limits.password_locked_out(current_user.email)
+    try:
+        recovery_codes = two_factor.confirm_enrollment(
+            session, manager_id=current_user.manager_id, code=form.code.data,
+            actor=current_user.actor)
+    except two_factor.CodeRejected as exc:
+        limits.record_password_failure(current_user.email)
+        return _enroll_page(enrollment, form, action, exc.code, 400)
+    return render_template("console/recovery_codes.html", recovery_codes=recovery_codes,
+                           next_path=url_for("console.security_page"))
+
+
+@bp.route("/security/two-factor/disable", methods=["POST"])
+@role_required("viewer")
+def two_factor_disable():
+    """Turn one's own second factor off, with a current code (a session alone is not enough);
+    an admin cannot."""
+    session = get_session()
+    form = TwoFactorCodeForm()
+    error = None
+    if form.validate_on_submit():
+        limits.password_locked_out(current_user.email)
+        try:
+            two_factor.turn_off(session, manager_id=current_user.manager_id,
+                                code=form.code.data, actor=current_user.actor)
+        except two_factor.CodeRejected as exc:
+            limits.record_password_failure(current_user.email)
+            error = exc.code
+        except two_factor.TwoFactorRequired as exc:
+            error = exc.code
+        else:
+            flash("two_factor_disabled")
+            return redirect(url_for("console.security_page"))
+    status = two_factor.status(session, manager_id=current_user.manager_id)
+    return render_template("console/security.html", status=status, form=form, error=error,
+                           required=two_factor.required(current_user.role)), 400
