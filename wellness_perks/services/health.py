@@ -9,13 +9,15 @@
   done or may not be: the broker does not answer; a queue has no live worker consuming it; a
   claim has been pending, or a mail due, for longer than ``HEALTH_GRACE_SECONDS``; a mail's send
   attempt outlived its lease by that long. Failed mails are counted, not degrading: they need
-  an operator (``resend-failed``), not a restart;
+  an operator (``resend-failed``), not a restart; so are the mails marked possibly sent (an
+  attempt cut off mid-send: the creator may hold two copies), per program;
 - ``ok``: none of that.
 
 Every number comes from an index range bounded by the work outstanding (pending claims, mails
 not sent), or from a program's counters; never from a scan of the codes, the claims decided or
-the mails sent. The broker and the workers are asked with short timeouts (``broker``): a
-broker or a worker that hangs makes its check fail, not the answer wait.
+the mails sent, but for the mails marked possibly sent (``_POSSIBLY_SENT``: the mark has no
+index yet, which needs a migration). The broker and the workers are asked with short timeouts
+(``broker``): a broker or a worker that hangs makes its check fail, not the answer wait.
 """
 
 from __future__ import annotations
@@ -118,6 +120,14 @@ _FIRST_RETRY_DUE = (sa.select(_mail.next_attempt_at)
 _FIRST_NEW_DUE = sa.select(sa.func.min(_mail.created_at)).where(
     _mail.status == _QUEUED, _mail.next_attempt_at.is_(None))
 _FIRST_LEASE = sa.select(sa.func.min(_mail.sending_started_at)).where(_mail.status == _SENDING)
+# Code mails marked possibly sent, by program (a sign-in mail has no claim: not counted). The
+# mark stays once the mail is sent again, as a failed mail stays counted until resent.
+_POSSIBLY_SENT = (sa.select(_program.slug, sa.func.count())
+                  .select_from(OutboundEmail.__table__
+                               .join(Claim.__table__, _claim.id == _mail.claim_id)
+                               .join(Program.__table__, _program.id == _claim.program_id))
+                  .where(_mail.possibly_sent_at.is_not(None))
+                  .group_by(_program.slug).order_by(_program.slug))
 
 
 def _bounded(session: Session) -> None:
@@ -137,6 +147,7 @@ class OwedFigures:
     mails: dict[str, int]
     oldest_due_mail_seconds: float
     oldest_lease_seconds: float
+    possibly_sent: dict[str, int]  # program slug -> its mails marked possibly sent (if any)
 
 
 def _owed(session: Session, now: datetime) -> OwedFigures:
@@ -150,7 +161,8 @@ def _owed(session: Session, now: datetime) -> OwedFigures:
                        session.execute(_FIRST_NEW_DUE).scalar()) if d is not None]
     return OwedFigures(pending=pending, oldest_pending_seconds=_age(now, first_pending),
                        mails=mails, oldest_due_mail_seconds=_age(now, min(due, default=None)),
-                       oldest_lease_seconds=_age(now, session.execute(_FIRST_LEASE).scalar()))
+                       oldest_lease_seconds=_age(now, session.execute(_FIRST_LEASE).scalar()),
+                       possibly_sent=dict(session.execute(_POSSIBLY_SENT).all()))
 
 
 # --------------------------------------------------------------------------- the checks
@@ -207,7 +219,8 @@ def check(session: Session, *, now: datetime | None = None) -> Health:
             **{state: owed.mails[state] for state in (MailStatus.queued, MailStatus.sending,
                                                       MailStatus.failed)},
             "oldest_due_seconds": round(owed.oldest_due_mail_seconds, 1),
-            "oldest_sending_seconds": round(owed.oldest_lease_seconds, 1)}
+            "oldest_sending_seconds": round(owed.oldest_lease_seconds, 1),
+            "possibly_sent": owed.possibly_sent}
 
     status = worst(*(c["status"] for c in checks.values()))
     if checks["database"]["status"] == Status.error:
@@ -252,6 +265,7 @@ class Measurements:
 
     programs: list[dict]
     mails: dict[str, int | None]
+    possibly_sent: dict[str, int]  # program slug -> its mails marked possibly sent
     oldest_pending_seconds: float
     oldest_due_mail_seconds: float
     queue_depths: dict[str, int]
@@ -262,7 +276,8 @@ class Measurements:
 
 def measure(session: Session, *, now: datetime | None = None) -> Measurements:
     """Claims by state and program (allocations and stock from the program's counters), mails
-    by state (all but ``sent``, whose count would grow with every mail ever sent), the oldest
+    by state (all but ``sent``, whose count would grow with every mail ever sent) and those
+    marked possibly sent by program, the oldest
     pending claim and due mail, queue depths and their workers, and task failures."""
     now = now or datetime.now(UTC)
     health = check(session, now=now)
@@ -277,10 +292,10 @@ def measure(session: Session, *, now: datetime | None = None) -> Measurements:
                            ClaimState.refused.value: row.refused,
                            ClaimState.allocated.value: row.allocated_count}})
         owed = _owed(session, now)
-        mails = dict(owed.mails)
+        mails, possibly_sent = dict(owed.mails), dict(owed.possibly_sent)
         oldest_pending, oldest_due = owed.oldest_pending_seconds, owed.oldest_due_mail_seconds
     except Exception:  # noqa: BLE001 - the status says the database is down
-        mails, oldest_pending, oldest_due = {}, 0.0, 0.0
+        mails, possibly_sent, oldest_pending, oldest_due = {}, {}, 0.0, 0.0
     finally:
         session.rollback()
     queues = health.checks["queues"]
@@ -292,6 +307,7 @@ def measure(session: Session, *, now: datetime | None = None) -> Measurements:
         failures = broker.task_failures()
     except broker.BrokerUnavailable:
         failures = {}
-    return Measurements(programs=programs, mails=mails, oldest_pending_seconds=oldest_pending,
+    return Measurements(programs=programs, mails=mails, possibly_sent=possibly_sent,
+                        oldest_pending_seconds=oldest_pending,
                         oldest_due_mail_seconds=oldest_due, queue_depths=depths,
                         queue_workers=workers, task_failures=failures, status=health.status)

@@ -101,6 +101,13 @@ class _Collector:
         for state, count in m.mails.items():
             mails.add_metric([state], count)
         yield mails
+        possibly_sent = GaugeMetricFamily(
+            "wellness_perks_mails_possibly_sent",
+            "Code mails an attempt of which was cut off mid-send (maybe received twice)",
+            labels=["program"])
+        for p in m.programs:
+            possibly_sent.add_metric([p["program"]], m.possibly_sent.get(p["program"], 0))
+        yield possibly_sent
         yield GaugeMetricFamily("wellness_perks_oldest_pending_claim_seconds",
                                 "Age of the oldest pending claim (0: none)",
                                 value=m.oldest_pending_seconds)

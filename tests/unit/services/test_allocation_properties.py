@@ -18,7 +18,13 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlmodel import select
 
 from tests.conftest import _empty_tables
@@ -77,6 +83,16 @@ def machine_for(app, exercised: Counter):
 
         # ------------------------------------------------------------------ rules
 
+        @initialize(count=st.integers(3, 12), country=st.sampled_from(COUNTRIES),
+                    country_quota=st.integers(1, 2))
+        def before_the_launch(self, count, country, country_quota):
+            """Codes uploaded and a country capped before the first claim: most often more
+            codes than the quota of 5, so that a rush meets the quota (or the country's) with
+            codes left in stock, where only the quota checks stop it (with fewer, the stock
+            would)."""
+            self.upload_batch(count)
+            self.change_country_quota(country, country_quota)
+
         @rule(who=st.integers(0, CREATORS - 1))
         def claim(self, who):
             claims.request_claim(self.s, program=self.program, creator_id=self.creator_ids[who])
@@ -85,6 +101,17 @@ def machine_for(app, exercised: Counter):
         def rush_while_the_worker_is_away(self, first, count):
             """Several claims at once, served by one allocation run (as on launch day)."""
             for who in range(first, min(first + count, CREATORS)):
+                self.claim_whose_task_is_lost(who)
+            allocation.allocate_program(self.s, program_id=self.program.id)
+            self.lost.clear()
+
+        @rule(country=st.sampled_from(COUNTRIES), count=st.integers(2, 5))
+        def rush_from_one_country(self, country, count):
+            """Creators of one country at once, served by one allocation run: a capped
+            country fills within the batch, and its next creator must wait."""
+            of_country = [who for who in range(CREATORS)
+                          if COUNTRIES[who % len(COUNTRIES)] == country]
+            for who in of_country[:count]:
                 self.claim_whose_task_is_lost(who)
             allocation.allocate_program(self.s, program_id=self.program.id)
             self.lost.clear()

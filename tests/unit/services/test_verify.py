@@ -2,10 +2,12 @@
 is corrupted the way a bug would.
 
 A healthy program is built through the real services (imports, claims, allocation, a reissue,
-mails sent to a real SMTP server) and verifies clean. Each case of ``CASES`` then corrupts it in
+mails sent to a real SMTP server) and verifies clean, beside a second program whose claims,
+codes and mails are there to be left out. Each case of ``CASES`` then corrupts the first in
 exactly one way, with SQL through the test's session, and ``verify`` must report exactly the
-case's lines: one more or one fewer fails. Where the schema itself forbids the corruption, the
-case lifts that constraint for the test (see ``constraints_lifted``).
+case's lines: one more or one fewer fails; each of ``OTHER_PROGRAM_CASES`` corrupts the second,
+and ``verify`` reports it there and nothing of it in the first. Where the schema itself forbids
+the corruption, the case lifts that constraint for the test (see ``constraints_lifted``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class Healthy:
     its second; pk3 (PK) is waitlisted (PK's quota of 2 is full); tardy (PK) claimed after the
     window closed and was refused; outsider, on another program's list only, was turned away
     with nothing recorded; late is on the list and has not claimed. Two codes are in stock.
+
+    The other program (calm-1y, IN capped at 1) has outsider and pk2 on its list: both hold one
+    of its codes (all PK: had a check of the first program counted them, PK would be over its
+    quota), pk2 holds claims in both programs, and one of its codes is in stock.
     """
 
     program_id: int
@@ -66,10 +72,15 @@ class Healthy:
     claim: dict[str, int]
     code: dict[str, int]  # each holder's code; "voided": pk1's first one
     mail: dict[str, int]  # each holder's mail for the code it holds
+    other_program_id: int
+    other_claim: dict[str, int]  # outsider's and pk2's claims on the other program
+    other_code: dict[str, int]  # the codes they hold; "in stock": its code in stock
+    other_mail: dict[str, int]  # their mails for those codes
     made: dict[str, int] = field(default_factory=dict)  # ids of rows a corruption added
 
 
 HOLDERS = ("pk1", "pk2", "in1")
+OTHER_HOLDERS = ("outsider", "pk2")
 
 
 def healthy_program(app, factory, session, smtp_server) -> Healthy:
@@ -77,9 +88,10 @@ def healthy_program(app, factory, session, smtp_server) -> Healthy:
     factory.creators(program, [f"{n}@example.com"
                                for n in ("pk1", "pk2", "pk3", "late", "tardy")], country="PK")
     factory.creators(program, ["in1@example.com"], country="IN")
-    other = factory.program(slug="calm-1y", name="Calm · 1 year")
-    factory.creators(other, ["outsider@example.com"])
+    other = factory.program(slug="calm-1y", name="Calm · 1 year", country_quotas={"IN": 1})
+    factory.creators(other, ["outsider@example.com", "pk2@example.com"])
     factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(6)])
+    factory.codes(other, [f"CALM-CODE-{i:04d}" for i in range(3)])
     session.rollback()
     creator = {email.split("@")[0]: creator_id for creator_id, email in
                session.exec(select(Creator.id, Creator.email)).all()}
@@ -107,20 +119,36 @@ def healthy_program(app, factory, session, smtp_server) -> Healthy:
         OutboundEmail.claim_id == claim[name], OutboundEmail.code_id == code[name])).one()
         for name in HOLDERS}
     session.rollback()
-    for name, count in (("pk1", 2), ("pk2", 1), ("in1", 1)):
-        smtp_server.wait_for_mail(f"{name}@example.com", count=count)
-    return Healthy(program.id, creator, claim, code, mail)
-
-
-def reported(app, w: Healthy, **options) -> list[str]:
     with app.app_context():
-        return [str(v) for v in verify_program(get_session(), program_id=w.program_id,
-                                               **options)]
+        for name in OTHER_HOLDERS:
+            claims.request_claim(get_session(), program=other, creator_id=creator[name])
+    session.rollback()
+    other_claim = {name_of[creator_id]: claim_id for claim_id, creator_id in session.exec(
+        select(Claim.id, Claim.creator_id).where(Claim.program_id == other.id)).all()}
+    other_code = {name: session.get(Claim, other_claim[name]).code_id for name in OTHER_HOLDERS}
+    other_code["in stock"] = session.exec(select(Code.id).where(
+        Code.program_id == other.id, Code.status == CodeStatus.available)).one()
+    other_mail = {name: session.exec(select(OutboundEmail.id).where(
+        OutboundEmail.claim_id == other_claim[name],
+        OutboundEmail.code_id == other_code[name])).one() for name in OTHER_HOLDERS}
+    session.rollback()
+    for name, count in (("pk1", 2), ("pk2", 2), ("in1", 1), ("outsider", 1)):
+        smtp_server.wait_for_mail(f"{name}@example.com", count=count)
+    return Healthy(program.id, creator, claim, code, mail, other.id, other_claim, other_code,
+                   other_mail)
+
+
+def reported(app, w: Healthy, program_id: int | None = None, **options) -> list[str]:
+    """What ``verify`` reports of the healthy program (or of ``program_id``)."""
+    with app.app_context():
+        return [str(v) for v in verify_program(get_session(), program_id=program_id or
+                                               w.program_id, **options)]
 
 
 def test_the_healthy_program_verifies_clean(app, factory, session, smtp_server):
     w = healthy_program(app, factory, session, smtp_server)
-    states = {c.id: (c.state, c.reason) for c in session.exec(select(Claim)).all()}
+    states = {c.id: (c.state, c.reason) for c in session.exec(
+        select(Claim).where(Claim.program_id == w.program_id)).all()}
     assert states == {
         w.claim["pk1"]: (ClaimState.allocated, None),
         w.claim["pk2"]: (ClaimState.allocated, None),
@@ -131,14 +159,28 @@ def test_the_healthy_program_verifies_clean(app, factory, session, smtp_server):
     program = session.get(Program, w.program_id)
     assert (program.allocated_count, program.in_stock_count) == (3, 2)
     assert session.exec(select(CountryQuota.country, CountryQuota.quota,
-                               CountryQuota.allocated_count)).all() == [("PK", 2, 2)]
+                               CountryQuota.allocated_count)
+                        .where(CountryQuota.program_id == w.program_id)).all() == [("PK", 2, 2)]
     assert session.get(Code, w.code["voided"]).status == CodeStatus.void
     mails = session.exec(select(OutboundEmail.kind, OutboundEmail.status)
+                         .join(Claim, Claim.id == OutboundEmail.claim_id)
+                         .where(Claim.program_id == w.program_id)
                          .order_by(OutboundEmail.id)).all()
     assert mails == [(MailKind.redemption, MailStatus.sent)] * 3 + [
         (MailKind.reissue, MailStatus.sent)]
+    # The other program: two codes given out (to PK creators, pk2 among them), one in stock.
+    other = session.get(Program, w.other_program_id)
+    assert (other.allocated_count, other.in_stock_count) == (2, 1)
+    assert {session.get(Claim, i).country for i in w.other_claim.values()} == {"PK"}
+    assert session.exec(select(CountryQuota.country, CountryQuota.quota,
+                               CountryQuota.allocated_count)
+                        .where(CountryQuota.program_id == w.other_program_id)).all() == [
+        ("IN", 1, 0)]
+    assert [session.get(OutboundEmail, i).status for i in w.other_mail.values()] == [
+        MailStatus.sent] * 2
     session.rollback()
     assert reported(app, w) == []
+    assert reported(app, w, program_id=w.other_program_id) == []
 
 
 # --------------------------------------------------------------------------- lifting constraints
@@ -439,6 +481,90 @@ def test_verify_reports_exactly_the_broken_rule(name, app, factory, session, smt
     with constraints_lifted(session, backend, case.lifts):
         corrupt(session, backend, case, w)
         assert reported(app, w) == case.expected(w)
+
+
+# --------------------------------------------------------------------------- the other program
+
+
+def _other_refs(w: Healthy, name: str, code: str | None = None) -> str:
+    """The references a violation about ``name``'s claim on the other program prints (the
+    code it holds, or ``code``'s)."""
+    return (f"(claim={w.other_claim[name]} code={w.other_code[code or name]} "
+            f"creator={w.creator[name]})")
+
+
+def _hold_the_others_code(s: Session, w: Healthy) -> None:
+    # outsider's claim on the other program given pk2's code there.
+    s.execute(sa.update(Claim).where(Claim.id == w.other_claim["outsider"])
+              .values(code_id=w.other_code["pk2"]))
+
+
+def _assign_the_others_code_twice(s: Session, w: Healthy) -> None:
+    s.execute(sa.insert(CodeAssignment).values(
+        code_id=w.other_code["pk2"], claim_id=w.other_claim["pk2"],
+        program_id=w.other_program_id, assigned_at=datetime.now(UTC)))
+
+
+def _break_the_other_program(s: Session, w: Healthy) -> None:
+    """Each check the healthy program passes, failed by the other program once: a held code
+    back in stock and a code in stock marked assigned (the stock counter still right), a
+    claim pending too long (by late, who has not claimed the first program), a code's mail
+    lost and a mail failed with no error."""
+    s.execute(sa.update(Code).where(Code.id == w.other_code["outsider"])
+              .values(status=CodeStatus.available.value))
+    s.execute(sa.update(Code).where(Code.id == w.other_code["in stock"])
+              .values(status=CodeStatus.assigned.value))
+    w.made["claim"] = s.execute(sa.insert(Claim).values(
+        program_id=w.other_program_id, creator_id=w.creator["late"], country="PK",
+        state=ClaimState.pending.value, requested_at=LONG_AGO).returning(Claim.id)).scalar_one()
+    s.execute(sa.delete(OutboundEmail).where(OutboundEmail.id == w.other_mail["pk2"]))
+    s.execute(sa.update(OutboundEmail).where(OutboundEmail.id == w.other_mail["outsider"])
+              .values(status=MailStatus.failed.value, last_error=None))
+
+
+# Corruptions of the other program: each check is scoped to the program verified, so the
+# healthy program still verifies clean. The names keep the words tools/mutation.py selects
+# the PostgreSQL-only cases by ("held ... two", "assigned twice").
+OTHER_PROGRAM_CASES: dict[str, Case] = {
+    "its code held by two claims": Case(
+        _hold_the_others_code,
+        lambda w: [f"I1: code held by 2 claims (code={w.other_code['pk2']})",
+                   f"I1: claim holds a code whose assignment names another claim "
+                   f"{_other_refs(w, 'outsider', 'pk2')}",
+                   f"I1: code marked assigned but no claim holds it "
+                   f"(code={w.other_code['outsider']})",
+                   f"I5: allocated, but no mail for its code "
+                   f"{_other_refs(w, 'outsider', 'pk2')}"],
+        (UNIQUE_CLAIM_CODE,)),
+    "its code assigned twice": Case(
+        _assign_the_others_code_twice,
+        lambda w: [f"I1: code assigned 2 times (code={w.other_code['pk2']})"],
+        (UNIQUE_ASSIGNMENT_CODE,)),
+    "its claims, codes and mails broken": Case(
+        _break_the_other_program,
+        lambda w: [f"I1: claim holds a code whose status is available "
+                   f"{_other_refs(w, 'outsider')}",
+                   f"I1: a code given out once is back in stock "
+                   f"(code={w.other_code['outsider']})",
+                   f"I1: code marked assigned but no claim holds it "
+                   f"(code={w.other_code['in stock']})",
+                   f"I4: pending since {SINCE} (claim={w.made['claim']} "
+                   f"creator={w.creator['late']})",
+                   f"I5: allocated, but no mail for its code {_other_refs(w, 'pk2')}",
+                   f"I5: mail #{w.other_mail['outsider']} failed with no error recorded "
+                   f"{_other_refs(w, 'outsider')}"]),
+}
+
+
+@pytest.mark.parametrize("name", OTHER_PROGRAM_CASES)
+def test_verify_reports_another_programs_corruption_there_only(name, app, factory, session,
+                                                               smtp_server, backend):
+    case = OTHER_PROGRAM_CASES[name]
+    w = healthy_program(app, factory, session, smtp_server)
+    with constraints_lifted(session, backend, case.lifts):
+        corrupt(session, backend, case, w)
+        assert reported(app, w, program_id=w.other_program_id) == case.expected(w)
+        assert reported(app, w) == []
 
 
 @pytest.mark.parametrize("name", [name for name, case in CASES.items() if case.lifts])

@@ -5,9 +5,9 @@ does not answer (also one that hangs), or for work owed past the grace period.""
 
 from __future__ import annotations
 
+import concurrent.futures
 import socket
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -153,15 +153,19 @@ def hung_broker():
 
 
 def test_a_hung_broker_makes_healthz_degraded_at_once(app_config, hung_broker):
+    """The broker's probe gives up on its own (its TimeoutError is the answer): the request is
+    answered, not left waiting. No duration is asserted: a request that hangs fails at the
+    deadline instead of holding the suite."""
     app_config["CELERY_BROKER_URL"] = hung_broker
     app = create_app(app_config)
-    started = time.monotonic()
-    response = get(app, "/healthz", LOCAL)
-    elapsed = time.monotonic() - started
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        response = pool.submit(get, app, "/healthz", LOCAL).result(timeout=60)
+    finally:
+        pool.shutdown(wait=False)  # a request left hanging is not waited for
     assert response.status_code == 200
     assert response.json["status"] == "degraded"
     assert response.json["checks"]["broker"] == {"status": "error", "error": "TimeoutError"}
-    assert elapsed < 5, elapsed  # generous: the probe's own bound is a quarter of a second
     app.extensions["db_engine"].dispose()
 
 
@@ -238,7 +242,56 @@ def test_a_mail_waiting_for_its_retry_or_in_its_lease_is_ok(ops_app, session):
     assert body["status"] == "ok", body
     assert body["checks"]["mails"] == {"status": "ok", "queued": 1, "sending": 1, "failed": 1,
                                        "oldest_due_seconds": 0.0,
-                                       "oldest_sending_seconds": pytest.approx(100, abs=15)}
+                                       "oldest_sending_seconds": pytest.approx(100, abs=15),
+                                       "possibly_sent": {}}
+
+
+def test_mails_marked_possibly_sent_are_counted_per_program(ops_app, factory, session):
+    """A code mail whose attempt was cut off mid-send (the sweeper marked it) may have reached
+    its creator twice: counted by program, whether sent again since or not (as the failed are
+    counted until resent), in the details, the metrics and the command; an operator's
+    business, not degrading. A sign-in mail has no program and is not counted."""
+    from sqlmodel import select
+
+    from wellness_perks.models import Claim, Creator
+
+    now = datetime.now(UTC)
+    headspace = factory.program(slug="headspace-6m", quota=10)
+    calm = factory.program(slug="calm-1y", name="Calm · 1 year", quota=10)
+    factory.program(slug="quiet-3m", name="Quiet · 3 months", quota=10)  # no mail at all
+    factory.creators(headspace, ["a@example.com", "b@example.com", "c@example.com"])
+    factory.creators(calm, ["d@example.com"])
+    lost_claims(session, headspace, ["a@example.com", "b@example.com", "c@example.com"],
+                requested_at=now)
+    lost_claims(session, calm, ["d@example.com"], requested_at=now)
+    claim_of = dict(session.exec(select(Creator.email, Claim.id)
+                                 .join(Claim, Claim.creator_id == Creator.id)).all())
+
+    def code_mail(email, **values):
+        session.add(OutboundEmail(kind="redemption", to_email=email, claim_id=claim_of[email],
+                                  attempts=2, **values))
+
+    code_mail("a@example.com", status=MailStatus.sent.value, sent_at=now,
+              possibly_sent_at=now - timedelta(minutes=5))  # sent again since
+    code_mail("b@example.com", possibly_sent_at=now,  # waiting for its next attempt
+              next_attempt_at=now + timedelta(minutes=1))
+    code_mail("c@example.com", status=MailStatus.failed.value, last_error="550 no such user")
+    code_mail("d@example.com", status=MailStatus.sent.value, sent_at=now, possibly_sent_at=now)
+    session.commit()
+    _mail(session, status=MailStatus.sent.value, sent_at=now, possibly_sent_at=now)  # sign-in
+
+    body = get(ops_app, "/healthz").json
+    assert body["status"] == "ok", body
+    assert body["checks"]["mails"]["possibly_sent"] == {"calm-1y": 1, "headspace-6m": 2}
+    assert body["checks"]["mails"]["failed"] == 1
+    samples = _samples(get(ops_app, "/metrics"))
+    assert {program: samples[f'wellness_perks_mails_possibly_sent{{program="{program}"}}']
+            for program in ("headspace-6m", "calm-1y", "quiet-3m")} == {
+        "headspace-6m": 2, "calm-1y": 1, "quiet-3m": 0}
+    result = ops_app.test_cli_runner().invoke(args=["health"])
+    assert result.exit_code == 0, result.output
+    [mails] = [line for line in result.stdout.splitlines() if line.startswith("mails:")]
+    assert mails.endswith(" possibly_sent=calm-1y:1;headspace-6m:2"), mails
 
 
 # --------------------------------------------------------------------------- /metrics
