@@ -1,4 +1,4 @@
-"""The console's sign-in and its first page."""
+"""The console's sign-in, its list of programs and each program's dashboard."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from flask_login import current_user
 
 from ...db import get_session
 from ...services import auth as auth_service
-from ...services import programs
+from ...services import dashboard, programs
 from .. import limits
 from ..security import ManagerUser, begin_session, end_session, local_path, role_required
+from . import charts
 from .forms import ManagerSignInForm
 
 bp = Blueprint("console", __name__, url_prefix="/manage")
@@ -66,3 +67,33 @@ def logout():
 def index():
     return render_template("console/index.html", now=datetime.now(UTC),
                            programs=programs.list_programs(get_session()))
+
+
+@bp.route("/programs/<slug>")
+@role_required("viewer")
+def program_dashboard(slug: str):
+    session = get_session()
+    numbers = dashboard.program_dashboard(session, program=programs.get_program(session, slug))
+    return render_template("console/dashboard.html", d=numbers, charts=_charts(numbers))
+
+
+def _charts(d: dashboard.Dashboard) -> dict:
+    """The dashboard's series drawn as SVG (the page shows the same numbers in tables)."""
+    return {
+        "per_hour": charts.bar_chart(
+            [(f"{hour:%d %b %H:00}", n) for hour, n in d.per_hour], chart_id="chart-hours",
+            title=f"Claims per hour, last {len(d.per_hour)} hours (UTC)",
+            desc=f"{sum(n for _h, n in d.per_hour):,} claims in all; the busiest hour had "
+                 f"{max((n for _h, n in d.per_hour), default=0):,}.", label_every=12),
+        "per_day": charts.bar_chart(
+            [(f"{day:%d %b}", n) for day, n in d.per_day], chart_id="chart-days",
+            title=f"Claims per day, last {len(d.per_day)} days (UTC)",
+            desc=f"{sum(n for _d, n in d.per_day):,} claims in all; today so far "
+                 f"{d.per_day[-1][1] if d.per_day else 0:,}.", label_every=2),
+        "stock": charts.line_chart(
+            [(at.timestamp(), n, f"{at:%d %b %H:%M}") for at, n in d.stock_over_time],
+            chart_id="chart-stock", title="Codes in stock over time (UTC)",
+            desc=f"{d.in_stock:,} codes in stock now"
+                 + (f"; {d.stock_over_time[0][1]:,} on {d.stock_over_time[0][0]:%d %b %H:%M}."
+                    if len(d.stock_over_time) > 1 else ".")),
+    }
