@@ -31,7 +31,6 @@ from sqlmodel import Session
 
 from .. import dispatch
 from ..logs import log_event
-from . import dashboard
 from ..models import (
     Claim,
     ClaimState,
@@ -42,6 +41,7 @@ from ..models import (
     OutboundEmail,
     Program,
 )
+from . import dashboard
 
 SWEEP_BATCH = 5000  # pragma: no mutate (a bound on one sweep's work; the next sweep takes the rest)
 

@@ -119,15 +119,15 @@ def verify_program(session: Session, *, program_id: int, now: datetime | None = 
     if in_stock != program.in_stock_count:
         out.append(Violation("I2", f"{in_stock} codes in stock, counter says "
                                    f"{program.in_stock_count}"))
-    for batch_id, name, counter, counted in q(
-            sa.select(CodeBatch.id, CodeBatch.name, CodeBatch.in_stock_count,
+    for batch_id, counter, counted in q(
+            sa.select(CodeBatch.id, CodeBatch.in_stock_count,
                       sa.select(sa.func.count()).select_from(Code)
                       .where(Code.batch_id == CodeBatch.id,
                              Code.status == CodeStatus.available)
                       .correlate(CodeBatch).scalar_subquery())
             .where(CodeBatch.program_id == program_id).order_by(CodeBatch.id)):
         if counted != counter:
-            out.append(Violation("I2", f"batch #{batch_id} ({name}): {counted} codes in stock, "
+            out.append(Violation("I2", f"batch #{batch_id}: {counted} codes in stock, "
                                        f"counter says {counter}"))
     for hour, rolled in q(sa.select(ClaimHour.hour, ClaimHour.claims)
                           .where(ClaimHour.program_id == program_id)

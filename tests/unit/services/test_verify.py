@@ -24,10 +24,12 @@ from tests.unit.services.scenarios import allocate_each, stocked_program, verifi
 from wellness_perks.db import get_session
 from wellness_perks.models import (
     Claim,
+    ClaimHour,
     ClaimReason,
     ClaimState,
     Code,
     CodeAssignment,
+    CodeBatch,
     CodeStatus,
     CountryQuota,
     Creator,
@@ -46,6 +48,7 @@ SLUG = "headspace-6m"
 # a message naming the time can be written out exactly.
 LONG_AGO = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
 SINCE = f"{LONG_AGO:%Y-%m-%d %H:%M:%S}"
+ROLLED_HOUR = LONG_AGO.replace(minute=0, second=0)
 
 
 # --------------------------------------------------------------------------- the healthy program
@@ -157,6 +160,7 @@ UNIQUE_CLAIM_PER_CREATOR = Constraint("uq_claim_program_creator", "unique")
 CHECK_QUOTA_ROOM = Constraint("ck_program_quota_room", "check")
 CHECK_STOCK_POSITIVE = Constraint("ck_program_stock_positive", "check")
 CHECK_COUNTRY_QUOTA_ROOM = Constraint("ck_country_quota_room", "check")
+CHECK_BATCH_STOCK_POSITIVE = Constraint("ck_codebatch_stock_positive", "check")
 
 
 _DEFINITIONS = sa.text(
@@ -273,6 +277,22 @@ def _restore_given_out_code(s: Session, w: Healthy) -> None:
               .values(status=CodeStatus.available.value))
     s.execute(sa.update(Program).where(Program.id == w.program_id)
               .values(in_stock_count=Program.in_stock_count + 1))
+    s.execute(sa.update(CodeBatch).where(
+        CodeBatch.id == sa.select(Code.batch_id).where(Code.id == w.code["voided"])
+        .scalar_subquery()).values(in_stock_count=CodeBatch.in_stock_count + 1))
+
+
+def _update_batch(**values) -> Corruption:
+    def update(s: Session, w: Healthy) -> None:
+        w.made["batch"] = s.execute(sa.select(CodeBatch.id).where(
+            CodeBatch.program_id == w.program_id)).scalar_one()
+        s.execute(sa.update(CodeBatch).where(CodeBatch.id == w.made["batch"]).values(**values))
+    return update
+
+
+def _roll_up_wrongly(s: Session, w: Healthy) -> None:
+    # The hour of LONG_AGO had no claim (the program's were made since), its rollup says 4.
+    s.execute(sa.insert(ClaimHour).values(program_id=w.program_id, hour=ROLLED_HOUR, claims=4))
 
 
 def _assign_twice(s: Session, w: Healthy) -> None:
@@ -344,6 +364,17 @@ CASES: dict[str, Case] = {
         _update_program(in_stock_count=-1),
         lambda w: ["I2: 2 codes in stock, counter says -1"],
         (CHECK_STOCK_POSITIVE,)),
+    "I2 batch stock counter ahead": Case(
+        _update_batch(in_stock_count=3),
+        lambda w: [f"I2: batch #{w.made['batch']}: 2 codes in stock, counter says 3"]),
+    "I2 batch stock counter below zero": Case(
+        _update_batch(in_stock_count=-1),
+        lambda w: [f"I2: batch #{w.made['batch']}: 2 codes in stock, counter says -1"],
+        (CHECK_BATCH_STOCK_POSITIVE,)),
+    "I2 claims rolled up wrongly": Case(
+        _roll_up_wrongly,
+        lambda w: [f"I2: 0 claims in the hour of {ROLLED_HOUR:%Y-%m-%d %H}:00, "
+                   "its rollup says 4"]),
     "I2 over a country quota": Case(
         _update_country_quota("PK", quota=1),
         lambda w: ["I2: PK: 2 allocated, country quota 1"],
