@@ -530,14 +530,17 @@ def test_verify_reports_every_broken_invariant_at_once(app, factory, session, sm
     session.commit()
     with app.app_context():
         found = verify_program(get_session(), program_id=program.id)
+    batch_id = session.get(Code, third.code_id).batch_id
     # Each corruption is reported, none hides another; the code put back in stock is also a
-    # code held in the wrong status, and one the stock counter doesn't count.
+    # code held in the wrong status, and one the stock counters (program's and batch's) don't
+    # count.
     assert [str(v) for v in found] == [
         f"I1: claim holds a code whose status is available "
         f"(claim={third.id} code={third.code_id} creator={third.creator_id})",
         f"I1: a code given out once is back in stock (code={third.code_id})",
         "I2: 3 allocated, counter says 2",
         "I2: 3 codes in stock, counter says 2",
+        f"I2: batch #{batch_id}: 3 codes in stock, counter says 2",
         f"I4: pending since {SINCE} (claim={stuck.id} creator={late.id})",
         f"I5: allocated, but no mail for its code "
         f"(claim={second.id} code={second.code_id} creator={second.creator_id})",
