@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from tests.unit.services.test_query_plans import _migrated_database, generic_plan
 from wellness_perks.db import make_engine
 from wellness_perks.migrate import upgrade
-from wellness_perks.services import dashboard, programs
+from wellness_perks.services import dashboard, programs, stock
 
 NOW = datetime.now(UTC)
 
@@ -179,9 +179,12 @@ def sqlite_plan(engine: sa.Engine, statement: sa.Executable, params: dict) -> li
 
     with engine.connect() as conn:
         sa.event.listen(conn, "before_cursor_execute", capture)
-        conn.execute(statement, params).all()
+        result = conn.execute(statement, params)
+        if result.returns_rows:
+            result.all()
         sa.event.remove(conn, "before_cursor_execute", capture)
-        (text, values), = [(t, v) for t, v in sent if t.lstrip().upper().startswith("SELECT")]
+        (text, values), = [(t, v) for t, v in sent
+                           if t.lstrip().upper().startswith(("SELECT", "UPDATE"))]
         rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {text}", values).all()
         conn.rollback()
     return [row[-1] for row in rows]
@@ -208,3 +211,15 @@ def test_the_rollup_finds_each_programs_last_hour_by_key(pg_engine, sqlite_engin
     assert "claimhour_pkey" in plan and "Seq Scan on claimhour" not in plan, plan
     lines = sqlite_plan(sqlite_engine, dashboard._LAST_ROLLED_PER_PROGRAM, {})
     assert not any(line.startswith("SCAN claimhour") for line in lines), lines
+
+
+def test_allocation_lowers_the_batch_counters_by_the_codes_keys(pg_engine, sqlite_engine):
+    """The one statement allocation adds per batch (``stock.take``) finds the codes it took by
+    key, in a generic plan too (it runs outside ``planned_each_execution``): never by walking
+    the codes."""
+    params = {"b_codes": list(range(40_001, 40_201))}
+    plan = generic_plan(pg_engine, stock._LOWER_BATCHES, **params)
+    assert "code_pkey" in plan and "Seq Scan on code " not in plan + " ", plan
+    lines = sqlite_plan(sqlite_engine, stock._LOWER_BATCHES, params)
+    assert not any(line.split()[:2] == ["SCAN", "taken"] for line in lines), lines
+    assert any("taken USING INTEGER PRIMARY KEY" in line for line in lines), lines
