@@ -41,6 +41,8 @@ _FILL = {
         "INSERT INTO code (id, program_id, batch_id, value_encrypted, key_id, fingerprint, "
         "status) SELECT 200000 + g, 2, 5 + mod(g, 600), convert_to('t' || g, 'UTF8'), 'k', "
         "sha256(convert_to('D-' || g, 'UTF8')), 'available' FROM generate_series(1, 20000) g",
+        "UPDATE codebatch SET in_stock_count = (SELECT count(*) FROM code "
+        "WHERE code.batch_id = codebatch.id AND code.status = 'available')",
         "INSERT INTO creator (id, email, handle, country, login_nonce, created_at) "
         "SELECT g, 'c' || g || '@example.com', 'h', 'PK', 0, now() "
         "FROM generate_series(1, 50000) g",
@@ -76,6 +78,8 @@ _FILL = {
         "INSERT INTO code (id, program_id, batch_id, value_encrypted, key_id, fingerprint, "
         "status) SELECT 200000 + n, 2, 5 + n % 600, CAST('t' || n AS BLOB), 'k', "
         "CAST('D-' || n AS BLOB), 'available' FROM g",
+        "UPDATE codebatch SET in_stock_count = (SELECT count(*) FROM code "
+        "WHERE code.batch_id = codebatch.id AND code.status = 'available')",
         "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 50000) "
         "INSERT INTO creator (id, email, handle, country, locale, login_nonce, "
         "session_version, created_at) "
