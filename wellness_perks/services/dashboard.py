@@ -69,7 +69,7 @@ class CountryRow:
 
 
 @dataclass(frozen=True)
-class Warning:
+class Alert:
     """Something the manager must act on, as a stable code and its numbers (words in
     templates/messages.html)."""
 
@@ -100,7 +100,7 @@ class Dashboard:
     rate_per_hour: float  # claims an hour, over the last RATE_HOURS hours
     stock_runs_out_at: datetime | None  # at that rate, with the claims waiting served first
     quota_fills_first: bool  # the stock covers the remaining quota: it does not run out
-    warnings: list[Warning]
+    warnings: list[Alert]
 
     @property
     def waiting(self) -> int:
@@ -180,19 +180,19 @@ def _program_dashboard(session: Session, program: Program, now: datetime) -> Das
 
     warnings = []
     if in_stock < remaining:
-        warnings.append(Warning("stock_below_quota", {"in_stock": in_stock,
-                                                      "remaining": remaining,
-                                                      "short": remaining - in_stock}))
+        warnings.append(Alert("stock_below_quota", {"in_stock": in_stock,
+                                                    "remaining": remaining,
+                                                    "short": remaining - in_stock}))
     if in_stock < waiting:
-        warnings.append(Warning("stock_below_waiting", {"in_stock": in_stock,
-                                                        "waiting": waiting,
-                                                        "short": waiting - in_stock}))
+        warnings.append(Alert("stock_below_waiting", {"in_stock": in_stock,
+                                                      "waiting": waiting,
+                                                      "short": waiting - in_stock}))
     expired = sum(b.in_stock for b in batches if b.expired)
     expiring_soon = sum(b.in_stock for b in batches if b.expires_soon)
     if expired:
-        warnings.append(Warning("codes_expired_in_stock", {"count": expired}))
+        warnings.append(Alert("codes_expired_in_stock", {"count": expired}))
     if claims["mail_failed"]:
-        warnings.append(Warning("code_mails_failed", {"count": claims["mail_failed"]}))
+        warnings.append(Alert("code_mails_failed", {"count": claims["mail_failed"]}))
 
     return Dashboard(
         program_id=program.id, slug=program.slug, name=program.name, now=now,
