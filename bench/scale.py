@@ -99,6 +99,8 @@ INSERT INTO auditevent (at, actor, action, object_type, object_id, program_id, d
 UPDATE program SET allocated_count = allocated_count + (SELECT count(*) FROM seeded),
                    in_stock_count = in_stock_count - (SELECT count(*) FROM seeded)
   WHERE id = %(p)s;
+UPDATE codebatch SET in_stock_count = in_stock_count - (SELECT count(*) FROM seeded)
+  WHERE id = %(batch)s;
 """
 
 

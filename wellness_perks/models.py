@@ -288,12 +288,22 @@ class ManagerRecoveryCode(SQLModel, table=True):
 
 
 class CodeBatch(SQLModel, table=True):
+    __table_args__ = (
+        sa.CheckConstraint("in_stock_count >= 0", name="ck_codebatch_stock_positive"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     program_id: int = Field(foreign_key="program.id", nullable=False, index=True)
     name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
     source_filename: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
     expires_on: date | None = Field(default=None, sa_column=sa.Column(sa.Date))
     code_count: int = Field(default=0, nullable=False)
+    # The batch's codes in stock (status available), so the dashboard's stock per batch costs
+    # one row read however many codes there are. Moved with ``program.in_stock_count`` in the
+    # same transactions: raised by its import, lowered by ``stock.take`` (allocation, reissue) and
+    # by a void of a code in stock, raised by a restore. ``verify`` checks it (I2).
+    in_stock_count: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
@@ -336,6 +346,9 @@ class Claim(SQLModel, table=True):
         # the primary key would look as good).
         sa.Index("ix_claim_waiting", "program_id", "id", postgresql_where=sa.text(WAITING),
                  sqlite_where=sa.text(WAITING)),
+        # The claims of a program's last hours (those not yet rolled up into ``claimhour``),
+        # read by the dashboard as an index range, never by walking the program's claims.
+        sa.Index("ix_claim_program_requested", "program_id", "requested_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -353,6 +366,19 @@ class Claim(SQLModel, table=True):
     )
     requested_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     decided_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class ClaimHour(SQLModel, table=True):
+    """A program's claims of one complete UTC hour, rolled up by the sweeper
+    (``dashboard.roll_up``) once the hour is over, and the program's stock counter as that
+    rollup found it. The rows of a program end at its last rolled-up hour, which is always
+    written (with no claims if none came): the claims after it are counted live. ``verify``
+    checks the counts against the claims (I2)."""
+
+    program_id: int = Field(foreign_key="program.id", primary_key=True)
+    hour: datetime = Field(sa_column=sa.Column(UTCDateTime(), primary_key=True))
+    claims: int = Field(default=0, nullable=False)
+    in_stock: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
 
 
 class CodeAssignment(SQLModel, table=True):

@@ -105,7 +105,38 @@ def test_the_models_declare_the_checks_the_invariants_rest_on():
     assert set(MODEL_CHECKS) == {
         ("program", "ck_program_quota_room"), ("program", "ck_program_quota_positive"),
         ("program", "ck_program_stock_positive"), ("countryquota", "ck_country_quota_room"),
-        ("countryquota", "ck_country_quota_positive"), ("manager", "ck_manager_role")}
+        ("countryquota", "ck_country_quota_positive"), ("manager", "ck_manager_role"),
+        ("codebatch", "ck_codebatch_stock_positive")}
+
+
+def test_upgrade_to_0012_counts_each_batchs_codes_in_stock(empty_database):
+    config = alembic_config(empty_database, CODE_KEYS)
+    command.upgrade(config, "0009")
+    engine = make_engine(empty_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO program (id, slug, name, perk_months, quota, allocated_count, "
+            "in_stock_count, code_pattern, created_at) "
+            "VALUES (1, 'p', 'P', 6, 10, 0, 3, '.*', CURRENT_TIMESTAMP)"))
+        for batch_id, statuses in ((1, ["available", "assigned", "available", "void"]),
+                                   (2, ["available"]), (3, ["assigned"])):
+            conn.execute(sa.text(
+                "INSERT INTO codebatch (id, program_id, name, code_count, created_at) "
+                "VALUES (:id, 1, 'b', 0, CURRENT_TIMESTAMP)"), {"id": batch_id})
+            for i, status in enumerate(statuses):
+                conn.execute(sa.text(
+                    "INSERT INTO code (program_id, batch_id, value_encrypted, key_id, "
+                    "fingerprint, status) VALUES (1, :b, :token, 'k', :fingerprint, :status)"),
+                    {"b": batch_id, "token": b"t", "fingerprint": f"F-{batch_id}-{i}".encode(),
+                     "status": status})
+    for _ in range(2):  # and down and up again
+        command.upgrade(config, "0012")
+        with engine.connect() as conn:
+            counters = conn.execute(sa.text("SELECT id, in_stock_count FROM codebatch "
+                                            "ORDER BY id"))
+            assert counters.all() == [(1, 2), (2, 1), (3, 0)]
+        command.downgrade(config, "0009")
+    engine.dispose()
 
 
 def test_upgrade_to_0003_counts_each_programs_codes_in_stock(empty_database):

@@ -83,7 +83,7 @@ def void_code(session: Session, *, program_id: int, value: str, reason: str,
             raise Conflict(f"code #{code.id} is already void")
         if code.status == CodeStatus.available:
             code.status = CodeStatus.void
-            stock.move_counter(session.connection(), program_id, -1)
+            stock.move_counter(session.connection(), program_id, -1, batch_id=code.batch_id)
             audit.record(session, audit.event(actor=actor, action="code.voided",
                                               object_type="code", object_id=code.id,
                                               program_id=program_id, detail={"reason": reason}))
@@ -129,7 +129,9 @@ def _reissue(session: Session, program_id: int, claim: Claim, old: Code, reason:
         .execution_options(synchronize_session=False)
     )
     stock.take(conn, program_id, new_code_ids, now)
-    stock.move_counter(conn, program_id, -1)  # the old code was held, not in stock
+    # The new code leaves the stock (its batch's counter moved with ``take``); the old code
+    # was held, not in stock.
+    stock.move_counter(conn, program_id, -1, batch_id=None)
     claim.code_id = new_code_id
     session.add(CodeAssignment(code_id=new_code_id, claim_id=claim.id, program_id=program_id,
                                assigned_at=now))
@@ -156,7 +158,7 @@ def restore_code(session: Session, *, program_id: int, value: str, actor: str) -
         if session.exec(select(CodeAssignment.id).where(CodeAssignment.code_id == code.id)).first():
             raise Conflict(f"code #{code.id} was given to a creator once: it can't be reused")
         code.status = CodeStatus.available
-        stock.move_counter(session.connection(), program_id, 1)
+        stock.move_counter(session.connection(), program_id, 1, batch_id=code.batch_id)
         audit.record(session, audit.event(actor=actor, action="code.restored",
                                           object_type="code", object_id=code.id,
                                           program_id=program_id))
@@ -367,7 +369,7 @@ def void_batch(session: Session, *, program_id: int, batch: str | int, reason: s
         held = session.execute(sa.select(sa.func.count()).select_from(Code).where(
             Code.batch_id == found.id, Code.status == CodeStatus.assigned)).scalar_one()
         if voided:
-            stock.move_counter(conn, program_id, -voided)
+            stock.move_counter(conn, program_id, -voided, batch_id=found.id)
             audit.record(session, audit.event(
                 actor=actor, action=BATCH_VOIDED, object_type="code_batch",
                 object_id=found.id, program_id=program_id,

@@ -642,7 +642,8 @@ def import_codes(
     if report.imported and writer.writing:
         # The import commits (no invalid row, or they are skipped). Last, just before the
         # commit: the program's row stays locked only this long.
-        stock.move_counter(session.connection(), program_id, report.imported)
+        stock.move_counter(session.connection(), program_id, report.imported,
+                           batch_id=batch_id)
     _finish(session, report, skip_invalid)
     if report.committed and report.imported:
         dispatch.allocate_program(program_id)  # new stock serves the waitlist

@@ -2,7 +2,8 @@
 
 I1 a code is assigned to at most one claim, ever, and only an allocated claim holds one;
 I2 allocations never exceed the quota, global or per country, and the counters (allocations,
-   global and per country, and codes in stock) match the rows they count;
+   global and per country, codes in stock, per program and per batch, and the claims rolled
+   up per hour) match the rows they count;
 I3 at most one claim per creator per program;
 I4 every accepted claim ends allocated, waitlisted or refused (with a reason); none stays
    pending longer than ``grace``;
@@ -27,9 +28,11 @@ from sqlmodel import Session
 
 from ..models import (
     Claim,
+    ClaimHour,
     ClaimState,
     Code,
     CodeAssignment,
+    CodeBatch,
     CodeStatus,
     CountryQuota,
     MailKind,
@@ -116,6 +119,25 @@ def verify_program(session: Session, *, program_id: int, now: datetime | None = 
     if in_stock != program.in_stock_count:
         out.append(Violation("I2", f"{in_stock} codes in stock, counter says "
                                    f"{program.in_stock_count}"))
+    for batch_id, counter, counted in q(
+            sa.select(CodeBatch.id, CodeBatch.in_stock_count,
+                      sa.select(sa.func.count()).select_from(Code)
+                      .where(Code.batch_id == CodeBatch.id,
+                             Code.status == CodeStatus.available)
+                      .correlate(CodeBatch).scalar_subquery())
+            .where(CodeBatch.program_id == program_id).order_by(CodeBatch.id)):
+        if counted != counter:
+            out.append(Violation("I2", f"batch #{batch_id}: {counted} codes in stock, "
+                                       f"counter says {counter}"))
+    for hour, rolled in q(sa.select(ClaimHour.hour, ClaimHour.claims)
+                          .where(ClaimHour.program_id == program_id)
+                          .order_by(ClaimHour.hour)):
+        counted = q(sa.select(sa.func.count()).select_from(Claim).where(
+            Claim.program_id == program_id, Claim.requested_at >= hour,
+            Claim.requested_at < hour + timedelta(hours=1))).scalar_one()
+        if counted != rolled:
+            out.append(Violation("I2", f"{counted} claims in the hour of {hour:%Y-%m-%d %H:00}, "
+                                       f"its rollup says {rolled}"))
     for country, quota, counter in q(sa.select(CountryQuota.country, CountryQuota.quota,
                                                CountryQuota.allocated_count)
                                      .where(CountryQuota.program_id == program_id)):

@@ -26,10 +26,12 @@ from tests.unit.services.scenarios import allocate_each, stocked_program, verifi
 from wellness_perks.db import get_session
 from wellness_perks.models import (
     Claim,
+    ClaimHour,
     ClaimReason,
     ClaimState,
     Code,
     CodeAssignment,
+    CodeBatch,
     CodeStatus,
     CountryQuota,
     Creator,
@@ -48,6 +50,7 @@ SLUG = "headspace-6m"
 # a message naming the time can be written out exactly.
 LONG_AGO = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
 SINCE = f"{LONG_AGO:%Y-%m-%d %H:%M:%S}"
+ROLLED_HOUR = LONG_AGO.replace(minute=0, second=0)
 
 
 # --------------------------------------------------------------------------- the healthy program
@@ -199,6 +202,7 @@ UNIQUE_CLAIM_PER_CREATOR = Constraint("uq_claim_program_creator", "unique")
 CHECK_QUOTA_ROOM = Constraint("ck_program_quota_room", "check")
 CHECK_STOCK_POSITIVE = Constraint("ck_program_stock_positive", "check")
 CHECK_COUNTRY_QUOTA_ROOM = Constraint("ck_country_quota_room", "check")
+CHECK_BATCH_STOCK_POSITIVE = Constraint("ck_codebatch_stock_positive", "check")
 
 
 _DEFINITIONS = sa.text(
@@ -315,6 +319,22 @@ def _restore_given_out_code(s: Session, w: Healthy) -> None:
               .values(status=CodeStatus.available.value))
     s.execute(sa.update(Program).where(Program.id == w.program_id)
               .values(in_stock_count=Program.in_stock_count + 1))
+    s.execute(sa.update(CodeBatch).where(
+        CodeBatch.id == sa.select(Code.batch_id).where(Code.id == w.code["voided"])
+        .scalar_subquery()).values(in_stock_count=CodeBatch.in_stock_count + 1))
+
+
+def _update_batch(**values) -> Corruption:
+    def update(s: Session, w: Healthy) -> None:
+        w.made["batch"] = s.execute(sa.select(CodeBatch.id).where(
+            CodeBatch.program_id == w.program_id)).scalar_one()
+        s.execute(sa.update(CodeBatch).where(CodeBatch.id == w.made["batch"]).values(**values))
+    return update
+
+
+def _roll_up_wrongly(s: Session, w: Healthy) -> None:
+    # The hour of LONG_AGO had no claim (the program's were made since), its rollup says 4.
+    s.execute(sa.insert(ClaimHour).values(program_id=w.program_id, hour=ROLLED_HOUR, claims=4))
 
 
 def _assign_twice(s: Session, w: Healthy) -> None:
@@ -386,6 +406,17 @@ CASES: dict[str, Case] = {
         _update_program(in_stock_count=-1),
         lambda w: ["I2: 2 codes in stock, counter says -1"],
         (CHECK_STOCK_POSITIVE,)),
+    "I2 batch stock counter ahead": Case(
+        _update_batch(in_stock_count=3),
+        lambda w: [f"I2: batch #{w.made['batch']}: 2 codes in stock, counter says 3"]),
+    "I2 batch stock counter below zero": Case(
+        _update_batch(in_stock_count=-1),
+        lambda w: [f"I2: batch #{w.made['batch']}: 2 codes in stock, counter says -1"],
+        (CHECK_BATCH_STOCK_POSITIVE,)),
+    "I2 claims rolled up wrongly": Case(
+        _roll_up_wrongly,
+        lambda w: [f"I2: 0 claims in the hour of {ROLLED_HOUR:%Y-%m-%d %H}:00, "
+                   "its rollup says 4"]),
     "I2 over a country quota": Case(
         _update_country_quota("PK", quota=1),
         lambda w: ["I2: PK: 2 allocated, country quota 1"],
@@ -625,14 +656,17 @@ def test_verify_reports_every_broken_invariant_at_once(app, factory, session, sm
     session.commit()
     with app.app_context():
         found = verify_program(get_session(), program_id=program.id)
+    batch_id = session.get(Code, third.code_id).batch_id
     # Each corruption is reported, none hides another; the code put back in stock is also a
-    # code held in the wrong status, and one the stock counter doesn't count.
+    # code held in the wrong status, and one the stock counters (program's and batch's) don't
+    # count.
     assert [str(v) for v in found] == [
         f"I1: claim holds a code whose status is available "
         f"(claim={third.id} code={third.code_id} creator={third.creator_id})",
         f"I1: a code given out once is back in stock (code={third.code_id})",
         "I2: 3 allocated, counter says 2",
         "I2: 3 codes in stock, counter says 2",
+        f"I2: batch #{batch_id}: 3 codes in stock, counter says 2",
         f"I4: pending since {SINCE} (claim={stuck.id} creator={late.id})",
         f"I5: allocated, but no mail for its code "
         f"(claim={second.id} code={second.code_id} creator={second.creator_id})",

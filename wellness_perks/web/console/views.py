@@ -1,6 +1,6 @@
 """The console's sign-in (a password, then a second factor where one is on or required), each
-manager's Security page, the first page, and programs: created (admins), edited and opened,
-paused, resumed and closed (managers)."""
+manager's Security page, the list of programs and each program's dashboard, and programs:
+created (admins), edited and opened, paused, resumed and closed (managers)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from markupsafe import Markup
 
 from ...db import get_session
 from ...services import auth as auth_service
-from ...services import programs, two_factor
+from ...services import dashboard, programs, two_factor
 from ...services.countries import parse_country_quotas
 from ...services.errors import Conflict, InvalidInput, ProgramNotFound
 from .. import limits, security
 from ..security import ManagerUser, begin_session, end_session, local_path, role_required
+from . import charts
 from .forms import (
     ClaimingForm,
     EnrollmentCodeForm,
@@ -319,3 +320,33 @@ def two_factor_disable():
     status = two_factor.status(session, manager_id=current_user.manager_id)
     return render_template("console/security.html", status=status, form=form, error=error,
                            required=two_factor.required(current_user.role)), 400
+
+
+@bp.route("/programs/<slug>")
+@role_required("viewer")
+def program_dashboard(slug: str):
+    session = get_session()
+    numbers = dashboard.program_dashboard(session, program=programs.get_program(session, slug))
+    return render_template("console/dashboard.html", d=numbers, charts=_charts(numbers))
+
+
+def _charts(d: dashboard.Dashboard) -> dict:
+    """The dashboard's series drawn as SVG (the page shows the same numbers in tables)."""
+    return {
+        "per_hour": charts.bar_chart(
+            [(f"{hour:%d %b %H:00}", n) for hour, n in d.per_hour], chart_id="chart-hours",
+            title=f"Claims per hour, last {len(d.per_hour)} hours (UTC)",
+            desc=f"{sum(n for _h, n in d.per_hour):,} claims in all; the busiest hour had "
+                 f"{max((n for _h, n in d.per_hour), default=0):,}.", label_every=12),
+        "per_day": charts.bar_chart(
+            [(f"{day:%d %b}", n) for day, n in d.per_day], chart_id="chart-days",
+            title=f"Claims per day, last {len(d.per_day)} days (UTC)",
+            desc=f"{sum(n for _d, n in d.per_day):,} claims in all; today so far "
+                 f"{d.per_day[-1][1] if d.per_day else 0:,}.", label_every=2),
+        "stock": charts.line_chart(
+            [(at.timestamp(), n, f"{at:%d %b %H:%M}") for at, n in d.stock_over_time],
+            chart_id="chart-stock", title="Codes in stock over time (UTC)",
+            desc=f"{d.in_stock:,} codes in stock now"
+                 + (f"; {d.stock_over_time[0][1]:,} on {d.stock_over_time[0][0]:%d %b %H:%M}."
+                    if len(d.stock_over_time) > 1 else ".")),
+    }

@@ -30,6 +30,7 @@ CONSOLE_ROUTES = [
     ("post", "/manage/managers/{id}/disable", "admin"),
     ("post", "/manage/managers/{id}/enable", "admin"),
     ("post", "/manage/managers/{id}/reset-two-factor", "admin"),
+    ("get", "/manage/programs/{slug}", "viewer"),
     ("get", "/manage/programs/new", "admin"),
     ("post", "/manage/programs/new", "admin"),
     ("get", "/manage/programs/{slug}/edit", "manager"),
