@@ -404,6 +404,10 @@ class OutboundEmail(SQLModel, table=True):
         # have neither claim nor code: NULLs don't collide).
         sa.UniqueConstraint("claim_id", "code_id", "kind", name="uq_outbound_claim_code_kind"),
         sa.Index("ix_outbound_status", "status", "next_attempt_at"),
+        # The few mails marked possibly sent, counted by health without walking the outbox.
+        sa.Index("ix_outbound_possibly_sent", "claim_id",
+                 postgresql_where=sa.text("possibly_sent_at IS NOT NULL"),
+                 sqlite_where=sa.text("possibly_sent_at IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
