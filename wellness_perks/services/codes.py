@@ -33,6 +33,24 @@ from .errors import Conflict, InvalidInput, NotFound
 from .mail import owe, owed
 from .programs import lock_program
 
+SEPARATORS = "-_ ./"
+MASK = "****"
+
+
+def mask_code(value: str) -> str:
+    """A code as managers see it: the prefix up to its first separator and the last 4
+    characters, the rest hidden (``HS-ABCD-7K2Q`` -> ``HS-****-7K2Q``). At least 4 characters
+    stay hidden: a short code keeps less (its prefix first, then its end)."""
+    value = (value or "").strip()
+    tail = value[-4:] if len(value) >= 8 else ""
+    if tail and len(value) >= 9 and value[-5] in SEPARATORS:
+        tail = value[-5:]  # the separator before the end shows, as the code prints it
+    first = next((i for i, c in enumerate(value) if c in SEPARATORS), None)
+    prefix = value[:first + 1] if first is not None else ""
+    if len(value) - len(prefix) - len(tail) < 4:
+        prefix = ""
+    return f"{prefix}{MASK}{tail}"
+
 
 @dataclass(frozen=True)
 class VoidResult:
