@@ -105,7 +105,9 @@ def test_the_models_declare_the_checks_the_invariants_rest_on():
     assert set(MODEL_CHECKS) == {
         ("program", "ck_program_quota_room"), ("program", "ck_program_quota_positive"),
         ("program", "ck_program_stock_positive"), ("countryquota", "ck_country_quota_room"),
-        ("countryquota", "ck_country_quota_positive"), ("manager", "ck_manager_role")}
+        ("countryquota", "ck_country_quota_positive"), ("manager", "ck_manager_role"),
+        ("stagedupload", "ck_stagedupload_kind"), ("importjob", "ck_importjob_kind"),
+        ("importjob", "ck_importjob_state")}
 
 
 def test_upgrade_to_0003_counts_each_programs_codes_in_stock(empty_database):

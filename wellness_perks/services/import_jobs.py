@@ -31,7 +31,7 @@ from sqlmodel import Session, select
 from .. import dispatch
 from ..db import begin_write
 from ..logs import log_event
-from ..models import ImportJob, ImportJobState, ImportKind, Program, StagedUpload
+from ..models import CodeBatch, ImportJob, ImportJobState, ImportKind, Program, StagedUpload
 from . import audit, imports
 from .errors import DomainError, InvalidInput, NotFound
 
@@ -361,3 +361,14 @@ def remove_expired_uploads(session: Session, *, now: datetime | None = None) -> 
     for name in names:
         _remove_file(name)
     return len(names)
+
+
+def job_report(job: ImportJob) -> dict | None:
+    """What the import said (``ImportReport.as_dict``, or the file's error), once it ran."""
+    return json.loads(job.report) if job.report else None
+
+
+def list_batches(session: Session, *, program_id: int) -> list[CodeBatch]:
+    """The program's batches, newest first: each row carries its own count of codes."""
+    return list(session.exec(select(CodeBatch).where(CodeBatch.program_id == program_id)
+                             .order_by(CodeBatch.id.desc())))
