@@ -272,6 +272,7 @@ def run_import_job(session: Session, *, job_id: int) -> ImportJob:
     if not started or job is None:
         return job
     program = session.get(Program, job.program_id)
+    stored_name, program_id = job.stored_name, job.program_id
     progress = _ProgressWriter(session.get_bind(), job)
     outcome: dict = {}
     try:
@@ -302,8 +303,8 @@ def run_import_job(session: Session, *, job_id: int) -> ImportJob:
         finished_at=datetime.now(UTC), stored_name=None, **outcome)
         .execution_options(synchronize_session=False))
     session.commit()
-    _remove_file(job.stored_name)
-    log_event("import_job.finished", job_id=job_id, program_id=job.program_id,
+    _remove_file(stored_name)
+    log_event("import_job.finished", job_id=job_id, program_id=program_id,
               state=outcome["state"])
     return session.get(ImportJob, job_id, populate_existing=True)
 

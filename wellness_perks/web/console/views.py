@@ -106,10 +106,10 @@ def _stage(kind: str, slug: str, form):
     if kind == ImportKind.codes:
         options = {"batch_name": form.batch_name.data, "expires_on": form.expires_on}
     try:
-        staged = import_jobs.stage_upload(
-            get_session(), program=program, manager_id=current_user.manager_id, kind=kind,
-            stream=upload.stream, filename=upload.filename, actor=current_user.actor,
-            **options)
+        with upload.stream as stream:  # a large upload is a temporary file: closed at once
+            staged = import_jobs.stage_upload(
+                get_session(), program=program, manager_id=current_user.manager_id, kind=kind,
+                stream=stream, filename=upload.filename, actor=current_user.actor, **options)
     except imports.FileRejected as exc:
         return _upload_page(kind, program, form, error=exc.issue.as_dict(), status=400)
     except InvalidInput as exc:

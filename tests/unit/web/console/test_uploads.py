@@ -42,11 +42,25 @@ def _codes_file(values) -> bytes:
 def _upload(browser, path: str, content: bytes, filename: str = "batch.txt", **fields):
     page = browser.get(path)
     assert page.status_code == 200, page.status_code
-    data = {"csrf_token": csrf_token(page.text), "file": (io.BytesIO(content), filename)}
     if path == BATCHES and "expires" not in fields and "no_expiry" not in fields:
         fields["expires"] = "2099-12-31"
-    data.update(fields)
-    return browser.post(path, data=data, content_type="multipart/form-data")
+    return browser.post(path, data=_multipart(
+        {"csrf_token": csrf_token(page.text), **fields}, content, filename),
+        content_type=f"multipart/form-data; boundary={BOUNDARY}")
+
+
+BOUNDARY = "upload-boundary-7f3a"
+
+
+def _multipart(fields: dict[str, str], content: bytes, filename: str) -> bytes:
+    """The body a browser sends (built here: the test client spools a large file to a
+    temporary file it never closes)."""
+    parts = [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+             f'{value}\r\n'.encode() for name, value in fields.items()]
+    parts.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+                 f'filename="{filename}"\r\nContent-Type: text/plain\r\n\r\n'.encode()
+                 + content + f"\r\n--{BOUNDARY}--\r\n".encode())
+    return b"".join(parts)
 
 
 def _staged(browser, path: str, content: bytes, **fields) -> tuple[str, str]:
@@ -338,3 +352,18 @@ def test_an_upload_over_the_upload_limit_is_too_large(app, program, manager, ses
     response = anonymous.post(BATCHES, data={"file": (io.BytesIO(bigger_than_a_form), "a")},
                               content_type="multipart/form-data")
     assert response.status_code == 413  # only a manager's session may send that much
+
+
+def test_100000_codes_go_through_the_imports_task(app, program, manager, session, tasks_run):
+    assert app.config["IMPORT_IN_BACKGROUND_ROWS"] == 100_000  # the default
+    content = _codes_file(f"HS-{n:06d}-BULK" for n in range(100_000))
+    report_path, report = _staged(manager, BATCHES, content, filename="bulk.txt")
+    assert "100,000 rows" in report and "already imported" not in report
+    response = _post(manager, report_path, "commit")
+    assert tasks_run.count(dispatch.IMPORT_UPLOAD) == 1
+    page = manager.get(response.headers["Location"]).text
+    assert "done" in page and "100,000 of 100,000" in page
+    assert _codes(session, program.id) == 100_000
+    assert session.get(Program, program.id).in_stock_count == 100_000
+    _again, report = _staged(manager, BATCHES, content, filename="bulk-again.txt")
+    assert "already imported into this program" in report
