@@ -239,6 +239,16 @@ class Config:
         self.LOGIN_TOKEN_MAX_AGE = _env_int("LOGIN_TOKEN_MAX_AGE", 15 * 60)
         # The largest request body taken, in bytes; a larger one is answered 413 unread.
         self.MAX_CONTENT_LENGTH = _env_int("MAX_CONTENT_LENGTH", 64 * 1024)
+        # The same for the console's uploads of codes and eligibility lists (a million codes
+        # are about 15 MB), taken from a manager's session only.
+        self.MAX_UPLOAD_BYTES = _env_int("MAX_UPLOAD_BYTES", 32 * 1024 * 1024)
+        # Where uploads wait between their report and their commit (random names, mode 0600),
+        # and how long a report waits for its commit before its file is deleted.
+        self.UPLOAD_DIR = _env("UPLOAD_DIR", str(instance / "uploads"))
+        self.UPLOAD_STAGED_MINUTES = _env_int("UPLOAD_STAGED_MINUTES", 60)
+        # A committed upload of at least this many rows is imported by a task on the
+        # ``imports`` queue, with a progress bar; a smaller one in the request.
+        self.IMPORT_IN_BACKGROUND_ROWS = _env_int("IMPORT_IN_BACKGROUND_ROWS", 100_000)
         # A signed-in session ends after this long without a request, and this long after
         # its sign-in, whatever its use.
         self.SESSION_IDLE_MINUTES = _env_int("SESSION_IDLE_MINUTES", 30)

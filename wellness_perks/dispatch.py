@@ -35,6 +35,7 @@ SEND_EMAIL = "wellness_perks.send_email"
 SEND_EMAILS = "wellness_perks.send_emails"
 SWEEP = "wellness_perks.sweep"
 REQUEST_SIGN_IN = "wellness_perks.request_sign_in"
+IMPORT_UPLOAD = "wellness_perks.import_upload"
 
 SCHEDULED_KEY = "wellness-perks:allocation-queued:{}"
 SCHEDULED_TTL_SECONDS = 30
@@ -89,6 +90,12 @@ def request_sign_in(address: str) -> bool:
     when the broker could not take it (nothing is stored for the sweeper: the person asks
     again)."""
     return _enqueue(REQUEST_SIGN_IN, address)
+
+
+def import_upload(job_id: int) -> bool:
+    """Import a committed upload (its import job's row) on the ``imports`` queue; False when
+    the broker could not take it (the job stays queued)."""
+    return _enqueue(IMPORT_UPLOAD, job_id, job_id=job_id)
 
 
 def send_emails(outbound_ids: list[int]) -> None:

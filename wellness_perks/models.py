@@ -448,3 +448,82 @@ class AuditEvent(SQLModel, table=True):
     program_id: int | None = Field(default=None, foreign_key="program.id", index=True)
     # JSON text; never holds a code or a sign-in token.
     detail: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+
+
+class ImportKind(enum.StrEnum):
+    codes = "codes"        # a batch of codes
+    creators = "creators"  # an eligibility list
+
+
+class ImportJobState(enum.StrEnum):
+    queued = "queued"    # committed by a manager, waiting for its task
+    running = "running"  # its task is importing the file
+    done = "done"        # the import ran (its report says what it imported)
+    failed = "failed"    # the import stopped: nothing of it was written (``error`` says why)
+
+
+class StagedUpload(SQLModel, table=True):
+    """A file a manager uploaded to the console, checked but not imported yet: its report waits
+    for them to commit or cancel. The file itself is kept in the instance folder under
+    ``stored_name`` (random); the row and the file go at commit, cancel or expiry."""
+
+    __table_args__ = (
+        sa.CheckConstraint("kind IN ('codes', 'creators')", name="ck_stagedupload_kind"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    token: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    program_id: int = Field(foreign_key="program.id", nullable=False, index=True)
+    manager_id: int = Field(foreign_key="manager.id", nullable=False)
+    kind: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    filename: str = Field(sa_column=sa.Column(sa.String(500), nullable=False))
+    stored_name: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    size_bytes: int = Field(nullable=False)
+    batch_name: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    expires_on: date | None = Field(default=None, sa_column=sa.Column(sa.Date))
+    # The dry run's report (JSON, ``ImportReport.as_dict``): line numbers, never a code.
+    report: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    rows: int = Field(default=0, nullable=False)
+    # The import job that already imported a file with these bytes into this program, if any.
+    imported_before_job_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    expires_at: datetime = Field(sa_column=_ts(nullable=False))
+
+
+class ImportJob(SQLModel, table=True):
+    """A committed upload, imported in the request (small files) or by a task on the
+    ``imports`` queue (large ones), with the progress the console shows."""
+
+    __table_args__ = (
+        sa.CheckConstraint("kind IN ('codes', 'creators')", name="ck_importjob_kind"),
+        sa.CheckConstraint("state IN ('queued', 'running', 'done', 'failed')",
+                           name="ck_importjob_state"),
+        # Whether a file was imported into a program before: its bytes' SHA-256.
+        sa.Index("ix_importjob_program_sha256", "program_id", "sha256"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", nullable=False)
+    manager_id: int = Field(foreign_key="manager.id", nullable=False)
+    kind: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    filename: str = Field(sa_column=sa.Column(sa.String(500), nullable=False))
+    # The staged file, until the import has run (then it is deleted and this is None).
+    stored_name: str | None = Field(default=None, sa_column=sa.Column(sa.String(100)))
+    sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    size_bytes: int = Field(default=0, nullable=False)
+    batch_name: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    expires_on: date | None = Field(default=None, sa_column=sa.Column(sa.Date))
+    skip_invalid: bool = Field(default=False, nullable=False)
+    state: str = Field(default=ImportJobState.queued.value,
+                       sa_column=sa.Column(sa.String(16), nullable=False))
+    rows_total: int = Field(default=0, nullable=False)
+    rows_done: int = Field(default=0, nullable=False)
+    imported: int = Field(default=0, nullable=False)
+    batch_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    # The import's report (JSON) once it ran; the stable code of what stopped it, if it failed.
+    report: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    started_at: datetime | None = Field(default=None, sa_column=_ts())
+    finished_at: datetime | None = Field(default=None, sa_column=_ts())

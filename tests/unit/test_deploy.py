@@ -63,7 +63,7 @@ def test_one_beat_and_one_web(commands):
 
 def test_every_unit_is_restarted_and_reads_the_environment_file():
     units = _units()
-    assert len(units) == 4
+    assert len(units) == 5  # web, allocation (and periodic), mail, imports, beat
     for name, service in units.items():
         assert service["Restart"] == "always", name
         assert service["EnvironmentFile"] == "/etc/wellness-perks.env", name

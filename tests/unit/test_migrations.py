@@ -106,7 +106,9 @@ def test_the_models_declare_the_checks_the_invariants_rest_on():
         ("program", "ck_program_quota_room"), ("program", "ck_program_quota_positive"),
         ("program", "ck_program_stock_positive"), ("countryquota", "ck_country_quota_room"),
         ("countryquota", "ck_country_quota_positive"), ("manager", "ck_manager_role"),
-        ("codebatch", "ck_codebatch_stock_positive")}
+        ("codebatch", "ck_codebatch_stock_positive"),
+        ("stagedupload", "ck_stagedupload_kind"), ("importjob", "ck_importjob_kind"),
+        ("importjob", "ck_importjob_state")}
 
 
 def test_upgrade_to_0012_counts_each_batchs_codes_in_stock(empty_database):

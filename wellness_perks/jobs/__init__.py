@@ -17,13 +17,15 @@ from kombu import Queue
 
 from .. import broker, dispatch
 
-QUEUES = ("allocation", "mail", "periodic")
+QUEUES = ("allocation", "mail", "periodic", "imports")
 TASK_ROUTES = {
     dispatch.ALLOCATE_PROGRAM: {"queue": "allocation"},
     dispatch.SEND_EMAIL: {"queue": "mail"},
     dispatch.SEND_EMAILS: {"queue": "mail"},
     dispatch.REQUEST_SIGN_IN: {"queue": "mail"},
     dispatch.SWEEP: {"queue": "periodic"},
+    # A large upload takes a minute: on its own queue, never ahead of a claim or a mail.
+    dispatch.IMPORT_UPLOAD: {"queue": "imports"},
 }
 
 

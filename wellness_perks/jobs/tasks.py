@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from .. import dispatch
 from ..db import get_session
 from ..logs import log_event
-from ..services import allocation, auth, mail, sweeper
+from ..services import allocation, auth, import_jobs, mail, sweeper
 
 # Waits before each further try of a task the database failed (a disconnect, a deadlock, a
 # serialisation failure): about 15 s in all, then the task gives up and its rows wait in their
@@ -80,6 +80,11 @@ def request_sign_in(self, address: str) -> bool:
     # Whether the address is on a list is decided here, in the worker: the web request that
     # queued this did the same work for every address.
     return auth.request_sign_in(get_session(), email=address) is not None
+
+
+@database_task(dispatch.IMPORT_UPLOAD)
+def import_upload(self, job_id: int) -> str:
+    return import_jobs.run_import_job(get_session(), job_id=job_id).state
 
 
 @database_task(dispatch.SWEEP)

@@ -3,6 +3,11 @@
 Both imports stream their file (never read whole into memory), validate every row, and report
 each rejected row with its line number, field and reason. They are all-or-nothing: one invalid
 row and nothing is written, unless the caller asks to skip invalid rows.
+
+``dry_run=True`` is the same parse and the same checks with nothing written: the report says what
+an import of the file would do (every row checked, as if invalid rows were skipped), for a
+manager to read before committing. Codes are then fingerprinted, never encrypted, and looked up
+by fingerprint; a code's value is never in a report, only masked (``codes.mask_code``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..models import (
     Program,
 )
 from . import audit, code_cipher, stock
+from .codes import mask_code
 from .countries import normalise_country
 from .emails import normalise_email
 from .errors import InvalidInput
@@ -128,6 +134,8 @@ class ImportReport:
     # batch to two programs), but worth a manager's look. Lines: the first MAX_LINES_LISTED.
     in_other_programs: int = 0
     in_other_programs_lines: list[int] = field(default_factory=list)
+    # A dry run of codes: the code of each line listed above, masked (``codes.mask_code``).
+    masked_codes: dict[int, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         data = {
@@ -145,7 +153,14 @@ class ImportReport:
             data["in_other_programs_lines"] = list(self.in_other_programs_lines)
         if self.batch_id is not None:
             data["batch_id"] = self.batch_id
+        if self.masked_codes:
+            data["masked_codes"] = {str(line): m for line, m in self.masked_codes.items()}
         return data
+
+    @property
+    def rows(self) -> int:
+        """The rows of the file that were read (blank lines aside)."""
+        return self.imported + self.duplicate + self.invalid
 
 
 def _not_listed(issues: list[RowIssue]) -> int:
@@ -376,6 +391,13 @@ def _finish(session: Session, report: ImportReport, skip_invalid: bool) -> Impor
     return report
 
 
+def _reported(session: Session, report: ImportReport) -> ImportReport:
+    """A dry run's end: nothing was written, the transaction (reads only) ends."""
+    session.rollback()
+    report.committed = False
+    return report
+
+
 # --------------------------------------------------------------------------- creators
 
 
@@ -403,6 +425,7 @@ def import_creators(
     skip_invalid: bool = False,
     progress: Progress | None = None,
     actor: str,
+    dry_run: bool = False,
 ) -> ImportReport:
     """Import an eligibility list: CSV with header ``handle,email,country`` (``name`` optional).
 
@@ -411,7 +434,8 @@ def import_creators(
     """
     report = ImportReport()
     program_id = program.id
-    begin_write(session)
+    if not dry_run:
+        begin_write(session)
     text = _open_text(stream, progress)
     rows = _csv_rows(_Lines(text))
     first = next(rows, None)
@@ -437,8 +461,9 @@ def import_creators(
     index = {name: columns.index(name) for name in (*CREATOR_COLUMNS, "name") if name in columns}
 
     seen: dict[str, int] = {}
-    writer = _Writer(report, skip_invalid,
-                     lambda chunk: _write_creators(session, program_id, chunk, report))
+    write = _check_creators if dry_run else _write_creators
+    writer = _Writer(report, skip_invalid or dry_run,
+                     lambda chunk: write(session, program_id, chunk, report))
 
     for line, row in rows:
         issues, creator = _creator_row(line, row, len(columns), index)
@@ -455,6 +480,8 @@ def import_creators(
         writer.add((line, handle, email, country, name or None))
     writer.flush()
 
+    if dry_run:
+        return _reported(session, report)
     if report.imported or not report.invalid:
         audit.record(session, audit.event(
             actor=actor, action="creators.imported", object_type="program",
@@ -548,6 +575,24 @@ def _write_creators(session: Session, program_id: int, chunk: list, report: Impo
         report.imported += len(eligibility_rows)
 
 
+def _check_creators(session: Session, program_id: int, chunk: list,
+                    report: ImportReport) -> None:
+    """A dry run's ``_write_creators``: the rows already on the list are duplicates, the rest
+    would be imported."""
+    emails = [item[2] for item in chunk]
+    listed = set(session.execute(
+        sa.select(Creator.email).join(Eligibility, Eligibility.creator_id == Creator.id)
+        .where(Eligibility.program_id == program_id, Creator.email.in_(emails))).scalars())
+    for line, _handle, email, *_ in chunk:
+        if email in listed:
+            report.duplicate += 1
+            report.duplicates.append(
+                RowIssue(line, "email", "already on this program's eligibility list",
+                         "already_listed"))
+        else:
+            report.imported += 1
+
+
 # --------------------------------------------------------------------------- codes
 
 
@@ -570,6 +615,7 @@ def import_codes(
     progress: Progress | None = None,
     actor: str,
     today: date | None = None,
+    dry_run: bool = False,
 ) -> ImportReport:
     """Import one batch of codes: a CSV with a ``code`` column, or one code per line.
 
@@ -592,13 +638,16 @@ def import_codes(
     filename = _CONTROL.sub("\ufffd", filename)  # a file's name is stored and shown
     report = ImportReport()
     program_id = program.id
-    begin_write(session)
+    if not dry_run:
+        begin_write(session)
     code_cipher.check_stored_codes(session.connection())
     pattern = re.compile(program.code_pattern)
     format_text = describe_code_pattern(program.code_pattern)
     text = _open_text(stream, progress)
 
     entries = _code_entries(text, report)
+    if dry_run:
+        return _dry_run_codes(session, program_id, entries, pattern, format_text, report)
 
     batch = CodeBatch(
         program_id=program_id,
@@ -648,6 +697,69 @@ def import_codes(
     if report.committed and report.imported:
         dispatch.allocate_program(program_id)  # new stock serves the waitlist
     return report
+
+
+def _dry_run_codes(session: Session, program_id: int, entries, pattern: re.Pattern,
+                   format_text: str, report: ImportReport) -> ImportReport:
+    """``import_codes`` with nothing written: every row checked as the import checks it (invalid
+    rows as if skipped), codes looked up by fingerprint. Each code listed is masked."""
+    seen: dict[str, int] = {}
+    writer = _Writer(report, True, lambda chunk: _check_codes(session, program_id, chunk, report))
+    for line, value in entries:
+        if not value:
+            continue
+        issue = _code_issue(line, value, pattern, format_text)
+        if issue is not None:
+            _invalid(report, [issue])
+            if issue.code != "control_character":  # never echoed, even masked
+                _mask(report, line, value)
+            continue
+        if value in seen:
+            report.duplicate += 1
+            report.duplicates.append(RowIssue(line, "code", f"same code as line {seen[value]}",
+                                              "duplicate_in_file", {"first_line": seen[value]}))
+            _mask(report, line, value)
+            continue
+        seen[value] = line
+        writer.add((line, value))
+    writer.flush()
+    return _reported(session, report)
+
+
+# Masked codes a dry run's report keeps: one for each line it lists, at most.
+MAX_MASKED = 3 * MAX_LISTED_ISSUES
+
+
+def _mask(report: ImportReport, line: int, value: str) -> None:
+    if len(report.masked_codes) < MAX_MASKED:
+        report.masked_codes[line] = mask_code(value)
+
+
+def _check_codes(session: Session, program_id: int, chunk: list, report: ImportReport) -> None:
+    """A dry run's ``_write_codes``: the codes this program holds are duplicates, the others
+    would be imported; those other programs hold are counted. One look-up by fingerprint
+    (the unique index, fingerprint first) per chunk."""
+    values = [value for _line, value in chunk]
+    fingerprints = code_cipher.cipher().fingerprints(values)
+    here: set[bytes] = set()
+    elsewhere: set[bytes] = set()
+    for fingerprint, holder in session.execute(
+            sa.select(Code.fingerprint, Code.program_id)
+            .where(Code.fingerprint.in_(fingerprints))):
+        (here if holder == program_id else elsewhere).add(bytes(fingerprint))
+    for (line, value), fp in zip(chunk, fingerprints, strict=True):
+        if fp in here:
+            report.duplicate += 1
+            report.duplicates.append(RowIssue(line, "code", "already in this program's stock",
+                                              "already_in_stock"))
+            _mask(report, line, value)
+            continue
+        report.imported += 1
+        if fp in elsewhere:
+            report.in_other_programs += 1
+            if len(report.in_other_programs_lines) < MAX_LINES_LISTED:
+                report.in_other_programs_lines.append(line)
+                _mask(report, line, value)
 
 
 def _code_entries(text: io.TextIOWrapper, report: ImportReport) -> Iterator[tuple[int, str]]:

@@ -76,7 +76,7 @@ def init_app(app: Flask) -> None:
         status = exc.code or 500
         params = {"status": status}
         if status == 413:  # what was sent is never repeated: only the limit is
-            params["limit_kib"] = (app.config["MAX_CONTENT_LENGTH"] or 0) // 1024
+            params["limit_kib"] = (request.max_content_length or 0) // 1024
         response = error_response(status, HTTP_CODES.get(status, "http_error"), params)
         if status == 405 and exc.valid_methods:  # RFC 9110: a 405 names what is allowed
             body, status = response

@@ -15,6 +15,7 @@ def test_tasks_are_routed_to_consumed_queues(app):
     celery = app.extensions["celery"]
     assert TASK_ROUTES[dispatch.ALLOCATE_PROGRAM]["queue"] == "allocation"
     assert TASK_ROUTES[dispatch.SEND_EMAIL]["queue"] == "mail"
+    assert TASK_ROUTES[dispatch.IMPORT_UPLOAD]["queue"] == "imports"
     assert {r["queue"] for r in TASK_ROUTES.values()} <= set(QUEUES)
     assert celery.conf.task_acks_late and celery.conf.task_reject_on_worker_lost
 

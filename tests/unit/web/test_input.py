@@ -17,7 +17,7 @@ from tests.conftest import MANAGER_PASSWORD, enroll_two_factor, sign_in_manager
 from tests.helpers import csrf_token, sign_in_link
 from wellness_perks import create_app, web
 from wellness_perks.db import get_session, new_session
-from wellness_perks.models import AuditEvent, Claim, Program
+from wellness_perks.models import AuditEvent, Claim, ImportJob, Program
 from wellness_perks.services import auth, managers, programs
 
 TWENTY_MB = 20 * 1024 * 1024
@@ -103,8 +103,12 @@ def test_a_20_mb_body_under_api_is_a_json_413(api_app, content_type):
 # --------------------------------------------------------------------------- wrong types
 
 
+FILE = "<file>"  # a file input's value, as _Forms records it
+
+
 class _Forms(HTMLParser):
-    """Every POST form of a page: its action and the names of its fields."""
+    """Every POST form of a page: its action and the names of its fields (a file input's
+    value is ``FILE``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,7 +119,8 @@ class _Forms(HTMLParser):
         if tag == "form" and (attributes.get("method") or "").lower() == "post":
             self.forms.append((attributes["action"], {}))
         elif tag in ("input", "textarea", "select") and attributes.get("name") and self.forms:
-            self.forms[-1][1][attributes["name"]] = attributes.get("value") or ""
+            value = FILE if attributes.get("type") == "file" else attributes.get("value")
+            self.forms[-1][1][attributes["name"]] = value or ""
 
 
 def _post_forms(client, paths) -> dict[str, dict[str, str]]:
@@ -134,9 +139,18 @@ def _form_rules(app) -> set[str]:
             if "POST" in rule.methods and not rule.rule.startswith("/api/")}
 
 
-def _filled(action: str, fields: dict[str, str]) -> dict[str, str]:
-    return {name: value or ("ayesha@example.com" if name == "email" else "x")
+def _filled(action: str, fields: dict[str, str]) -> dict:
+    """Each field filled: a text field with text, a file field with a file."""
+    return {name: (io.BytesIO(b"HS-AAAA-0002\n"), "codes.txt") if value == FILE
+            else value or ("ayesha@example.com" if name == "email" else "x")
             for name, value in fields.items()}
+
+
+def _wrong_shape(value):
+    """What a field gets instead of what it takes: a file for text, text for a file."""
+    if isinstance(value, tuple):
+        return "x"
+    return (io.BytesIO(value.encode()), "field.txt")
 
 
 def test_every_post_form_answers_400_for_a_file_in_any_field(
@@ -176,10 +190,17 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
             actor="test", now=datetime.now(UTC))
     enroll_two_factor(app, with_code)
     console = manager_client("admin")
+    batches = "/manage/programs/headspace-6m/batches"
+    staged = console.post(batches, content_type="multipart/form-data", data={
+        "csrf_token": csrf_token(console.get(batches).text), "no_expiry": "y",
+        "file": (io.BytesIO(b"HS-AAAA-0003\nnot a code!\n"), "codes.txt")})
+    report_path = staged.headers["Location"]  # a report with an invalid row: skip_invalid
+    upload_token = report_path.rsplit("/", 1)[1]
     forms += [(console, action, fields) for action, fields in _post_forms(console, [
         "/manage/", "/manage/managers", "/manage/managers/new", "/manage/programs/new",
         *(f"/manage/programs/{slug}/edit"
-          for slug in ("headspace-6m", "calm-1y", "quiet-1m"))]).items()]
+          for slug in ("headspace-6m", "calm-1y", "quiet-1m")),
+        batches, "/manage/programs/headspace-6m/creators/upload", report_path]).items()]
     for address, page in (("code@managers.example", "/manage/login/code"),
                           ("enrol@managers.example", "/manage/login/enroll")):
         halfway = app.test_client()
@@ -194,7 +215,7 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     # Every POST route of the pages is tried (a new form is covered the day it appears).
     covered = {re.sub(r"^/manage/managers/\d+/", "/manage/managers/<int:manager_id>/",
                       re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
-                      .replace(link_path, "/login/<token>"))
+                      .replace(link_path, "/login/<token>").replace(upload_token, "<token>"))
                for _, action, _ in forms}
     assert covered == _form_rules(app), "a POST route no page's form reaches"
     mails_before = len(smtp_server.messages)
@@ -203,7 +224,7 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     for who, action, fields in forms:
         for name in fields:
             data = _filled(action, fields)
-            data[name] = (io.BytesIO(data[name].encode()), "field.txt")
+            data[name] = _wrong_shape(data[name])
             response = who.post(action, data=data, content_type="multipart/form-data")
             assert response.status_code == 400, (action, name, response.status_code)
             tried += 1
@@ -213,6 +234,8 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
         "program.created"] * 3 + ["program.claims_paused"]  # no console form changed a thing
     assert len(session.exec(select(Program)).all()) == 3
     assert len(smtp_server.messages) == mails_before
+    assert session.exec(select(ImportJob)).all() == []  # no upload was committed
+    assert console.get(report_path).status_code == 200  # nor cancelled
     assert client.get("/programs/headspace-6m").status_code == 200  # still signed in
     assert console.get("/manage/").status_code == 200
     assert _audit(session)[audit_before:] == []  # no sign-in, no change of any account
