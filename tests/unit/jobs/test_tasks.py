@@ -27,7 +27,8 @@ def test_allocation_task_clears_the_queued_mark_before_the_service_reads(app, fa
 
     monkeypatch.setattr(allocation, "allocate_program", allocate)
     with app.app_context():
-        app.extensions["celery"].tasks[dispatch.ALLOCATE_PROGRAM].apply(args=(program.id,)).get()
+        app.extensions["celery"].tasks[dispatch.ALLOCATE_PROGRAM].apply(args=(program.id,)).get(
+            disable_sync_subtasks=False)  # an eager result: no worker to wait for
     assert calls == [("mark cleared", program.id), ("service", program.id)]
 
 
