@@ -60,7 +60,7 @@ def claim_rows(session: Session, *, program_id: int, full_codes: bool = False,
     while True:
         rows = session.execute(query, {"b_after": after}).all()
         session.rollback()  # a read: no transaction held between chunks
-        for claim_id, *cells, token in rows:
+        for _claim_id, *cells, token in rows:
             code = ""
             if token is not None:
                 value = cipher.decrypt(token)
