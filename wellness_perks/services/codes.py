@@ -205,6 +205,45 @@ def reveal_code(session: Session, code_id: int, actor: str, reason: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class ClaimCode:
+    """A claim as the reveal page shows it: whose, and its code masked (None: no code)."""
+
+    claim_id: int
+    handle: str
+    email: str
+    state: str
+    code_id: int | None
+    masked: str | None
+
+
+def claim_code(session: Session, *, program_id: int, claim_id: int) -> ClaimCode:
+    """The program's claim ``claim_id`` and its code, masked. NotFound if the program has no
+    such claim."""
+    row = session.execute(
+        sa.select(Claim.id, Creator.handle, Creator.email, Claim.state, Code.id,
+                  Code.value_encrypted)
+        .join(Creator, Creator.id == Claim.creator_id)
+        .outerjoin(Code, Code.id == Claim.code_id)
+        .where(Claim.program_id == program_id, Claim.id == claim_id)).first()
+    session.rollback()  # a read: nothing held
+    if row is None:
+        raise NotFound("this program has no such claim")
+    claim_id, handle, email, state, code_id, token = row
+    masked = mask_code(code_cipher.cipher().decrypt(token)) if token is not None else None
+    return ClaimCode(claim_id, handle, email, state, code_id, masked)
+
+
+def reveal_claim_code(session: Session, *, program_id: int, claim_id: int, actor: str,
+                      reason: str) -> str:
+    """The code of a program's claim in clear, through ``reveal_code`` (audited). Conflict if
+    the claim holds no code."""
+    found = claim_code(session, program_id=program_id, claim_id=claim_id)
+    if found.code_id is None:
+        raise Conflict("this claim holds no code", code="claim_has_no_code")
+    return reveal_code(session, found.code_id, actor=actor, reason=reason)
+
+
 KEY_ROTATED = "codes.key_rotated"
 ROTATION_BATCH = 2000
 _code = Code.__table__

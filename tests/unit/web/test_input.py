@@ -18,7 +18,7 @@ from tests.helpers import csrf_token, sign_in_link
 from wellness_perks import create_app, web
 from wellness_perks.db import get_session, new_session
 from wellness_perks.models import AuditEvent, Claim, ImportJob, Program
-from wellness_perks.services import auth, managers, programs
+from wellness_perks.services import auth, claims, managers, programs
 
 TWENTY_MB = 20 * 1024 * 1024
 
@@ -156,8 +156,13 @@ def _wrong_shape(value):
 def test_every_post_form_answers_400_for_a_file_in_any_field(
         app, client, factory, signed_in, session, smtp_server, manager_client):
     program = factory.program()
-    factory.creators(program, ["ayesha@example.com"])
+    factory.creators(program, ["ayesha@example.com", "bilal@example.com"])
     factory.codes(program, ["HS-AAAA-0001"])
+    # Bilal holds the code (his claim's reveal page has a form); Ayesha has not claimed.
+    with app.app_context():
+        held = claims.request_claim(get_session(), program=program, creator_id=2)
+    reveal_path = f"/manage/programs/headspace-6m/claims/{held.id}/reveal"
+    claims_before = [(c.id, c.state) for c in _claims(session)]
     # The console's claiming buttons show by state: one program not open yet, one paused.
     later = datetime.now(UTC) + timedelta(days=1)
     factory.program(slug="calm-1y", opens_at=later, closes_at=later + timedelta(days=30))
@@ -200,7 +205,8 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
         "/manage/", "/manage/managers", "/manage/managers/new", "/manage/programs/new",
         *(f"/manage/programs/{slug}/edit"
           for slug in ("headspace-6m", "calm-1y", "quiet-1m")),
-        batches, "/manage/programs/headspace-6m/creators/upload", report_path]).items()]
+        batches, "/manage/programs/headspace-6m/creators/upload", report_path,
+        "/manage/programs/headspace-6m/export", reveal_path]).items()]
     for address, page in (("code@managers.example", "/manage/login/code"),
                           ("enrol@managers.example", "/manage/login/enroll")):
         halfway = app.test_client()
@@ -215,7 +221,8 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     # Every POST route of the pages is tried (a new form is covered the day it appears).
     covered = {re.sub(r"^/manage/managers/\d+/", "/manage/managers/<int:manager_id>/",
                       re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
-                      .replace(link_path, "/login/<token>").replace(upload_token, "<token>"))
+                      .replace(link_path, "/login/<token>").replace(upload_token, "<token>")
+                      .replace(f"/claims/{held.id}/", "/claims/<int:claim_id>/"))
                for _, action, _ in forms}
     assert covered == _form_rules(app), "a POST route no page's form reaches"
     mails_before = len(smtp_server.messages)
@@ -229,7 +236,8 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
             assert response.status_code == 400, (action, name, response.status_code)
             tried += 1
     assert tried >= 5
-    assert _claims(session) == [] and "creator.deletion_requested" not in _audit(session)
+    assert [(c.id, c.state) for c in _claims(session)] == claims_before
+    assert "creator.deletion_requested" not in _audit(session)
     assert [a for a in _audit(session) if a.startswith("program.")] == [
         "program.created"] * 3 + ["program.claims_paused"]  # no console form changed a thing
     assert len(session.exec(select(Program)).all()) == 3

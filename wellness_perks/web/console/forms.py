@@ -227,3 +227,12 @@ class CommitUploadForm(Form):
 
 class CancelUploadForm(Form):
     pass
+
+
+class ReasonForm(Form):
+    """An audited action's reason (revealing a code, exporting full codes): the service checks
+    it too (``codes.MAX_REVEAL_REASON_LENGTH``)."""
+
+    reason = TextAreaField("reason", validators=[
+        DataRequired("reason_required"), Length(max=500, message="reason_too_long")],
+        render_kw={"rows": 3, "maxlength": 500})

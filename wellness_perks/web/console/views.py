@@ -9,14 +9,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import segno
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_login import current_user
 from markupsafe import Markup
 
 from ...db import get_session
 from ...models import ImportJobState, ImportKind
 from ...services import auth as auth_service
-from ...services import dashboard, import_jobs, imports, programs, two_factor
+from ...services import codes, dashboard, exports, import_jobs, imports, programs, two_factor
 from ...services.countries import parse_country_quotas
 from ...services.errors import Conflict, InvalidInput, ProgramNotFound
 from .. import limits, security
@@ -33,6 +43,7 @@ from .forms import (
     ManagerSignInForm,
     NewProgramForm,
     ProgramForm,
+    ReasonForm,
     TwoFactorCodeForm,
 )
 
@@ -475,3 +486,70 @@ def import_job(slug: str, job_id: int):
     running = job.state in (ImportJobState.queued, ImportJobState.running)
     return render_template("console/import_job.html", program=program, job=job,
                            running=running, report=import_jobs.job_report(job))
+
+
+# --------------------------------------------------------------------------- exports, reveals
+
+
+@bp.route("/programs/<slug>/export")
+@role_required("viewer")
+def export_page(slug: str):
+    program = programs.get_program(get_session(), slug)
+    return render_template("console/export.html", program=program, form=ReasonForm(),
+                           error=None)
+
+
+def _csv_download(program, lines, suffix: str = ""):
+    """The CSV streamed as the service makes it, chunk by chunk (never whole in memory)."""
+    filename = f"{program.slug}-claims{suffix}.csv"
+    return Response(stream_with_context(lines), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@bp.route("/programs/<slug>/export.csv")
+@role_required("viewer")
+def export_csv(slug: str):
+    program = programs.get_program(get_session(), slug)
+    return _csv_download(program, exports.export_claims(
+        get_session(), program_id=program.id, actor=current_user.actor))
+
+
+@bp.route("/programs/<slug>/export.csv", methods=["POST"])
+@role_required("admin")
+def export_full_codes(slug: str):
+    session = get_session()
+    program = programs.get_program(session, slug)
+    form = ReasonForm()
+    error = None
+    if form.validate_on_submit():
+        try:
+            lines = exports.export_claims(session, program_id=program.id,
+                                          actor=current_user.actor,
+                                          full_codes_reason=form.reason.data)
+        except InvalidInput as exc:
+            error = exc.code
+        else:
+            return _csv_download(program, lines, "-full-codes")
+    return render_template("console/export.html", program=program, form=form,
+                           error=error), 400
+
+
+@bp.route("/programs/<slug>/claims/<int:claim_id>/reveal", methods=["GET", "POST"])
+@role_required("manager")
+def reveal_code(slug: str, claim_id: int):
+    session = get_session()
+    program = programs.get_program(session, slug)
+    claim = codes.claim_code(session, program_id=program.id, claim_id=claim_id)
+    form = ReasonForm()
+    revealed = error = None
+    if form.validate_on_submit():
+        try:
+            revealed = codes.reveal_claim_code(session, program_id=program.id,
+                                               claim_id=claim_id, actor=current_user.actor,
+                                               reason=form.reason.data)
+        except (InvalidInput, Conflict) as exc:
+            error = exc.code
+    status = 400 if form.errors or error else 200
+    # Shown once: the console's pages are never stored (Cache-Control: no-store).
+    return render_template("console/reveal.html", program=program, claim=claim, form=form,
+                           revealed=revealed, error=error), status

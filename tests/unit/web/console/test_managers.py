@@ -48,6 +48,12 @@ CONSOLE_ROUTES = [
     ("post", "/manage/programs/{slug}/uploads/{token}/commit", "manager"),
     ("post", "/manage/programs/{slug}/uploads/{token}/cancel", "manager"),
     ("get", "/manage/programs/{slug}/imports/{job}", "manager"),
+    ("get", "/manage/programs/{slug}/export", "viewer"),
+    ("get", "/manage/programs/{slug}/export.csv", "viewer"),
+    ("post", "/manage/programs/{slug}/export.csv", "admin"),
+    # A claim that does not exist is found by nobody let in (404).
+    ("get", "/manage/programs/{slug}/claims/{claim}/reveal", "manager"),
+    ("post", "/manage/programs/{slug}/claims/{claim}/reveal", "manager"),
 ]
 
 
@@ -64,15 +70,17 @@ def _request(browser, method, path, data=None):
     if page.status_code != 200:
         page = browser.get("/manage/security")
     token = csrf_token(page.text) if 'name="csrf_token"' in page.text else ""
+    # Buffered: a streamed answer (the CSV export) is read to its end and closed, as a server
+    # does, so the request's context ends with it.
     if method == "get":
-        return browser.get(path)
-    return browser.post(path, data={"csrf_token": token, **(data or {})})
+        return browser.get(path, buffered=True)
+    return browser.post(path, data={"csrf_token": token, **(data or {})}, buffered=True)
 
 
 def test_the_list_of_routes_is_every_console_route(app):
     rules = {(method.lower(), rule.rule.replace("<int:manager_id>", "{id}")
               .replace("<slug>", "{slug}").replace("<token>", "{token}")
-              .replace("<int:job_id>", "{job}"))
+              .replace("<int:job_id>", "{job}").replace("<int:claim_id>", "{claim}"))
              for rule in app.url_map.iter_rules() if rule.rule.startswith("/manage/")
              for method in rule.methods - {"HEAD", "OPTIONS"}}
     sign_in = {("get", "/manage/login"), ("post", "/manage/login"), ("post", "/manage/logout"),
@@ -84,8 +92,9 @@ def test_the_list_of_routes_is_every_console_route(app):
 @pytest.mark.parametrize("method, path, role", CONSOLE_ROUTES)
 def test_every_console_route_checks_the_role(app, factory, signed_in, manager_client, lead,
                                              method, path, role):
-    found_by_owner = "{token}" in path or "{job}" in path
-    path = path.format(id=lead, slug="headspace-6m", token="no-such-upload", job=999999)
+    found_by_owner = "{token}" in path or "{job}" in path or "{claim}" in path
+    path = path.format(id=lead, slug="headspace-6m", token="no-such-upload", job=999999,
+                       claim=999999)
     anonymous = app.test_client()
     response = _request(anonymous, method, path)
     assert response.status_code == 302
