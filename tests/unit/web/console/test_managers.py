@@ -48,6 +48,9 @@ CONSOLE_ROUTES = [
     ("post", "/manage/programs/{slug}/uploads/{token}/commit", "manager"),
     ("post", "/manage/programs/{slug}/uploads/{token}/cancel", "manager"),
     ("get", "/manage/programs/{slug}/imports/{job}", "manager"),
+    ("get", "/manage/programs/{slug}/delivery", "viewer"),
+    ("post", "/manage/programs/{slug}/delivery/resend-failed", "manager"),
+    ("get", "/manage/audit", "viewer"),
 ]
 
 
