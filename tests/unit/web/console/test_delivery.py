@@ -154,3 +154,25 @@ def test_a_broker_that_is_down_is_shown_down_not_a_500(app, app_config, mails):
     assert 'id="queues" data-status="degraded"' in page.text
     assert "refused by the server (550)" in page.text  # the mails are still listed
     down.extensions["db_engine"].dispose()
+
+
+def test_overdue_means_past_the_grace_as_owed_work_counts_it(app, manager_client, mails,
+                                                           session):
+    """A queued mail due a moment ago is not overdue; one whose attempt outlived its lease by
+    the grace is; a failed mail stays on the failed list only."""
+    failed, overdue = mails
+    now = datetime.now(UTC)
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == overdue).values(
+        next_attempt_at=now - timedelta(seconds=5)))
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == failed[0]).values(
+        status="sending", sending_started_at=now - timedelta(hours=1)))
+    session.commit()
+    part = _section(manager_client("viewer").get(PAGE).text, "overdue")
+    assert f'data-mail="{overdue}"' not in part
+    assert f'data-mail="{failed[0]}"' in part and f'data-mail="{failed[1]}"' not in part
+    with app.app_context():
+        from wellness_perks.services import verify
+
+        owed = {o.kind: set(o.ids) for o in verify.owed_work(get_session(),
+                                                              program_id=_program_id(app))}
+    assert owed[verify.OwedKind.overdue_mails] == {failed[0]}
