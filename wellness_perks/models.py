@@ -437,7 +437,13 @@ class OutboundEmail(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    __table_args__ = (sa.Index("ix_audit_object", "object_type", "object_id"),)
+    __table_args__ = (
+        sa.Index("ix_audit_object", "object_type", "object_id"),
+        # The audit log filtered by who or by what, newest first, page by page on (at, id): a
+        # range of one of these however rare the actor or action among the claims' events.
+        sa.Index("ix_audit_actor_at", "actor", "at", "id"),
+        sa.Index("ix_audit_action_at", "action", "at", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))

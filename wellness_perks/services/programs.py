@@ -506,3 +506,8 @@ _NOT_ALLOCATED_BY_STATE = (
 _LOCK_PROGRAM = (sa.select(Program).where(Program.id == sa.bindparam("b_program"))
                  .with_for_update(key_share=True)
                  .execution_options(populate_existing=True))
+
+
+def slugs_by_id(session: Session) -> dict[int, str]:
+    """Each program's slug by its id (a page naming programs by id reads them once)."""
+    return dict(session.execute(sa.select(Program.id, Program.slug)).all())

@@ -306,3 +306,82 @@ def possibly_sent(session: Session, *, program_id: int) -> list[tuple[int, int |
         .order_by(OutboundEmail.id)).all()
     session.commit()
     return [(outbound_id, claim_id) for outbound_id, claim_id in rows]
+
+
+# --------------------------------------------------------------------------- undelivered mails
+
+
+class Undelivered(enum.StrEnum):
+    """Which of a program's code mails the delivery page lists."""
+
+    failed = "failed"    # refused for good, or out of retries: ``resend-failed`` sends them again
+    overdue = "overdue"  # queued and due, or in a send attempt past its lease, beyond the grace
+
+
+UNDELIVERED_PAGE = 50
+_CODE_MAIL_KINDS = (MailKind.redemption.value, MailKind.reissue.value)
+
+
+@dataclass(frozen=True)
+class UndeliveredMail:
+    id: int
+    claim_id: int
+    kind: str
+    to_email: str
+    status: str
+    attempts: int
+    last_error: str | None  # as the outbox stored it: a transport's error or a MailProblem
+    created_at: datetime
+    next_attempt_at: datetime | None
+    sending_started_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UndeliveredPage:
+    mails: list[UndeliveredMail]
+    next_after: int | None  # the keyset of the next page (ids above it), None on the last
+
+
+def undelivered_statement(*, program_id: int, show: Undelivered, after_id: int, limit: int,
+                          cutoff: datetime, lease: timedelta) -> sa.Select:
+    """One page of the program's failed or overdue code mails, by id after ``after_id``. Every
+    branch starts with the mail's status, so it is a range of ix_outbound_status (status,
+    next_attempt_at), bounded by the mails not sent: never a walk of the outbox."""
+    mail = OutboundEmail.__table__.c
+    if show == Undelivered.failed:
+        condition = mail.status == sa.literal_column(f"'{MailStatus.failed.value}'")
+    else:
+        queued = sa.literal_column(f"'{MailStatus.queued.value}'")
+        condition = sa.or_(
+            sa.and_(mail.status == queued, mail.next_attempt_at < cutoff),
+            sa.and_(mail.status == queued, mail.next_attempt_at.is_(None),
+                    mail.created_at < cutoff),
+            sa.and_(mail.status == sa.literal_column(f"'{MailStatus.sending.value}'"),
+                    mail.sending_started_at < cutoff - lease))
+    claim = Claim.__table__.c
+    return (sa.select(mail.id, mail.claim_id, mail.kind, mail.to_email, mail.status,
+                      mail.attempts, mail.last_error, mail.created_at, mail.next_attempt_at,
+                      mail.sending_started_at)
+            .select_from(OutboundEmail.__table__.join(Claim.__table__,
+                                                      claim.id == mail.claim_id))
+            .where(condition, claim.program_id == program_id, mail.id > after_id,
+                   mail.kind.in_(_CODE_MAIL_KINDS))
+            .order_by(mail.id).limit(limit + 1))
+
+
+def undelivered_mails(session: Session, *, program_id: int, show: Undelivered,
+                      after_id: int = 0, limit: int = UNDELIVERED_PAGE,
+                      now: datetime | None = None) -> UndeliveredPage:
+    """A page of the program's failed (or overdue, as ``owed_work`` counts them) code mails,
+    oldest id first, with their errors and attempts."""
+    config = current_app.config
+    now = now or datetime.now(UTC)
+    statement = undelivered_statement(
+        program_id=program_id, show=show, after_id=after_id, limit=limit,
+        cutoff=now - timedelta(seconds=config["HEALTH_GRACE_SECONDS"]),
+        lease=timedelta(seconds=config["MAIL_SENDING_TIMEOUT_SECONDS"]))
+    rows = [UndeliveredMail(**row._mapping) for row in session.execute(statement)]
+    session.commit()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return UndeliveredPage(mails=rows, next_after=rows[-1].id if more else None)

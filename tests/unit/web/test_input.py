@@ -206,7 +206,8 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
         *(f"/manage/programs/{slug}/edit"
           for slug in ("headspace-6m", "calm-1y", "quiet-1m")),
         batches, "/manage/programs/headspace-6m/creators/upload", report_path,
-        "/manage/programs/headspace-6m/export", reveal_path]).items()]
+        "/manage/programs/headspace-6m/export", reveal_path,
+        "/manage/programs/headspace-6m/delivery"]).items()]
     for address, page in (("code@managers.example", "/manage/login/code"),
                           ("enrol@managers.example", "/manage/login/enroll")):
         halfway = app.test_client()

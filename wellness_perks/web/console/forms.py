@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
 import zoneinfo
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
+import wtforms
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     BooleanField,
@@ -236,3 +238,83 @@ class ReasonForm(Form):
     reason = TextAreaField("reason", validators=[
         DataRequired("reason_required"), Length(max=500, message="reason_too_long")],
         render_kw={"rows": 3, "maxlength": 500})
+
+
+class ResendFailedForm(Form):
+    """The delivery page's "Re-send all failed" button: no fields but its CSRF token."""
+
+
+# --------------------------------------------------------------------------- read-only filters
+# GET forms: they change nothing, so they carry no CSRF token (wtforms.Form, not ours).
+
+
+def _text_filter(max_length: int):
+    return StringField(validators=[Optional(), Length(max=max_length, message="filter_too_long")],
+                       filters=[lambda v: v.strip() if isinstance(v, str) else v])
+
+
+def _page_key(_form, field) -> None:
+    if (field.data or "").strip() and not re.fullmatch(r"\d{1,18}", field.data.strip()):
+        raise ValidationError("page_key_invalid")
+
+
+class DeliveryPageForm(wtforms.Form):
+    """Where each list of the delivery page starts: after a mail id."""
+
+    failed_after = StringField(validators=[_page_key])
+    overdue_after = StringField(validators=[_page_key])
+
+    def after(self, name: str) -> int:
+        value = (getattr(self, name).data or "").strip()
+        return int(value) if value else 0
+
+
+def _date_filter(_form, field) -> None:
+    if (field.data or "").strip():
+        try:
+            date.fromisoformat(field.data.strip())
+        except ValueError:
+            raise ValidationError("date_invalid") from None
+
+
+def _before_key(_form, field) -> None:
+    if (field.data or "").strip() and _parsed_before(field.data) is None:
+        raise ValidationError("page_key_invalid")
+
+
+def _parsed_before(value: str | None) -> tuple[datetime, int] | None:
+    at, _, event_id = (value or "").strip().rpartition("_")
+    try:
+        parsed = datetime.fromisoformat(at)
+    except ValueError:
+        return None
+    if not re.fullmatch(r"\d{1,18}", event_id):
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)), int(event_id)
+
+
+def before_key(at: datetime, event_id: int) -> str:
+    """The ``before`` parameter of the audit log's next page."""
+    return f"{at.isoformat()}_{event_id}"
+
+
+class AuditFilterForm(wtforms.Form):
+    actor = _text_filter(200)
+    action = _text_filter(64)
+    program = _text_filter(100)  # a program's slug
+    since = StringField(validators=[_date_filter])  # a date (UTC), from its start
+    until = StringField(validators=[_date_filter])  # a date (UTC), to its end
+    before = StringField(validators=[_before_key])
+
+    def _date(self, name: str) -> date | None:
+        value = (getattr(self, name).data or "").strip()
+        return date.fromisoformat(value) if value else None
+
+    def range(self) -> tuple[datetime | None, datetime | None]:
+        """The dates as a half-open range of instants (``until`` takes in its whole day)."""
+        since, until = self._date("since"), self._date("until")
+        return (datetime.combine(since, time(), UTC) if since else None,
+                datetime.combine(until + timedelta(days=1), time(), UTC) if until else None)
+
+    def before_key(self) -> tuple[datetime, int] | None:
+        return _parsed_before(self.before.data)

@@ -2,7 +2,8 @@
 manager's Security page, the list of programs and each program's dashboard, programs (created
 by admins; edited and opened, paused, resumed and closed by managers), and uploads of code
 batches and eligibility lists (upload, read the report, commit or cancel; large imports run on
-the ``imports`` queue)."""
+the ``imports`` queue), each program's delivery health (failed and overdue mails, re-sent in one
+click; the workers and queues as ``/healthz`` sees them), and the audit log (read only)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,20 @@ from markupsafe import Markup
 
 from ...db import get_session
 from ...models import ImportJobState, ImportKind
+from ...services import (
+    audit,
+    codes,
+    dashboard,
+    exports,
+    health,
+    import_jobs,
+    imports,
+    mail,
+    programs,
+    two_factor,
+)
 from ...services import auth as auth_service
-from ...services import codes, dashboard, exports, import_jobs, imports, programs, two_factor
+from ...services import verify as verify_service
 from ...services.countries import parse_country_quotas
 from ...services.errors import Conflict, InvalidInput, ProgramNotFound
 from .. import limits, security
@@ -34,17 +47,21 @@ from ..hygiene import accepts_uploads
 from ..security import ManagerUser, begin_session, end_session, local_path, role_required
 from . import charts
 from .forms import (
+    AuditFilterForm,
     CancelUploadForm,
     ClaimingForm,
     CodeBatchUploadForm,
     CommitUploadForm,
     CreatorsUploadForm,
+    DeliveryPageForm,
     EnrollmentCodeForm,
     ManagerSignInForm,
     NewProgramForm,
     ProgramForm,
     ReasonForm,
+    ResendFailedForm,
     TwoFactorCodeForm,
+    before_key,
 )
 
 bp = Blueprint("console", __name__, url_prefix="/manage")
@@ -553,3 +570,64 @@ def reveal_code(slug: str, claim_id: int):
     # Shown once: the console's pages are never stored (Cache-Control: no-store).
     return render_template("console/reveal.html", program=program, claim=claim, form=form,
                            revealed=revealed, error=error), status
+
+
+# --------------------------------------------------------------------------- delivery health
+
+
+@bp.route("/programs/<slug>/delivery")
+@role_required("viewer")
+def delivery(slug: str):
+    session = get_session()
+    program = _program_or_404(slug)
+    pages = DeliveryPageForm(request.args)
+    if not pages.validate():
+        return render_template("console/delivery.html", program=program, pages=pages,
+                               failed=None, overdue=None, health=None,
+                               resend=ResendFailedForm()), 400
+    failed, overdue = (verify_service.undelivered_mails(
+        session, program_id=program.id, show=show, after_id=pages.after(f"{show}_after"))
+        for show in verify_service.Undelivered)
+    return render_template("console/delivery.html", program=program, pages=pages,
+                           failed=failed, overdue=overdue, health=health.check(session),
+                           resend=ResendFailedForm())
+
+
+@bp.route("/programs/<slug>/delivery/resend-failed", methods=["POST"])
+@role_required("manager")
+def resend_failed(slug: str):
+    program = _program_or_404(slug)
+    form = ResendFailedForm()
+    if not form.validate_on_submit():
+        abort(400)
+    resent = mail.resend_failed(get_session(), program_id=program.id, actor=current_user.actor)
+    flash({"code": "resend_failed_done", "count": len(resent)}, "message")
+    return redirect(url_for("console.delivery", slug=slug))
+
+
+# --------------------------------------------------------------------------- audit log
+
+
+@bp.route("/audit")
+@role_required("viewer")
+def audit_log():
+    session = get_session()
+    form = AuditFilterForm(request.args)
+    program_id = None
+    if form.validate() and form.program.data:
+        try:
+            program_id = programs.get_program(session, form.program.data).id
+        except ProgramNotFound:
+            form.program.errors = [*form.program.errors, "filter_program_unknown"]
+    if any(field.errors for field in form):
+        return render_template("console/audit.html", form=form, page=None), 400
+    since, until = form.range()
+    filters = audit.AuditFilter(actor=form.actor.data or None, action=form.action.data or None,
+                                program_id=program_id, since=since, until=until)
+    page = audit.search(session, filters, before=form.before_key())
+    next_args = None
+    if page.next_before is not None:
+        next_args = {**{k: v for k, v in request.args.items() if k != "before" and v},
+                     "before": before_key(*page.next_before)}
+    return render_template("console/audit.html", form=form, page=page, next_args=next_args,
+                           slugs=programs.slugs_by_id(session))

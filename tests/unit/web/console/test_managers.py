@@ -54,6 +54,9 @@ CONSOLE_ROUTES = [
     # A claim that does not exist is found by nobody let in (404).
     ("get", "/manage/programs/{slug}/claims/{claim}/reveal", "manager"),
     ("post", "/manage/programs/{slug}/claims/{claim}/reveal", "manager"),
+    ("get", "/manage/programs/{slug}/delivery", "viewer"),
+    ("post", "/manage/programs/{slug}/delivery/resend-failed", "manager"),
+    ("get", "/manage/audit", "viewer"),
 ]
 
 

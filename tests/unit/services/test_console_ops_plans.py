@@ -1,0 +1,75 @@
+"""The delivery page's lists and the audit log's pages read index ranges, never a scan of the
+outbox or of the log: checked on PostgreSQL with 100,000 claims and mails, nearly all sent, and
+100,000 audit events (EXPLAIN ANALYZE, so the plan is the one the statement really runs)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.unit.services.test_health_plans import GROW, explain, migrated_pg_database
+from wellness_perks.db import make_engine
+from wellness_perks.services import audit, verify
+
+# The health test's programs, creators and claims; its mails, each one a claim's.
+MAILS = (
+    "INSERT INTO outboundemail (kind, to_email, claim_id, status, attempts, created_at, "
+    "sent_at, next_attempt_at) SELECT 'redemption', 'c' || g || '@example.com', g, "
+    "CASE WHEN g %% 20000 = 3 THEN 'queued' WHEN g %% 30000 = 5 THEN 'failed' ELSE 'sent' END, "
+    "1, now() - interval '1 day', now(), CASE WHEN g %% 40000 = 3 THEN now() - interval '1 day' "
+    "END FROM generate_series(1, 100000) g",
+    "INSERT INTO auditevent (at, actor, action, object_type, object_id, program_id) "
+    "SELECT now() - g * interval '1 s', 'manager:' || (g %% 7), "
+    "CASE WHEN g %% 3 = 0 THEN 'mail.resent' ELSE 'code.revealed' END, 'code', g, 1 + g %% 3 "
+    "FROM generate_series(1, 100000) g",
+    # A manager who did little, long ago, among the claims' events.
+    "INSERT INTO auditevent (at, actor, action, object_type, object_id, program_id) "
+    "SELECT now() - interval '30 days' - g * interval '1 s', 'manager:rare', 'batch.voided', "
+    "'batch', g, 1 FROM generate_series(1, 5) g",
+    "ANALYZE",
+)
+
+
+@pytest.fixture(scope="module")
+def grown_engine():
+    with migrated_pg_database() as url:
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            for statement in GROW[:3] + MAILS:
+                conn.exec_driver_sql(statement)
+        yield engine
+        engine.dispose()
+
+
+@pytest.mark.parametrize("show", list(verify.Undelivered))
+@pytest.mark.parametrize("after_id", [0, 50000])
+def test_the_undelivered_lists_read_the_status_index(grown_engine, show, after_id):
+    plan = explain(grown_engine, verify.undelivered_statement(
+        program_id=1, show=show, after_id=after_id, limit=50,
+        cutoff=datetime.now(UTC) - timedelta(minutes=2), lease=timedelta(seconds=20)))
+    assert "Seq Scan on outboundemail" not in plan, plan
+    assert "Seq Scan on claim" not in plan, plan
+    assert "ix_outbound_status" in plan, plan
+
+
+NOW = datetime.now(UTC)
+
+
+@pytest.mark.parametrize("filters", [
+    audit.AuditFilter(),
+    audit.AuditFilter(program_id=2),
+    audit.AuditFilter(action="mail.resent"),
+    audit.AuditFilter(actor="manager:3", since=NOW - timedelta(hours=2), until=NOW),
+    audit.AuditFilter(actor="manager:rare"),
+    audit.AuditFilter(action="batch.voided", program_id=1),
+])
+@pytest.mark.parametrize("deep", [False, True])
+def test_audit_pages_walk_the_time_index(grown_engine, filters, deep):
+    before = (NOW - timedelta(hours=20), 99999) if deep else None
+    plan = explain(grown_engine, audit.search_statement(filters, before=before))
+    assert "Seq Scan on auditevent" not in plan, plan
+    # A walk down the time index that stops at the page: no sort of every match.
+    rows = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan)]
+    assert max(rows) <= 1000, plan
