@@ -227,3 +227,22 @@ class CommitUploadForm(Form):
 
 class CancelUploadForm(Form):
     pass
+
+
+class AddCreatorForm(Form):
+    """One creator put on a program's list; the service checks the values as an import's."""
+
+    email = EmailField("email", validators=[DataRequired("email_required"),
+                                            Length(max=320, message="email_too_long")],
+                       render_kw={"autocomplete": "off", "inputmode": "email"})
+    handle = StringField("handle", validators=[DataRequired("handle_required"),
+                                               Length(max=100, message="handle_too_long")])
+    country = StringField("country", validators=[DataRequired("country_required"),
+                                                 Length(max=60, message="country_too_long")])
+
+
+class ReasonForm(Form):
+    """An action that needs a reason, which is audited: remove, mark ineligible, reissue."""
+
+    reason = StringField("reason", validators=[DataRequired("reason_required"),
+                                               Length(max=200, message="reason_too_long")])
