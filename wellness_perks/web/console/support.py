@@ -39,7 +39,7 @@ def _after_id() -> int | None:
 def _list_page(program, add_form=None, remove_forms=None, status: int = 200):
     query = request.args.get("q", "")[:320]
     page = creators.search_creators(get_session(), program_id=program.id, query=query,
-                                    after=_after_id())
+                                    after=_after_id(), limit=creators.SEARCH_PAGE)
     return render_template("console/creators.html", program=program, query=query, page=page,
                            add_form=add_form or AddCreatorForm(),
                            remove_forms=remove_forms or {}, blank_reason=ReasonForm()), status

@@ -48,6 +48,13 @@ CONSOLE_ROUTES = [
     ("post", "/manage/programs/{slug}/uploads/{token}/commit", "manager"),
     ("post", "/manage/programs/{slug}/uploads/{token}/cancel", "manager"),
     ("get", "/manage/programs/{slug}/imports/{job}", "manager"),
+    ("get", "/manage/programs/{slug}/creators", "viewer"),
+    ("post", "/manage/programs/{slug}/creators", "manager"),
+    # A creator is found by id: the signed-in creator's own (1), or none (404).
+    ("get", "/manage/programs/{slug}/creators/{creator}", "viewer"),
+    ("post", "/manage/programs/{slug}/creators/{creator}/resend", "manager"),
+    ("post", "/manage/programs/{slug}/creators/{creator}/reissue", "manager"),
+    ("post", "/manage/programs/{slug}/creators/{creator}/remove", "manager"),
 ]
 
 
@@ -72,7 +79,7 @@ def _request(browser, method, path, data=None):
 def test_the_list_of_routes_is_every_console_route(app):
     rules = {(method.lower(), rule.rule.replace("<int:manager_id>", "{id}")
               .replace("<slug>", "{slug}").replace("<token>", "{token}")
-              .replace("<int:job_id>", "{job}"))
+              .replace("<int:job_id>", "{job}").replace("<int:creator_id>", "{creator}"))
              for rule in app.url_map.iter_rules() if rule.rule.startswith("/manage/")
              for method in rule.methods - {"HEAD", "OPTIONS"}}
     sign_in = {("get", "/manage/login"), ("post", "/manage/login"), ("post", "/manage/logout"),
@@ -85,7 +92,8 @@ def test_the_list_of_routes_is_every_console_route(app):
 def test_every_console_route_checks_the_role(app, factory, signed_in, manager_client, lead,
                                              method, path, role):
     found_by_owner = "{token}" in path or "{job}" in path
-    path = path.format(id=lead, slug="headspace-6m", token="no-such-upload", job=999999)
+    path = path.format(id=lead, slug="headspace-6m", token="no-such-upload", job=999999,
+                       creator=1)
     anonymous = app.test_client()
     response = _request(anonymous, method, path)
     assert response.status_code == 302

@@ -15,7 +15,7 @@ from sqlmodel import select
 from tests.helpers import csrf_token
 from wellness_perks.db import get_session
 from wellness_perks.models import AuditEvent, Claim, Code, Creator, Eligibility, OutboundEmail
-from wellness_perks.services import claims, code_cipher, creators
+from wellness_perks.services import claims, creators
 
 SLUG = "headspace-6m"
 LIST = f"/manage/programs/{SLUG}/creators"
@@ -99,8 +99,6 @@ def test_search_pages_by_keyset(app, claimed, factory, session):
 
 def test_the_list_links_the_next_page(claimed, factory, manager_client, monkeypatch):
     monkeypatch.setattr(creators, "SEARCH_PAGE", 2)
-    monkeypatch.setattr(creators.search_creators, "__kwdefaults__", {"query": "",
-                        "after": None, "limit": 2})
     viewer = manager_client("viewer")
     page = viewer.get(LIST).text
     link = unescape(re.search(r'rel="next" href="([^"]+)"', page).group(1))
@@ -147,16 +145,12 @@ def test_adding_someone_already_listed_is_refused(claimed, manager_client, sessi
     response = _post(manager_client("manager"), LIST, {
         "email": "bilal@example.com", "handle": "@bilal", "country": "PK"})
     assert response.status_code == 400
-    assert "bilal@example.com is already on this program&#39;s list" in response.text
+    assert "bilal@example.com is already on this program's list" in unescape(response.text)
     assert _audits(session) == before
 
 
 def test_marking_ineligible_refuses_a_waiting_claim(app, claimed, manager_client, session):
     bilal = _creator_id(session, "bilal@example.com")
-    with app.app_context():
-        from wellness_perks.services import programs
-        programs.pause_claims(get_session(), program_id=claimed.id, actor="test")
-        programs.resume_claims(get_session(), program_id=claimed.id, actor="test")
     with app.app_context():
         get_session().add(Claim(program_id=claimed.id, creator_id=bilal, state="pending",
                                 country="PK", requested_at=datetime.now(UTC)))
@@ -184,10 +178,6 @@ def test_marking_ineligible_refuses_a_waiting_claim(app, claimed, manager_client
 def test_the_case_shows_claims_and_mails_and_never_a_code_in_clear(app, claimed,
                                                                    manager_client, session):
     ayesha = _creator_id(session, "ayesha@example.com")
-    session.rollback()
-    value = code_cipher.cipher().decrypt(session.exec(
-        select(Code.value_encrypted).join(Claim, Claim.code_id == Code.id)
-        .where(Claim.creator_id == ayesha)).one()) if False else None
     for role in ("viewer", "manager", "admin"):
         browser = manager_client(role)
         page = browser.get(_case_path(ayesha))
@@ -198,7 +188,6 @@ def test_the_case_shows_claims_and_mails_and_never_a_code_in_clear(app, claimed,
         for code in CODES:
             for path in (_case_path(ayesha), LIST, LIST + "?q=a", f"/manage/programs/{SLUG}"):
                 assert code not in browser.get(path).text
-    assert value is None
     assert manager_client("viewer").get(_case_path(999999)).status_code == 404
 
 
