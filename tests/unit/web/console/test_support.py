@@ -238,3 +238,26 @@ def test_reissue_needs_a_reason_and_gives_a_new_code(app, claimed, manager_clien
     assert _audits(session)[-1] == (f"manager:{manager.manager_id}", "claim.reissued")
     text = manager.get(page).text
     assert "Your new code" in text and all(code not in text for code in CODES)
+
+
+def test_the_dashboard_and_the_edit_page_link_the_creators(claimed, manager_client):
+    manager = manager_client("manager")
+    for page in (f"/manage/programs/{SLUG}", f"/manage/programs/{SLUG}/edit"):
+        assert f'href="{LIST}"' in manager.get(page).text, page
+
+
+def test_removing_from_the_case_page_shows_its_refusal_there(claimed, manager_client,
+                                                            session):
+    ayesha = _creator_id(session, "ayesha@example.com")
+    manager = manager_client("manager")
+    page = _case_path(ayesha)
+    response = _post(manager, f"{page}/remove", {"reason": ""}, page=page)
+    assert response.status_code == 400 and "reason" in _errors(response.text)
+    assert "Support" in response.text  # the case page again, not the list
+    response = _post(manager, f"{page}/remove", {"reason": "left the agency"}, page=page)
+    assert response.status_code == 302 and response.headers["Location"] == page
+    session.rollback()
+    claim = session.exec(select(Claim).where(Claim.creator_id == ayesha)).one()
+    assert claim.state == "allocated"  # a claim holding a code is left alone
+    assert "not on the list" in manager.get(page).text
+    assert _audits(session)[-1] == (f"manager:{manager.manager_id}", "creator.removed_from_list")
