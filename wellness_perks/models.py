@@ -200,6 +200,9 @@ class CountryQuota(SQLModel, table=True):
 
 
 class Creator(SQLModel, table=True):
+    # The console's search by handle prefix is an index range, never a scan of all creators.
+    __table_args__ = (sa.Index("ix_creator_handle", "handle"),)
+
     id: int | None = Field(default=None, primary_key=True)
     # Normalised (email-validator) and lower-cased: the identity of a person.
     email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False, unique=True))

@@ -98,7 +98,15 @@ def void_code(session: Session, *, program_id: int, value: str, reason: str,
 
 def reissue_claim(session: Session, *, program_id: int, creator_email: str, reason: str,
                   actor: str) -> VoidResult:
-    """Void the code a creator holds in a program and give them the next one."""
+    """Void the code a creator holds in a program and give them the next one. The reason is
+    required (it is audited); the replacement takes the old code's place in the quota."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("say why the code is reissued (the reason is audited)",
+                           field="reason", code="reason_required")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidInput(f"reason is longer than {MAX_REASON_LENGTH} characters",
+                           field="reason", code="reason_too_long", limit=MAX_REASON_LENGTH)
     with write_transaction(session):
         lock_program(session, program_id)
         claim = session.exec(

@@ -35,7 +35,13 @@ from .programs import lock_program
 WAITING = (ClaimState.pending, ClaimState.waitlisted)
 
 
-def _creator(session: Session, email: str) -> Creator:
+def _creator(session: Session, email: str | None, creator_id: int | None = None) -> Creator:
+    if creator_id is not None:
+        creator = session.exec(select(Creator).where(Creator.id == creator_id)
+                               .execution_options(populate_existing=True)).first()
+        if creator is None:
+            raise NotFound(f"no creator #{creator_id}", creator_id=creator_id)
+        return creator
     address = normalise_email(email)
     creator = session.exec(select(Creator).where(Creator.email == address)
                            .execution_options(populate_existing=True)).first()
@@ -48,14 +54,16 @@ def _when(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def creator_case(session: Session, *, program_id: int, email: str) -> dict:
+def creator_case(session: Session, *, program_id: int, email: str | None = None,
+                 creator_id: int | None = None) -> dict:
     """The creator (handle, country, locale, on the program's list or not), their claim in the
     program with its state, reason and times and its code masked, and every mail to them that
     belongs to the program (the code mails of their claim) or to no program (sign-in links):
     kind, status, attempts, last error, when sent, and whether it may have arrived twice.
 
-    A document of plain values (what the CLI's ``--json`` prints and the API will send)."""
-    creator = _creator(session, email)
+    The creator is named by ``email`` or by ``creator_id``. A document of plain values (what
+    the CLI's ``--json`` prints and the API will send)."""
+    creator = _creator(session, email, creator_id)
     on_list = session.exec(select(Eligibility.id).where(
         Eligibility.program_id == program_id, Eligibility.creator_id == creator.id)).first()
     claims = []
@@ -122,10 +130,10 @@ def remove_from_list(session: Session, *, program_id: int, email: str, reason: s
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("say why the creator is removed (the reason is audited)",
-                           field="reason")
+                           field="reason", code="reason_required")
     if len(reason) > MAX_REASON_LENGTH:
         raise InvalidInput(f"reason is longer than {MAX_REASON_LENGTH} characters",
-                           field="reason")
+                           field="reason", code="reason_too_long", limit=MAX_REASON_LENGTH)
     now = now or datetime.now(UTC)
     with write_transaction(session):
         lock_program(session, program_id)
@@ -156,3 +164,43 @@ def remove_from_list(session: Session, *, program_id: int, email: str, reason: s
     log_event(REMOVED, creator_id=removal.creator_id, program_id=program_id,
               claim_id=removal.claim_id, refused=waiting)
     return removal
+
+
+SEARCH_PAGE = 50
+_TOP = "\U0010ffff"  # above every character: ``q <= value < q + _TOP`` is "starts with q"
+
+
+def _prefix(column, text: str):
+    """``column`` starts with ``text``, as an index range (the LIKE only re-checks the rows
+    the range found, so a collation's ordering can never widen the match)."""
+    return sa.and_(column >= text, column < text + _TOP,
+                   column.startswith(text, autoescape=True))
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    creators: list[dict]
+    next_after: int | None  # the keyset of the next page (None: this is the last)
+
+
+def search_creators(session: Session, *, program_id: int, query: str = "",
+                    after: int | None = None, limit: int = SEARCH_PAGE) -> SearchPage:
+    """The creators on a program's list whose email or handle starts with ``query`` (all of
+    them for an empty query), in the order of their ids, ``limit`` a page: a page starts after
+    the id ``after`` (keyset paging, never an offset). Each lookup is an index range (the
+    email's unique index, ``ix_creator_handle``) joined to the list's ``uq_eligibility``."""
+    text = (query or "").strip()[:320]
+    statement = (
+        sa.select(Creator.id, Creator.email, Creator.handle, Creator.country)
+        .join(Eligibility, sa.and_(Eligibility.creator_id == Creator.id,
+                                   Eligibility.program_id == program_id)))
+    if text:
+        statement = statement.where(sa.or_(_prefix(Creator.email, text.lower()),
+                                           _prefix(Creator.handle, text)))
+    if after is not None:
+        statement = statement.where(Creator.id > after)
+    rows = session.execute(statement.order_by(Creator.id).limit(limit + 1)).all()
+    session.rollback()  # a read: nothing held
+    found = [{"id": r.id, "email": r.email, "handle": r.handle, "country": r.country}
+             for r in rows[:limit]]
+    return SearchPage(found, found[-1]["id"] if len(rows) > limit else None)

@@ -43,7 +43,7 @@ from . import audit, code_cipher, stock
 from .codes import mask_code
 from .countries import normalise_country
 from .emails import normalise_email
-from .errors import InvalidInput
+from .errors import Conflict, InvalidInput
 
 WRITE_CHUNK = 1000
 MAX_CODE_LENGTH = 64
@@ -928,3 +928,40 @@ def _write_codes(session: Session, program_id: int, batch_id: int, chunk: list,
             if len(report.in_other_programs_lines) < MAX_LINES_LISTED:
                 report.in_other_programs_lines.append(line)
     report.imported += len(inserted)
+
+
+# --------------------------------------------------------------------------- one creator
+
+CREATOR_ADDED = "creator.added"
+
+
+def add_creator(session: Session, *, program_id: int, email: str, handle: str, country: str,
+                name: str | None = None, actor: str) -> int:
+    """Put one creator on a program's list (the console's "add"): the row is checked as an
+    import's row is (``_creator_row``) and written as one (``_write_creators``); returns the
+    creator's id. Refused (InvalidInput, with the field) for a bad value, (Conflict) when they
+    are on the list already."""
+    index = {"handle": 0, "email": 1, "country": 2, "name": 3}
+    issues, row = _creator_row(1, [handle or "", email or "", country or "", name or ""],
+                               4, index)
+    if issues:
+        issue = issues[0]
+        raise InvalidInput(issue.reason, field=issue.field, code=issue.code, **issue.params)
+    handle, address, country, name = row
+    report = ImportReport()
+    begin_write(session)
+    try:
+        _write_creators(session, program_id, [(1, handle, address, country, name)], report)
+        if report.duplicate:
+            raise Conflict(f"{address} is already on this program's list", email=address,
+                           code="already_listed")
+        creator_id = session.execute(
+            sa.select(Creator.id).where(Creator.email == address)).scalar_one()
+        audit.record(session, audit.event(
+            actor=actor, action=CREATOR_ADDED, object_type="creator", object_id=creator_id,
+            program_id=program_id, detail={"country": country}))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return creator_id

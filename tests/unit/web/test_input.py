@@ -207,7 +207,11 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
           for slug in ("headspace-6m", "calm-1y", "quiet-1m")),
         batches, "/manage/programs/headspace-6m/creators/upload", report_path,
         "/manage/programs/headspace-6m/export", reveal_path,
-        "/manage/programs/headspace-6m/delivery"]).items()]
+        "/manage/programs/headspace-6m/delivery",
+        # The eligibility list (add; remove by row) and a creator's case (resend, reissue,
+        # remove).
+        "/manage/programs/headspace-6m/creators",
+        "/manage/programs/headspace-6m/creators/1"]).items()]
     for address, page in (("code@managers.example", "/manage/login/code"),
                           ("enrol@managers.example", "/manage/login/enroll")):
         halfway = app.test_client()
@@ -221,9 +225,11 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
                   for action, fields in _post_forms(browser, [page]).items()]
     # Every POST route of the pages is tried (a new form is covered the day it appears).
     covered = {re.sub(r"^/manage/managers/\d+/", "/manage/managers/<int:manager_id>/",
-                      re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
-                      .replace(link_path, "/login/<token>").replace(upload_token, "<token>")
-                      .replace(f"/claims/{held.id}/", "/claims/<int:claim_id>/"))
+                      re.sub(r"/creators/\d+/", "/creators/<int:creator_id>/",
+                             re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
+                             .replace(link_path, "/login/<token>")
+                             .replace(upload_token, "<token>")
+                             .replace(f"/claims/{held.id}/", "/claims/<int:claim_id>/")))
                for _, action, _ in forms}
     assert covered == _form_rules(app), "a POST route no page's form reaches"
     mails_before = len(smtp_server.messages)

@@ -318,3 +318,24 @@ class AuditFilterForm(wtforms.Form):
 
     def before_key(self) -> tuple[datetime, int] | None:
         return _parsed_before(self.before.data)
+
+
+class AddCreatorForm(Form):
+    """One creator put on a program's list; the service checks the values as an import's."""
+
+    email = EmailField("email", validators=[DataRequired("email_required"),
+                                            Length(max=320, message="email_too_long")],
+                       render_kw={"autocomplete": "off", "inputmode": "email"})
+    handle = StringField("handle", validators=[DataRequired("handle_required"),
+                                               Length(max=100, message="handle_too_long")])
+    country = StringField("country", validators=[DataRequired("country_required"),
+                                                 Length(max=60, message="country_too_long")])
+
+
+class CaseReasonForm(Form):
+    """An action that needs a reason, which is audited: remove, mark ineligible, reissue."""
+
+    origin = HiddenField()  # "list": the button of the eligibility list, not of the case page
+
+    reason = StringField("reason", validators=[DataRequired("reason_required"),
+                                               Length(max=200, message="reason_too_long")])

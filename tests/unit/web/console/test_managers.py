@@ -57,6 +57,13 @@ CONSOLE_ROUTES = [
     ("get", "/manage/programs/{slug}/delivery", "viewer"),
     ("post", "/manage/programs/{slug}/delivery/resend-failed", "manager"),
     ("get", "/manage/audit", "viewer"),
+    ("get", "/manage/programs/{slug}/creators", "viewer"),
+    ("post", "/manage/programs/{slug}/creators", "manager"),
+    # A creator is found by id: the signed-in creator's own (1), or none (404).
+    ("get", "/manage/programs/{slug}/creators/{creator}", "viewer"),
+    ("post", "/manage/programs/{slug}/creators/{creator}/resend", "manager"),
+    ("post", "/manage/programs/{slug}/creators/{creator}/reissue", "manager"),
+    ("post", "/manage/programs/{slug}/creators/{creator}/remove", "manager"),
 ]
 
 
@@ -83,7 +90,8 @@ def _request(browser, method, path, data=None):
 def test_the_list_of_routes_is_every_console_route(app):
     rules = {(method.lower(), rule.rule.replace("<int:manager_id>", "{id}")
               .replace("<slug>", "{slug}").replace("<token>", "{token}")
-              .replace("<int:job_id>", "{job}").replace("<int:claim_id>", "{claim}"))
+              .replace("<int:job_id>", "{job}").replace("<int:claim_id>", "{claim}")
+              .replace("<int:creator_id>", "{creator}"))
              for rule in app.url_map.iter_rules() if rule.rule.startswith("/manage/")
              for method in rule.methods - {"HEAD", "OPTIONS"}}
     sign_in = {("get", "/manage/login"), ("post", "/manage/login"), ("post", "/manage/logout"),
@@ -97,7 +105,7 @@ def test_every_console_route_checks_the_role(app, factory, signed_in, manager_cl
                                              method, path, role):
     found_by_owner = "{token}" in path or "{job}" in path or "{claim}" in path
     path = path.format(id=lead, slug="headspace-6m", token="no-such-upload", job=999999,
-                       claim=999999)
+                       claim=999999, creator=1)
     anonymous = app.test_client()
     response = _request(anonymous, method, path)
     assert response.status_code == 302
