@@ -29,13 +29,13 @@ def test_queue_depths_count_every_message_waiting(redis_app):
     app, _config = redis_app
     with app.app_context():
         assert broker.queue_depths(broker.queue_names()) == {
-            "allocation": 0, "mail": 0, "periodic": 0}
+            "allocation": 0, "mail": 0, "periodic": 0, "imports": 0}
         dispatch.send_emails([1, 2])
         dispatch.allocate_program(1)
         dispatch.allocate_program(2)
         app.extensions["celery"].tasks[dispatch.SWEEP].apply_async(priority=6)
         assert broker.queue_depths(broker.queue_names()) == {
-            "allocation": 2, "mail": 1, "periodic": 1}
+            "allocation": 2, "mail": 1, "periodic": 1, "imports": 0}
 
 
 def test_task_failures_of_every_process_add_up(redis_app):

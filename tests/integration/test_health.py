@@ -37,14 +37,14 @@ HTTP_TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def health_stack(mail_catcher, tmp_path_factory) -> Iterator[Stack]:
-    """The stack with one worker, on the allocation and periodic queues only."""
+    """The stack with one worker, on the allocation, periodic and imports queues only."""
     require_stack_services()
     broker_url, redis_client = _claim_redis_database()
     try:
         with running_stack(mail_catcher, tmp_path_factory.mktemp("health"),
                            broker_url=broker_url) as st:
             st.cli("init-db")
-            st.start_worker("allocation", 1, queues="allocation,periodic")
+            st.start_worker("allocation", 1, queues="allocation,periodic,imports")
             yield st
     finally:
         _release_redis(redis_client)
