@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from ..models import AuditEvent
+from .errors import InvalidInput
 
 
 def event(*, actor: str, action: str, object_type: str, object_id: int | None = None,
@@ -32,6 +33,20 @@ def record(where: Session | sa.Connection, *events: dict) -> None:
         return
     connection = where.connection() if isinstance(where, Session) else where
     connection.execute(_INSERT, list(events) if len(events) > 1 else events[0])
+
+
+def reason_given(reason: str | None, *, doing: str, limit: int) -> str:
+    """The reason an audited action is done for, stripped: required, and at most ``limit``
+    characters (InvalidInput on the ``reason`` field otherwise). ``doing`` says what the action
+    does, in the message (``"the code is revealed"``)."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput(f"say why {doing} (the reason is audited)", field="reason",
+                           code="reason_required")
+    if len(reason) > limit:
+        raise InvalidInput(f"reason is longer than {limit} characters", field="reason",
+                           code="reason_too_long", limit=limit)
+    return reason
 
 
 def detail_text(detail: dict[str, Any] | None) -> str | None:

@@ -100,13 +100,7 @@ def reissue_claim(session: Session, *, program_id: int, creator_email: str, reas
                   actor: str) -> VoidResult:
     """Void the code a creator holds in a program and give them the next one. The reason is
     required (it is audited); the replacement takes the old code's place in the quota."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise InvalidInput("say why the code is reissued (the reason is audited)",
-                           field="reason", code="reason_required")
-    if len(reason) > MAX_REASON_LENGTH:
-        raise InvalidInput(f"reason is longer than {MAX_REASON_LENGTH} characters",
-                           field="reason", code="reason_too_long", limit=MAX_REASON_LENGTH)
+    reason = audit.reason_given(reason, doing="the code is reissued", limit=MAX_REASON_LENGTH)
     with write_transaction(session):
         lock_program(session, program_id)
         claim = session.exec(
@@ -192,13 +186,8 @@ def reveal_code(session: Session, code_id: int, actor: str, reason: str) -> str:
     The one way a manager sees a code (everywhere else a code is its id: ``code #12``). The
     event records who, which code and why, never the code; nothing is logged.
     """
-    reason = (reason or "").strip()
-    if not reason:
-        raise InvalidInput("say why the code is revealed (the reason is audited)",
-                           field="reason")
-    if len(reason) > MAX_REVEAL_REASON_LENGTH:
-        raise InvalidInput(f"reason is longer than {MAX_REVEAL_REASON_LENGTH} characters",
-                           field="reason")
+    reason = audit.reason_given(reason, doing="the code is revealed",
+                                limit=MAX_REVEAL_REASON_LENGTH)
     with write_transaction(session):
         row = session.execute(sa.select(Code.value_encrypted, Code.program_id)
                               .where(Code.id == code_id)).first()
@@ -400,13 +389,7 @@ def void_batch(session: Session, *, program_id: int, batch: str | int, reason: s
     """Void every code of a batch still in stock (``restore-code`` can bring one back); the
     codes creators hold are left as they are. The stock counter goes down by as many, in the
     same transaction, under the program's row lock (allocation takes codes under it too)."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise InvalidInput("say why the batch is voided (the reason is audited)",
-                           field="reason")
-    if len(reason) > MAX_REASON_LENGTH:
-        raise InvalidInput(f"reason is longer than {MAX_REASON_LENGTH} characters",
-                           field="reason")
+    reason = audit.reason_given(reason, doing="the batch is voided", limit=MAX_REASON_LENGTH)
     with write_transaction(session):
         lock_program(session, program_id)
         found = find_batch(session, program_id=program_id, batch=batch)

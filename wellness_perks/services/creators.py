@@ -29,7 +29,7 @@ from ..models import (
 from . import audit, code_cipher
 from .codes import MAX_REASON_LENGTH, mask_code
 from .emails import normalise_email
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import Conflict, NotFound
 from .programs import lock_program
 
 WAITING = (ClaimState.pending, ClaimState.waitlisted)
@@ -127,13 +127,7 @@ def remove_from_list(session: Session, *, program_id: int, email: str, reason: s
     creator no longer on the list whose claim still waits (one requested as they were being
     removed) has that claim refused by running this again.
     """
-    reason = (reason or "").strip()
-    if not reason:
-        raise InvalidInput("say why the creator is removed (the reason is audited)",
-                           field="reason", code="reason_required")
-    if len(reason) > MAX_REASON_LENGTH:
-        raise InvalidInput(f"reason is longer than {MAX_REASON_LENGTH} characters",
-                           field="reason", code="reason_too_long", limit=MAX_REASON_LENGTH)
+    reason = audit.reason_given(reason, doing="the creator is removed", limit=MAX_REASON_LENGTH)
     now = now or datetime.now(UTC)
     with write_transaction(session):
         lock_program(session, program_id)

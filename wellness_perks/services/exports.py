@@ -22,7 +22,6 @@ from ..logs import log_event
 from ..models import Claim, Code, Creator, OutboundEmail
 from . import audit, code_cipher
 from .codes import MAX_REVEAL_REASON_LENGTH, mask_code
-from .errors import InvalidInput
 
 HEADER = ("handle", "email", "country", "state", "reason", "requested_at", "decided_at",
           "mail_status", "code")
@@ -89,14 +88,8 @@ def export_claims(session: Session, *, program_id: int, actor: str,
     before the first line is made, so no code leaves unaudited; otherwise they are masked."""
     if full_codes_reason is None:
         return as_csv(claim_rows(session, program_id=program_id))
-    reason = full_codes_reason.strip()
-    if not reason:
-        raise InvalidInput("say why the full codes are exported (the reason is audited)",
-                           field="reason", code="reason_required")
-    if len(reason) > MAX_REVEAL_REASON_LENGTH:
-        raise InvalidInput(f"reason is longer than {MAX_REVEAL_REASON_LENGTH} characters",
-                           field="reason", code="reason_too_long",
-                           limit=MAX_REVEAL_REASON_LENGTH)
+    reason = audit.reason_given(full_codes_reason, doing="the full codes are exported",
+                                limit=MAX_REVEAL_REASON_LENGTH)
     with write_transaction(session):
         count = session.execute(sa.select(sa.func.count()).select_from(Claim).where(
             Claim.program_id == program_id, Claim.code_id.is_not(None))).scalar_one()
