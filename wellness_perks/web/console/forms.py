@@ -19,6 +19,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, Optional, Regexp
 
 from ...models import MANAGER_ROLES
+from ...services.codes import MAX_REASON_LENGTH, MAX_REVEAL_REASON_LENGTH
 from ...services.imports import MAX_BATCH_NAME_LENGTH
 from ..forms import Form
 
@@ -231,13 +232,22 @@ class CancelUploadForm(Form):
     pass
 
 
+def reason_at_most(limit: int):
+    """A reason's length, refused as the services refuse it: ``reason_too_long`` with its
+    limit (the message says the number)."""
+    def check(_form, field) -> None:
+        if len(field.data or "") > limit:
+            raise ValidationError({"code": "reason_too_long", "limit": limit})
+    return check
+
+
 class ReasonForm(Form):
     """An audited action's reason (revealing a code, exporting full codes): the service checks
     it too (``codes.MAX_REVEAL_REASON_LENGTH``)."""
 
     reason = TextAreaField("reason", validators=[
-        DataRequired("reason_required"), Length(max=500, message="reason_too_long")],
-        render_kw={"rows": 3, "maxlength": 500})
+        DataRequired("reason_required"), reason_at_most(MAX_REVEAL_REASON_LENGTH)],
+        render_kw={"rows": 3, "maxlength": MAX_REVEAL_REASON_LENGTH})
 
 
 class ResendFailedForm(Form):
@@ -337,5 +347,6 @@ class CaseReasonForm(Form):
 
     origin = HiddenField()  # "list": the button of the eligibility list, not of the case page
 
-    reason = StringField("reason", validators=[DataRequired("reason_required"),
-                                               Length(max=200, message="reason_too_long")])
+    reason = StringField("reason", validators=[
+        DataRequired("reason_required"), reason_at_most(MAX_REASON_LENGTH)],
+        render_kw={"maxlength": MAX_REASON_LENGTH})

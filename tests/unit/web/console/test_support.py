@@ -261,3 +261,14 @@ def test_removing_from_the_case_page_shows_its_refusal_there(claimed, manager_cl
     assert claim.state == "allocated"  # a claim holding a code is left alone
     assert "not on the list" in manager.get(page).text
     assert _audits(session)[-1] == (f"manager:{manager.manager_id}", "creator.removed_from_list")
+
+
+def test_a_reason_too_long_is_told_with_the_limit_that_was_passed(app):
+    """One message for every audited action's reason: the limit is the refusal's own (200 for a
+    removal or reissue, 500 for a reveal), never another action's."""
+    template = app.jinja_env.from_string(
+        '{% import "messages.html" as words %}{{ words.say(message) }}')
+    with app.test_request_context():
+        for limit in (200, 500):
+            text = template.render(message={"code": "reason_too_long", "limit": limit})
+            assert text == f"The reason can't be longer than {limit} characters."
