@@ -172,3 +172,13 @@ def test_the_database_refuses_a_role_it_does_not_know(app):
             session.execute(sa.update(Manager).where(Manager.id == manager_id)
                             .values(role="owner"))
             session.commit()
+
+
+def test_console_pages_are_english_unindexed_and_without_the_portals_footer(client):
+    page = client.get("/manage/login", headers={"Accept-Language": "ur"})
+    assert '<html lang="en" dir="ltr">' in page.text
+    assert '<meta name="robots" content="noindex, nofollow">' in page.text
+    assert "<title>Sign in · Wellness Perks console</title>" in page.text
+    assert '<body class="console">' in page.text and "<footer" not in page.text
+    portal = client.get("/login")
+    assert "noindex" not in portal.text and "<footer" in portal.text
