@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import re
 import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta
@@ -43,7 +44,14 @@ class ManagerSignInForm(Form):
 
 _NUMBER = r"^\s*\d{1,9}\s*$"
 LOCAL_TIME_FORMATS = ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M")
-TIME_ZONES = sorted(zoneinfo.available_timezones())
+
+
+@functools.cache
+def time_zones() -> list[str]:
+    """The IANA zones a program's window may be in, read once, when a form first lists them:
+    reading them walks the zone database (tens of milliseconds), which no process start, task
+    or command should pay."""
+    return sorted(zoneinfo.available_timezones())
 
 
 def _local_time(_form, field) -> None:
@@ -81,7 +89,7 @@ class ProgramForm(Form):
     closes_at = StringField("closes_at", validators=[_local_time],
                             render_kw={"type": "datetime-local"})
     # Any name is taken here: the service says which zones exist (field ``time-zone``).
-    time_zone = SelectField("time_zone", choices=TIME_ZONES, validate_choice=False,
+    time_zone = SelectField("time_zone", choices=time_zones, validate_choice=False,
                             default="UTC")
     redeem_url = StringField("redeem_url", validators=[
         Length(max=500, message="redeem_url_too_long")], render_kw={"inputmode": "url"})
