@@ -658,23 +658,10 @@ def import_codes(
     session.add(batch)
     session.flush()
     batch_id = batch.id
-    seen: dict[str, int] = {}
     writer = _Writer(report, skip_invalid,
                      lambda chunk: _write_codes(session, program_id, batch_id, chunk, report))
-    for line, value in entries:
-        if not value:
-            continue
-        issue = _code_issue(line, value, pattern, format_text)
-        if issue is not None:
-            _invalid(report, [issue])
-            continue
-        if value in seen:
-            report.duplicate += 1
-            report.duplicates.append(RowIssue(line, "code", f"same code as line {seen[value]}",
-                                              "duplicate_in_file", {"first_line": seen[value]}))
-            continue
-        seen[value] = line
-        writer.add((line, value))
+    for entry in _codes_passing_rows(entries, pattern, format_text, report):
+        writer.add(entry)
     writer.flush()
 
     if report.imported == 0:
@@ -703,27 +690,39 @@ def _dry_run_codes(session: Session, program_id: int, entries, pattern: re.Patte
                    format_text: str, report: ImportReport) -> ImportReport:
     """``import_codes`` with nothing written: every row checked as the import checks it (invalid
     rows as if skipped), codes looked up by fingerprint. Each code listed is masked."""
-    seen: dict[str, int] = {}
     writer = _Writer(report, True, lambda chunk: _check_codes(session, program_id, chunk, report))
+    masked = functools.partial(_mask, report)
+    for entry in _codes_passing_rows(entries, pattern, format_text, report, rejected=masked):
+        writer.add(entry)
+    writer.flush()
+    return _reported(session, report)
+
+
+def _codes_passing_rows(entries, pattern: re.Pattern, format_text: str, report: ImportReport,
+                        rejected=None):
+    """The (line, code) of the file that pass the row checks, each code once (its first line):
+    an invalid row and a repeat inside the file are counted and listed in ``report``, and given
+    to ``rejected(line, code)`` if there is one (a dry run masks them for its report) — except a
+    row with a control character, which is never echoed, even masked."""
+    seen: dict[str, int] = {}
     for line, value in entries:
         if not value:
             continue
         issue = _code_issue(line, value, pattern, format_text)
         if issue is not None:
             _invalid(report, [issue])
-            if issue.code != "control_character":  # never echoed, even masked
-                _mask(report, line, value)
+            if rejected is not None and issue.code != "control_character":
+                rejected(line, value)
             continue
         if value in seen:
             report.duplicate += 1
             report.duplicates.append(RowIssue(line, "code", f"same code as line {seen[value]}",
                                               "duplicate_in_file", {"first_line": seen[value]}))
-            _mask(report, line, value)
+            if rejected is not None:
+                rejected(line, value)
             continue
         seen[value] = line
-        writer.add((line, value))
-    writer.flush()
-    return _reported(session, report)
+        yield line, value
 
 
 # Masked codes a dry run's report keeps: one for each line it lists, at most.
