@@ -28,6 +28,7 @@ from .services import (
     health,
     imports,
     mail,
+    managers,
     privacy,
     programs,
     sweeper,
@@ -94,6 +95,26 @@ def create_manager_command(email: str, role: str, password: str) -> None:
     except DomainError as exc:
         _fail(str(exc))
     click.echo(f"{manager.role} {manager.email} created")
+
+
+@click.command("set-password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the new password from the first line of standard input (no prompt).")
+@with_appcontext
+def set_password_command(email: str, password_stdin: bool) -> None:
+    """Give a console account a new password (at least 12 characters) and end its sessions;
+    its second factor stays."""
+    if password_stdin:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        address = managers.set_password(get_session(), email=email, password=password,
+                                        actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"password of {address} set; their sessions have ended")
 
 
 @click.command("create-program")
@@ -721,6 +742,7 @@ def health_command(as_json: bool) -> None:
 COMMANDS = (
     init_db_command,
     create_manager_command,
+    set_password_command,
     create_program_command,
     set_quota_command,
     pause_command,

@@ -6,6 +6,7 @@ the commands are tested against the services, in ``tests/unit/services/``."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from cryptography.fernet import Fernet
 from sqlmodel import select
 from werkzeug.security import check_password_hash
 
+from tests.conftest import enter_code, sign_in_manager, totp_code
 from tests.helpers import code_value
 from tests.unit.services.scenarios import lost_claims
 from tests.unit.services.test_verify import CASES as VERIFY_CASES
@@ -279,6 +281,66 @@ def test_create_manager_refuses_bad_input(runner, session, email, password, mess
     _error(result, f"Error: {message}")
     assert _count(session, Manager) == 0
     assert _count(session, AuditEvent) == 0
+
+
+# --------------------------------------------------------------------------- set-password
+
+NEW_PASSWORD = "a new and longer passphrase"
+
+
+@pytest.fixture
+def boss(runner, session):
+    _ok(_run(runner, "create-manager", "boss@example.com", "--password", PASSWORD))
+    [manager] = _all(session, select(Manager))
+    assert manager.session_version == 0
+    return manager
+
+
+def _boss_as_it_is(session) -> tuple[str, int, list[str]]:
+    [manager] = _rows(session, select(Manager))
+    return manager.password_hash, manager.session_version, _audit_actions(session)
+
+
+def test_set_password_prompts_twice_hidden_and_ends_the_sessions(runner, session, boss):
+    result = runner.invoke(args=["set-password", "Boss@Example.com"],
+                           input=f"{NEW_PASSWORD}\n{NEW_PASSWORD}\n")
+    _ok(result)
+    assert NEW_PASSWORD not in result.output  # hidden input: the prompts echo nothing
+    assert "password of boss@example.com set; their sessions have ended" in result.stdout
+    [manager] = _rows(session, select(Manager))
+    assert check_password_hash(manager.password_hash, NEW_PASSWORD)
+    assert manager.session_version == 1  # every session begun before ends
+    assert _audit_actions(session)[-1] == "manager.password_set"
+
+
+def test_set_password_reads_one_line_from_stdin(runner, session, boss):
+    _ok(runner.invoke(args=["set-password", "boss@example.com", "--password-stdin"],
+                      input=f"{NEW_PASSWORD}\n"))
+    [manager] = _rows(session, select(Manager))
+    assert check_password_hash(manager.password_hash, NEW_PASSWORD)
+
+
+def test_set_password_refuses_mismatched_prompted_passwords(runner, session, boss):
+    before = _boss_as_it_is(session)
+    result = runner.invoke(args=["set-password", "boss@example.com"],
+                           input=f"{NEW_PASSWORD}\nsomething else entirely\n")
+    assert result.exit_code != 0 and "do not match" in result.output
+    assert _boss_as_it_is(session) == before
+
+
+@pytest.mark.parametrize(("email", "password", "message"), [
+    ("boss@example.com", "elevenchars", "password must be at least 12 characters"),
+    ("boss@example.com", "", "password must be at least 12 characters"),
+    ("not-an-email", NEW_PASSWORD, "not a valid email address"),
+    ("nobody@example.com", NEW_PASSWORD, "no manager with email nobody@example.com"),
+])
+def test_set_password_refuses_bad_input_and_changes_nothing(runner, session, boss, email,
+                                                            password, message):
+    before = _boss_as_it_is(session)
+    result = runner.invoke(args=["set-password", email, "--password-stdin"],
+                           input=f"{password}\n")
+    _error(result, f"Error: {message}")
+    assert _boss_as_it_is(session) == before
 
 
 # --------------------------------------------------------------------------- import-creators
@@ -748,12 +810,16 @@ def _seeded(session):
             _count(session, Code), _count(session, CodeBatch), _count(session, Manager))
 
 
+def _demo_password(output: str) -> str:
+    [password_line] = [line for line in output.splitlines() if "password " in line
+                       and "demo admin" in line]
+    return password_line.split("password ", 1)[1].removesuffix(" (shown once)")
+
+
 def test_seed_demo_creates_the_demo_once(runner, session):
     first = _ok(_run(runner, "seed-demo"))
     assert "demo program demo-6m created: quota 25, 25 codes, 30 creators" in first.stdout
-    [password_line] = [line for line in first.stdout.splitlines() if "password " in line
-                       and "demo admin" in line]
-    password = password_line.split("password ", 1)[1].removesuffix(" (shown once)")
+    password = _demo_password(first.stdout)
     for text in ("Sign in as a creator:", "http://localhost/login", "creator01@example.com",
                  "press Claim", "Sign in as a manager:", "http://localhost/manage/login",
                  "sets up two-factor sign-in", "authenticator app", "recovery codes"):
@@ -771,6 +837,20 @@ def test_seed_demo_creates_the_demo_once(runner, session):
     assert "shown once" not in second.stdout
     assert "Sign in as a creator:" in second.stdout
     assert _seeded(session) == (1, 30, 30, 25, 1, 1)
+
+
+def test_the_demo_admin_signs_in_to_the_console_with_the_printed_password(runner, client):
+    password = _demo_password(_ok(_run(runner, "seed-demo")).stdout)
+    response = sign_in_manager(client, "manager@example.com", password)
+    # An admin's first sign-in sets up the second factor, as the printed steps say.
+    assert response.status_code == 302, response.text
+    assert response.headers["Location"] == "/manage/login/enroll"
+    enroll = client.get("/manage/login/enroll")
+    secret = re.search(r'id="totp-secret">([A-Z2-7 ]+)<', enroll.text).group(1).replace(" ", "")
+    page = enter_code(client, totp_code(secret), "/manage/login/enroll")
+    assert page.status_code == 200 and "recovery codes" in page.text.lower()
+    assert client.get("/manage/").status_code == 200
+    assert client.get("/manage/programs/demo-6m").status_code == 200
 
 
 def test_seed_demo_keeps_an_existing_demo_manager(runner, session):

@@ -218,20 +218,35 @@ def _spend_link(session: Session, creator_id: int, nonce: int) -> None:
     session.commit()
 
 
+MIN_PASSWORD_LENGTH = 12
+
+
+def check_password_rules(password: str) -> None:
+    """InvalidInput unless ``password`` may be a manager's: at least 12 characters (the same
+    rule for a new account and a new password)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(f"password must be at least {MIN_PASSWORD_LENGTH} characters",
+                           field="password", code="password_too_short")
+
+
+def password_hash(password: str) -> str:
+    """The salted hash a manager's password is stored as (after ``check_password_rules``)."""
+    check_password_rules(password)
+    return generate_password_hash(password)
+
+
 def create_manager(session: Session, *, email: str, password: str, actor: str,
                    role: str = "manager") -> Manager:
     normalised = normalise_email(email)
     if role not in MANAGER_ROLES:
         raise InvalidInput(f"role must be one of {', '.join(MANAGER_ROLES)}", field="role",
                            code="manager_role_unknown")
-    if len(password) < 12:
-        raise InvalidInput("password must be at least 12 characters", field="password",
-                           code="password_too_short")
+    check_password_rules(password)
     with write_transaction(session):
         if session.exec(select(Manager.id).where(Manager.email == normalised)).first():
             raise Conflict(f"a manager with email {normalised} already exists",
                            code="manager_exists")
-        manager = Manager(email=normalised, password_hash=generate_password_hash(password),
+        manager = Manager(email=normalised, password_hash=password_hash(password),
                           role=role)
         session.add(manager)
         session.flush()

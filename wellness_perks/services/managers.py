@@ -1,11 +1,13 @@
 """Console accounts as an admin manages them: list, create, change a role, disable and
-re-enable, reset a lost second factor. Each change is audited with who made it.
+re-enable, reset a lost second factor, set a new password (the command line's
+``set-password``). Each change is audited with who made it.
 
 There is always an active admin: a change that would leave none (the last active admin
 demoting or disabling themself) is refused (``LastActiveAdmin``). The admins' rows are locked
 before they are counted, so two admins demoting each other at once cannot both succeed.
-A change of role, a disable and a 2FA reset end the manager's sessions at once: they sign in
-again under what they are now (an admin-to-be is asked to enrol a second factor then).
+A change of role, a disable, a 2FA reset and a new password end the manager's sessions at
+once: they sign in again under what they are now (an admin-to-be is asked to enrol a second
+factor then).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..db import write_transaction
 from ..logs import log_event
 from ..models import MANAGER_ROLES, Manager, ManagerRole
 from . import audit, auth, two_factor
+from .emails import normalise_email
 from .errors import Conflict, InvalidInput, NotFound
 
 ADMIN = ManagerRole.admin.value
@@ -50,6 +53,10 @@ _COLUMNS = (Manager.id, Manager.email, Manager.role, Manager.totp_enabled_at,
 def _row(r) -> ManagerRow:
     return ManagerRow(r.id, r.email, r.role, r.totp_enabled_at is not None, r.last_login_at,
                       r.disabled_at, r.created_at)
+
+
+class ManagerNotFound(NotFound):
+    code = "manager_not_found"
 
 
 def list_managers(session: Session) -> list[ManagerRow]:
@@ -147,3 +154,23 @@ def reset_two_factor(session: Session, *, manager_id: int, actor: str) -> None:
     their password again and enrol anew (which an admin must)."""
     two_factor.disable(session, manager_id=manager_id, actor=actor, by_self=False)
     auth.end_manager_sessions(session, manager_id=manager_id)
+
+
+def set_password(session: Session, *, email: str, password: str, actor: str) -> str:
+    """Give the manager at ``email`` a new password (by the rules of a new account's) and end
+    their sessions: whoever held the old one, or a session begun with it, is signed out. Their
+    second factor stays. Audited (without the password); the address as stored."""
+    normalised = normalise_email(email)
+    new_hash = auth.password_hash(password)
+    with write_transaction(session):
+        manager = session.execute(sa.select(Manager).where(Manager.email == normalised)
+                                  .with_for_update()).scalar_one_or_none()
+        if manager is None:
+            raise ManagerNotFound(f"no manager with email {normalised}")
+        manager.password_hash = new_hash
+        _end_sessions(manager)
+        manager_id = manager.id
+        audit.record(session, audit.event(actor=actor, action="manager.password_set",
+                                          object_type="manager", object_id=manager_id))
+    log_event("manager.password_set", manager_id=manager_id)
+    return normalised

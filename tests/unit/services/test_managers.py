@@ -119,3 +119,36 @@ def test_unknown_roles_and_managers_are_refused(db):
                    lambda: managers.get_manager(db, 999)):
         with pytest.raises(NotFound):
             change()
+
+
+NEW_PASSWORD = "a new and longer passphrase"
+
+
+def test_a_new_password_replaces_the_old_is_audited_and_ends_the_sessions(db):
+    lead = _new(db, "lead@platform.example")
+    managers.set_password(db, email=" Lead@Platform.example ", password=NEW_PASSWORD,
+                          actor="cli")
+    assert auth.check_manager_password(db, email="lead@platform.example",
+                                       password=NEW_PASSWORD).manager_id == lead
+    with pytest.raises(auth.PasswordRejected):
+        auth.check_manager_password(db, email="lead@platform.example",
+                                    password=MANAGER_PASSWORD)
+    assert _get(db, lead).session_version == 1  # a session begun before the change ends
+    assert _audit(db) == [("cli", "manager.password_set", lead, None)]
+
+
+@pytest.mark.parametrize(("email", "password", "error", "code"), [
+    ("lead@platform.example", "elevenchars", InvalidInput, "password_too_short"),
+    ("not-an-email", NEW_PASSWORD, InvalidInput, "email_invalid"),
+    ("nobody@platform.example", NEW_PASSWORD, NotFound, "manager_not_found"),
+])
+def test_a_password_is_set_only_for_a_manager_and_by_the_rules_of_a_new_one(
+        db, email, password, error, code):
+    lead = _new(db, "lead@platform.example")
+    with pytest.raises(error) as refused:
+        managers.set_password(db, email=email, password=password, actor="cli")
+    assert refused.value.code == code
+    assert auth.check_manager_password(db, email="lead@platform.example",
+                                       password=MANAGER_PASSWORD).manager_id == lead
+    assert _get(db, lead).session_version == 0
+    assert _audit(db) == []
