@@ -58,6 +58,15 @@ def test_the_page_shows_the_numbers_charts_and_warnings(app, manager_client, fac
     assert "<script" not in page and "https://" not in page
 
 
+@pytest.mark.parametrize(("role", "links"), [("viewer", False), ("manager", True),
+                                             ("admin", True)])
+def test_the_dashboard_links_its_uploads_for_those_who_may_upload(manager_client, factory,
+                                                                   role, links):
+    factory.program(slug=SLUG)
+    page = manager_client(role).get(f"/manage/programs/{SLUG}").text
+    assert (f'href="/manage/programs/{SLUG}/batches"' in page) is links
+
+
 def test_an_unknown_program_is_not_found(manager_client):
     assert manager_client("viewer").get("/manage/programs/no-such-program").status_code == 404
 
