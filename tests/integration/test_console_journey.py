@@ -49,6 +49,8 @@ GOOD_CODES = [f"MM-JUNE-{n:04d}" for n in range(1, 9)]
 BAD_ROW = "MM JUNE 0005!"  # a space and a "!": not a code of the program's format
 STEP_TIMEOUT_MS = 10_000
 
+pytestmark = pytest.mark.integration
+
 
 def require_chromium() -> None:
     if not CHROMIUM.exists():
@@ -154,6 +156,7 @@ def test_a_manager_uploads_a_batch_and_sees_the_waiting_claims_served(
     # Sign in: the password, then the authenticator's code (its next step: this one is spent).
     page.goto(f"{console}/manage/programs/{SLUG}")
     expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
+    expect(page.get_by_role("status")).to_have_text("Sign in to the console to see this page.")
     assert_accessible(page)
     page.get_by_label("Email address").fill(MANAGER)
     page.get_by_label("Password").fill(MANAGER_PASSWORD)

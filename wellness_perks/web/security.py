@@ -171,12 +171,15 @@ def unauthorized():
     """Nobody signed in: 401 in JSON for the API, else to the sign-in page and back."""
     if wants_json():
         return error_response(401, "sign_in_required")
-    flash(login_manager.login_message, login_manager.login_message_category)
-    view = CONSOLE_LOGIN_VIEW if request.blueprint == "console" else login_manager.login_view
+    console = request.blueprint == "console"
+    flash(CONSOLE_SIGN_IN_REQUIRED if console else login_manager.login_message,
+          login_manager.login_message_category)
+    view = CONSOLE_LOGIN_VIEW if console else login_manager.login_view
     return redirect(login_url(view, next_url=local_path(request.full_path)))
 
 
 CONSOLE_LOGIN_VIEW = "console.login"  # managers sign in with a password, not a mailed link
+CONSOLE_SIGN_IN_REQUIRED = "console_sign_in_required"  # a manager has no perks to see
 
 
 def local_path(value: str | None) -> str | None:

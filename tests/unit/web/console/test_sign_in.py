@@ -31,6 +31,10 @@ def test_anonymous_visitors_are_sent_to_the_console_sign_in_and_back(client):
     response = client.get("/manage/")
     assert response.status_code == 302
     assert response.headers["Location"] == "/manage/login?next=%2Fmanage%2F"
+    page = client.get(response.headers["Location"]).text
+    # The console's own words: a manager is not asked to sign in "to see your perks".
+    assert "Sign in to the console to see this page." in page
+    assert "perks." not in page
 
 
 def test_a_manager_signs_in_with_a_password_and_sees_the_programs(app, client, factory, lead):
