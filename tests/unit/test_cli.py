@@ -313,6 +313,16 @@ def test_set_password_prompts_twice_hidden_and_ends_the_sessions(runner, session
     assert _audit_actions(session)[-1] == "manager.password_set"
 
 
+def test_set_password_signs_the_manager_out_of_the_console(runner, manager_client):
+    browser = manager_client("manager", address="lead@example.com")
+    assert browser.get("/manage/").status_code == 200
+    _ok(runner.invoke(args=["set-password", "lead@example.com", "--password-stdin"],
+                      input=f"{NEW_PASSWORD}\n"))
+    response = browser.get("/manage/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/manage/login")
+
+
 def test_set_password_reads_one_line_from_stdin(runner, session, boss):
     _ok(runner.invoke(args=["set-password", "boss@example.com", "--password-stdin"],
                       input=f"{NEW_PASSWORD}\n"))
