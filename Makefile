@@ -20,9 +20,11 @@ run: $(STAMP)
 	$(BIN)/wellness-perks seed-demo
 	PORT=$(PORT) $(BIN)/flask --app wellness_perks run --host 127.0.0.1 --port $(PORT) --no-reload
 
-## test: the whole suite (integration tests skip, with the reason, when a service is missing)
+## test: the whole suite (integration tests skip, with the reason, when a service is missing),
+## in TEST_PROCESSES processes (the integration tests one after another in one of them)
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
 
 ## lint: ruff, and the import rules of the layout (import-linter contracts in pyproject.toml)
 lint: $(STAMP)

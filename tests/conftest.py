@@ -28,6 +28,7 @@ from tests.helpers import (
 from wellness_perks import create_app
 from wellness_perks.db import get_session
 from wellness_perks.migrate import upgrade
+from wellness_perks.services import auth
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -36,6 +37,16 @@ BACKENDS = ("sqlite", "postgresql")
 hypothesis_settings.register_profile("wellness-perks", database=None)
 hypothesis_settings.load_profile("wellness-perks")
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="wellness-perks-hypothesis-"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite in two processes (pytest-xdist, ``--dist loadgroup``); the
+    integration tests go to one of them, one after another: each starts gunicorn, Celery workers
+    and beat of its own, and two such stacks at once on two cores would starve each other's
+    deadlines."""
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            item.add_marker(pytest.mark.xdist_group("integration"))
 
 
 # Tasks run in-process in the unit tests (no broker), where Celery keeps a task's exception in
@@ -74,6 +85,25 @@ def _instance_outside_the_checkout(tmp_path_factory):
         os.environ.pop("INSTANCE_PATH", None)
     else:
         os.environ["INSTANCE_PATH"] = previous
+
+
+# Manager passwords are hashed at scrypt's production cost (about 0.1 s a hash, the point of
+# it); the tests hash and check hundreds, so in-process they use a low cost of the same scrypt.
+# The product's processes that integration tests start keep the production cost, and
+# test_auth checks that cost is what a stored password gets.
+PRODUCTION_PASSWORD_HASH_METHOD = auth.PASSWORD_HASH_METHOD
+TEST_PASSWORD_HASH_METHOD = "scrypt:1024:8:1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _passwords_hashed_cheaply():
+    patch = pytest.MonkeyPatch()
+    patch.setattr(auth, "PASSWORD_HASH_METHOD", TEST_PASSWORD_HASH_METHOD)
+    # A wrong address still costs the same hashing as a wrong password.
+    patch.setattr(auth, "_NO_ONE", auth.generate_password_hash(
+        "not a password of anyone", method=TEST_PASSWORD_HASH_METHOD))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

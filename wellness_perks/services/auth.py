@@ -229,10 +229,15 @@ def check_password_rules(password: str) -> None:
                            field="password", code="password_too_short")
 
 
+# A stored password costs a guesser scrypt with 32 MiB and 2^15 rounds per try (werkzeug's
+# default, named so it cannot drift with werkzeug's).
+PASSWORD_HASH_METHOD = "scrypt:32768:8:1"
+
+
 def password_hash(password: str) -> str:
     """The salted hash a manager's password is stored as (after ``check_password_rules``)."""
     check_password_rules(password)
-    return generate_password_hash(password)
+    return generate_password_hash(password, method=PASSWORD_HASH_METHOD)
 
 
 def create_manager(session: Session, *, email: str, password: str, actor: str,
@@ -266,7 +271,7 @@ class PasswordRejected(DomainError):
 
 # Checked when the address names no manager, so that a wrong address costs the same hashing as
 # a wrong password: the time of an answer tells no one which addresses are managers.
-_NO_ONE = generate_password_hash("not a password of anyone")
+_NO_ONE = generate_password_hash("not a password of anyone", method=PASSWORD_HASH_METHOD)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sqlmodel import select
 from werkzeug.security import check_password_hash
 
+from tests.conftest import PRODUCTION_PASSWORD_HASH_METHOD
 from wellness_perks.db import get_session
 from wellness_perks.models import AuditEvent, Creator, Manager, OutboundEmail
 from wellness_perks.services import auth, tokens
@@ -185,6 +186,18 @@ def test_the_creator_signed_in_is_read_afresh_in_a_session_that_held_it(app, pro
 
 
 # --------------------------------------------------------------------------- create_manager
+
+
+def test_a_stored_password_costs_scrypt_at_its_production_work_factor(app, session,
+                                                                      monkeypatch):
+    monkeypatch.setattr(auth, "PASSWORD_HASH_METHOD", PRODUCTION_PASSWORD_HASH_METHOD)
+    with app.app_context():
+        auth.create_manager(get_session(), email="boss@example.com", password=PASSWORD,
+                            actor="test")
+    [manager] = _fresh(session, select(Manager))
+    # werkzeug's format: method:N:r:p$salt$hash; N = 2^15 rounds over r = 8 blocks (32 MiB).
+    assert manager.password_hash.startswith("scrypt:32768:8:1$")
+    assert check_password_hash(manager.password_hash, PASSWORD)
 
 
 def test_create_manager_stores_a_hash_not_the_password(app, session):
