@@ -12,8 +12,17 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from wellness_perks.db import get_session
-from wellness_perks.models import AuditEvent, Code, CodeBatch, ImportJob, Program, StagedUpload
-from wellness_perks.services import import_jobs, imports
+from wellness_perks.models import (
+    AuditEvent,
+    Code,
+    CodeBatch,
+    Creator,
+    Eligibility,
+    ImportJob,
+    Program,
+    StagedUpload,
+)
+from wellness_perks.services import import_jobs, imports, sweeper
 
 
 def _stage(app, program, content: bytes, **options) -> import_jobs.Staged:
@@ -128,8 +137,6 @@ def _killed_mid_import(app, job_id, monkeypatch) -> None:
 
 
 def _sweep(app, at: datetime):
-    from wellness_perks.services import sweeper
-
     with app.app_context():
         return sweeper.sweep(get_session(), now=at)
 
@@ -264,3 +271,33 @@ def test_a_run_that_lost_its_job_to_another_writes_nothing(app, program, session
     assert _sweep(app, slow.heartbeat_at + stale).imports == [job.id]  # the new run died too
     assert _job(session, job.id).imported == ROWS
     _imported_once(session, program, ROWS)
+
+
+def test_an_eligibility_list_whose_worker_died_is_run_again_once(app, program, session,
+                                                                 monkeypatch):
+    """The same for a list: the re-run puts each creator on the list once, none twice."""
+    app.config["IMPORT_IN_BACKGROUND_ROWS"] = 10
+    rows = 6000
+    content = ("handle,email,country\n" + "".join(
+        f"@c{i:05d},creator{i:05d}@example.com,PK\n" for i in range(rows))).encode()
+    with app.app_context():
+        staged = import_jobs.stage_upload(get_session(), program=program, manager_id=1,
+                                          kind="creators", stream=io.BytesIO(content),
+                                          filename="list.csv", actor="manager:1")
+    with monkeypatch.context() as broker_down:
+        broker_down.setattr(import_jobs.dispatch, "import_upload", lambda job_id: False)
+        job = _commit(app, program, staged)
+    _killed_mid_import(app, job.id, monkeypatch)
+    dead = _job(session, job.id)
+    assert (dead.state, dead.attempts) == ("running", 1)
+    assert session.execute(sa.select(sa.func.count()).select_from(Creator)).scalar_one() == 0
+    stale = timedelta(seconds=app.config["IMPORT_STALE_AFTER_SECONDS"] + 1)
+    assert _sweep(app, dead.heartbeat_at + stale).imports == [job.id]
+    done = _job(session, job.id)
+    assert (done.state, done.imported, done.attempts) == ("done", rows, 2)
+    assert import_jobs.job_report(done)["duplicate"] == 0
+    for table in (Creator, Eligibility):
+        assert session.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() \
+            == rows
+    actions = [e.action for e in session.exec(select(AuditEvent)).all()]
+    assert actions.count("creators.imported") == 1
