@@ -249,6 +249,14 @@ class Config:
         # A committed upload of at least this many rows is imported by a task on the
         # ``imports`` queue, with a progress bar; a smaller one in the request.
         self.IMPORT_IN_BACKGROUND_ROWS = _env_int("IMPORT_IN_BACKGROUND_ROWS", 100_000)
+        # A running import's heartbeat (written with its progress): the sweeper runs a job
+        # again from its file once its heartbeat is this old (its worker died), and gives it
+        # up (failed, ``import_interrupted``) once it has been started this many times.
+        self.IMPORT_STALE_AFTER_SECONDS = _env_int("IMPORT_STALE_AFTER_SECONDS", 300)
+        self.IMPORT_MAX_ATTEMPTS = _env_int("IMPORT_MAX_ATTEMPTS", 3)
+        if self.IMPORT_MAX_ATTEMPTS < 1 or self.IMPORT_STALE_AFTER_SECONDS < 1:
+            raise RuntimeError("environment variables IMPORT_MAX_ATTEMPTS and "
+                               "IMPORT_STALE_AFTER_SECONDS must be at least 1")
         # A signed-in session ends after this long without a request, and this long after
         # its sign-in, whatever its use.
         self.SESSION_IDLE_MINUTES = _env_int("SESSION_IDLE_MINUTES", 30)

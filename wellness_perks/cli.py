@@ -627,11 +627,13 @@ def forget_command(email: str, yes: bool) -> None:
 @click.command("sweep")
 @with_appcontext
 def sweep_command() -> None:
-    """Re-enqueue claims pending too long and mails due (what Celery beat runs periodically)."""
+    """Re-enqueue claims pending too long, mails due and stuck import jobs (what Celery beat
+    runs periodically)."""
     report = sweeper.sweep(get_session())
     click.echo(f"programs re-allocated: {len(report.programs)}, mails re-sent: "
                f"{len(report.mails)}, interrupted mails re-queued: "
-               f"{len(report.interrupted_mails)}")
+               f"{len(report.interrupted_mails)}, imports handed out: {len(report.imports)}, "
+               f"interrupted imports given up: {len(report.failed_imports)}")
 
 
 DEMO_SLUG = "demo-6m"

@@ -536,3 +536,9 @@ class ImportJob(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=_ts())
     finished_at: datetime | None = Field(default=None, sa_column=_ts())
+    # Queued: when its task was last handed to the broker; running: when its worker last wrote
+    # progress. The sweeper hands out again a job whose heartbeat is too old.
+    heartbeat_at: datetime | None = Field(default=None, sa_column=_ts())
+    # Runs started (each a whole import from the file): at IMPORT_MAX_ATTEMPTS it fails.
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False,
+                                                         server_default="0"))

@@ -13,10 +13,13 @@ Message-ID at the SMTP server (the one exception, a worker killed mid-send, says
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +29,7 @@ from harness.waiting import wait_for
 from tests.helpers import redemption_code, service_missing
 from tests.integration.conftest import Stack, require_stack_services, running_stack
 from tests.integration.test_launch_day import (
+    REDEEM_URL,
     claim_all,
     claims,
     emails_for,
@@ -49,6 +53,7 @@ SETTINGS = {
     # a batch's lease, renewed every 2 s: long enough that a loaded machine renews it in time
     "MAIL_SENDING_TIMEOUT_SECONDS": "6",
     "SMTP_TIMEOUT": "3",
+    "IMPORT_STALE_AFTER_SECONDS": "6",  # a running import's heartbeat: written every second
 }
 MAIL_WORKERS = 2
 _names = (f"m{n}" for n in itertools.count(1))
@@ -269,6 +274,87 @@ def test_mail_worker_killed_mid_batch(faults, tmp_path):
     verify(faults, slug)
     print(f"\nmail worker killed: the rest {seconds:.1f} s after; repeated {len(repeated)}, "
           f"marked possibly sent {sum(marked.values())}")
+
+
+# --------------------------------------------------------------------------- the imports worker
+
+IMPORT_ROWS = 200_000  # seconds of import: the worker is killed well inside it
+
+
+def _lost_import_job(st: Stack, tmp_path, slug: str) -> int:
+    """A program, a manager, and a large codes upload committed while the broker was down:
+    its file waits in the upload folder and its job, queued, was never handed to a worker."""
+    st.cli("create-program", "--slug", slug, "--name", f"Import {slug}", "--quota", "10",
+           "--redeem-url", REDEEM_URL)
+    st.cli("create-manager", f"{slug}@managers.example", "--password", "a long password 123")
+    content = "".join(f"{slug.upper()}-{n:08d}\n" for n in range(IMPORT_ROWS)).encode()
+    uploads = Path(st.env["INSTANCE_PATH"]) / "uploads"
+    uploads.mkdir(mode=0o700, exist_ok=True)
+    stored = secrets.token_hex(16)
+    (uploads / stored).write_bytes(content)
+    (uploads / stored).chmod(0o600)
+    with st.db() as conn:
+        job_id = conn.execute(sa.text(
+            "INSERT INTO importjob (program_id, manager_id, kind, filename, stored_name, sha256, "
+            "size_bytes, skip_invalid, state, rows_total, rows_done, imported, created_at, "
+            "heartbeat_at, attempts) "
+            "SELECT program.id, manager.id, 'codes', 'codes.txt', :stored, :sha, :size, false, "
+            "'queued', :rows, 0, 0, now() - interval '1 minute', now() - interval '1 minute', 0 "
+            "FROM program, manager WHERE program.slug = :slug AND manager.email = :manager "
+            "RETURNING importjob.id"),
+            {"stored": stored, "sha": hashlib.sha256(content).hexdigest(), "size": len(content),
+             "rows": IMPORT_ROWS, "slug": slug, "manager": f"{slug}@managers.example"}
+        ).scalar_one()
+        conn.commit()
+    return job_id
+
+
+def _job(st: Stack, job_id: int):
+    with st.db() as conn:
+        return conn.execute(sa.text(
+            "SELECT state, attempts, rows_done, imported, error FROM importjob WHERE id = :id"),
+            {"id": job_id}).one()
+
+
+def _codes_of(st: Stack, slug: str) -> tuple[int, int, int]:
+    """(codes, batches, the stock counter) of the program."""
+    with st.db() as conn:
+        return conn.execute(sa.text(
+            "SELECT (SELECT count(*) FROM code WHERE code.program_id = program.id), "
+            "(SELECT count(*) FROM codebatch WHERE codebatch.program_id = program.id), "
+            "program.in_stock_count FROM program WHERE slug = :slug"), {"slug": slug}).one()
+
+
+def test_imports_worker_killed_mid_import(faults, tmp_path):
+    """A large import committed while the broker was down is handed out by the sweeper (its
+    job queued past SWEEP_PENDING_AFTER_SECONDS); its worker is SIGKILLed half-way (progress
+    written, codes flushed in its open transaction). Nothing of that run stays (PostgreSQL
+    rolls the cut-off transaction back); once the job's heartbeat is IMPORT_STALE_AFTER_SECONDS
+    old the sweeper runs it again, on a new worker, from the file's start: every code imported
+    once, one batch, the stock counter right, the job done at its second attempt."""
+    slug = "import-killed"
+    job_id = _lost_import_job(faults, tmp_path, slug)
+    importer = faults.start_worker("importer", 1, queues="imports")
+    try:
+        wait_for(lambda: _job(faults, job_id).rows_done > 0, timeout=60, interval=0.1,
+                 what="the import to be running and writing its progress")
+        state, attempts, rows_done, _imported, _error = _job(faults, job_id)
+        assert (state, attempts) == ("running", 1) and rows_done < IMPORT_ROWS
+        importer.kill()
+        killed = time.monotonic()
+        wait_for(lambda: _codes_of(faults, slug)[:2] == (0, 0), timeout=30, interval=0.2,
+                 what="the killed run's transaction to be rolled back")
+        faults.stop("importer")
+        importer = faults.start_worker("importer-2", 1, queues="imports")
+        wait_for(lambda: _job(faults, job_id).state in ("done", "failed"), timeout=180,
+                 interval=0.5, what="the import to be run again to its end")
+        seconds = time.monotonic() - killed
+        assert _job(faults, job_id) == ("done", 2, IMPORT_ROWS, IMPORT_ROWS, None)
+        assert _codes_of(faults, slug) == (IMPORT_ROWS, 1, IMPORT_ROWS)
+        verify(faults, slug)
+        print(f"\nimports worker killed: the job done {seconds:.1f} s after, at attempt 2")
+    finally:
+        faults.stop(importer.name)
 
 
 # --------------------------------------------------------------------------- the SMTP server

@@ -709,6 +709,7 @@ def test_sweep_command(runner, app, factory, session, smtp_server):
     result = runner.invoke(args=["sweep"])
     assert result.exit_code == 0, result.output
     assert "programs re-allocated: 1" in result.output
+    assert "imports handed out: 0, interrupted imports given up: 0" in result.output
     result = runner.invoke(args=["verify", program.slug])
     assert result.exit_code == 0 and "I1-I5 hold" in result.output
 

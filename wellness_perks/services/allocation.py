@@ -15,7 +15,11 @@ one transaction per batch:
 4. Pair them in claim order; record each pair in ``codeassignment`` (``code_id`` unique: a code
    is assigned once, ever), raise the allocation counters and lower the stock counter, and
    write each claim's redemption mail as an ``OutboundEmail`` row, all in the same transaction.
-5. Claims that cannot be served are (or stay) waitlisted, with the reason.
+5. Claims that cannot be served are (or stay) waitlisted, with the reason. A claim whose
+   creator is no longer on the program's list is refused (``removed_from_list``): the batch's
+   query reads the list with the claims (one join on ``uq_eligibility``), under the program
+   lock that a removal holds too, so a claim recorded after its creator's removal looked for
+   it is never served.
 6. After the commit, the batch's mails are handed to send tasks of ``MAIL_BATCH_SIZE``.
 
 The counters carry CHECK constraints (``allocated_count <= quota``, ``in_stock_count >= 0``):
@@ -47,6 +51,7 @@ from ..models import (
     CodeAssignment,
     CountryQuota,
     Creator,
+    Eligibility,
     MailKind,
     Program,
 )
@@ -64,15 +69,17 @@ class AllocationResult:
     program_id: int
     allocated: list[int] = field(default_factory=list)    # claim ids given a code
     waitlisted: list[int] = field(default_factory=list)   # claim ids newly waitlisted
+    refused: list[int] = field(default_factory=list)      # claim ids of creators off the list
     outbound_ids: list[int] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.allocated or self.waitlisted)
+        return bool(self.allocated or self.waitlisted or self.refused)
 
     def merge(self, other: AllocationResult) -> None:
         self.allocated += other.allocated
         self.waitlisted += other.waitlisted
+        self.refused += other.refused
         self.outbound_ids += other.outbound_ids
 
 
@@ -90,7 +97,8 @@ def allocate_program(session: Session, *, program_id: int,
         total.merge(result)
         if result.changed:
             log_event("allocation.batch", program_id=program_id,
-                      allocated=len(result.allocated), waitlisted=len(result.waitlisted))
+                      allocated=len(result.allocated), waitlisted=len(result.waitlisted),
+                      refused=len(result.refused))
         if result.outbound_ids:
             dispatch.send_emails(result.outbound_ids)
         if not more:
@@ -124,6 +132,13 @@ def _allocate_batch(session: Session, program_id: int,
                                                     "b_limit": batch_size}).all()
             if not claims:
                 return result, False
+            # A creator taken off the list while their claim waited (or as it was recorded)
+            # is never served: their claim is refused, and takes no code.
+            off_list = [claim[0] for claim in claims if not claim.on_list]
+            if off_list:
+                _refuse_off_list(conn, program_id, off_list, now)
+                result.refused = off_list
+                claims = [claim for claim in claims if claim.on_list]
             code_ids = stock.next_available(conn, program_id, min(room, len(claims)))
 
         pairs: list[_Pair] = []
@@ -131,7 +146,7 @@ def _allocate_batch(session: Session, program_id: int,
         country_full: list[int] = []
         codes = iter(code_ids)
         exhausted = None  # the reason nobody else can be served this round, once known
-        for claim_id, country, creator_id, email, locale, state in claims:
+        for claim_id, country, creator_id, email, locale, state, _on_list in claims:
             if country in country_room and country_room[country] <= 0:
                 if state == ClaimState.pending:
                     country_full.append(claim_id)
@@ -169,7 +184,7 @@ def _allocate_batch(session: Session, program_id: int,
             result.waitlisted += _waitlist_pending(session, program_id, exhausted, now)
             _relabel_waitlist(session, program_id, exhausted, except_countries=full + filled)
 
-    more = exhausted is None and len(claims) == batch_size
+    more = exhausted is None and len(claims) + len(result.refused) == batch_size
     return result, more
 
 
@@ -210,18 +225,30 @@ def _assign(conn: sa.Connection, program_id: int, pairs: list[_Pair],
 # The statements of a batch, built once (building a statement costs more than running it).
 _program, _country = Program.__table__.c, CountryQuota.__table__.c
 _claim, _creator = Claim.__table__.c, Creator.__table__.c
+_eligibility = Eligibility.__table__.c
 _COUNTRY_ROOM = (sa.select(_country.country, _country.quota - _country.allocated_count)
                  .where(_country.program_id == sa.bindparam("b_program")))
 _WAITING_CLAIMS = (
     sa.select(_claim.id, _claim.country, _claim.creator_id, _creator.email, _creator.locale,
-              _claim.state)
+              _claim.state, _eligibility.id.is_not(None).label("on_list"))
     .join_from(Claim.__table__, Creator.__table__, _creator.id == _claim.creator_id)
+    # Whether the creator is still on the list: one probe of uq_eligibility per claim read.
+    .outerjoin(Eligibility.__table__,
+               sa.and_(_eligibility.program_id == _claim.program_id,
+                       _eligibility.creator_id == _claim.creator_id))
     .where(_claim.program_id == sa.bindparam("b_program"),
            _claim.state.in_([state.value for state in WAITING]),
            _claim.country.not_in(sa.bindparam("b_full", expanding=True)))
     .order_by(_claim.id)
     .limit(sa.bindparam("b_limit"))
     .with_for_update(of=Claim.__table__)
+)
+_REFUSE_OFF_LIST = (
+    sa.update(Claim.__table__)
+    .where(_claim.id.in_(sa.bindparam("b_ids", expanding=True)),
+           _claim.state.in_([state.value for state in WAITING]))
+    .values(state=ClaimState.refused.value, reason=ClaimReason.removed_from_list.value,
+            decided_at=sa.bindparam("b_now"))
 )
 _ALLOCATE_CLAIM = (
     sa.update(Claim.__table__)
@@ -244,6 +271,18 @@ _RAISE_COUNTRY_COUNT = (
            _country.country == sa.bindparam("b_country"))
     .values(allocated_count=_country.allocated_count + sa.bindparam("b_count"))
 )
+
+
+def _refuse_off_list(conn: sa.Connection, program_id: int, claim_ids: list[int],
+                     now: datetime) -> None:
+    """Refuse the (locked) waiting claims of creators no longer on the program's list, as the
+    removal would have (``removed_from_list``), each refusal audited."""
+    conn.execute(_REFUSE_OFF_LIST, {"b_ids": claim_ids, "b_now": now})
+    audit.record(conn, *(
+        audit.event(actor="system", action="claim.refused", object_type="claim",
+                    object_id=claim_id, program_id=program_id,
+                    detail={"reason": ClaimReason.removed_from_list.value}, at=now)
+        for claim_id in claim_ids))
 
 
 def _waitlist(session: Session, claim_ids: list[int], reason: ClaimReason, now: datetime) -> None:

@@ -124,8 +124,9 @@ def remove_from_list(session: Session, *, program_id: int, email: str, reason: s
 
     Under the program's row lock, the lock allocation serves claims under: the claim is
     locked, then looked at, then refused, so allocation can't hand it a code meanwhile. A
-    creator no longer on the list whose claim still waits (one requested as they were being
-    removed) has that claim refused by running this again.
+    claim recorded as they were being removed (after this looked) is refused by allocation,
+    which reads the list with the claims it serves (``allocation._WAITING_CLAIMS``), or by
+    running this again.
     """
     reason = audit.reason_given(reason, doing="the creator is removed", limit=MAX_REASON_LENGTH)
     now = now or datetime.now(UTC)

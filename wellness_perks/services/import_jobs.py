@@ -9,10 +9,21 @@ imported by a task on the ``imports`` queue, and the job's row says how far it g
 import is the importers' own (``imports.import_codes`` / ``import_creators``), all-or-nothing;
 a file whose bytes (SHA-256) were imported into the program before is flagged in its report.
 Commits and cancels are audited.
+
+A job can be stuck: queued, its task's message lost (the broker was down at the commit), or
+running, its worker dead. The sweeper (``recover_stuck_jobs``) hands a queued job out again
+once its ``heartbeat_at`` (when it was last handed out) is ``SWEEP_PENDING_AFTER_SECONDS`` old,
+and takes back a running job whose heartbeat (written with its progress) is
+``IMPORT_STALE_AFTER_SECONDS`` old: queued again and handed out, or, once it was started
+``IMPORT_MAX_ATTEMPTS`` times, failed with ``import_interrupted``. A re-run imports the file
+from its start, which is safe: an import is one transaction, and the job's outcome is its last
+write (``before_commit``), fenced by the run's attempt number, so the file's rows commit once,
+with the job marked done, or not at all, and a run that lost its job to another writes nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -51,6 +62,15 @@ class UploadNotFound(NotFound):
     def __init__(self) -> None:
         super().__init__("this upload is not waiting for a commit (it was committed, cancelled "
                          "or has expired): upload the file again")
+
+
+class _JobTakenOver(Exception):  # noqa: N818 - not an error: another run owns the job now
+    """This run's job was taken back by the sweeper (and maybe started again): its import must
+    not commit."""
+
+
+# The reason a job given up by the sweeper failed with (its runs were all interrupted).
+INTERRUPTED = "import_interrupted"
 
 
 class ImportNotFound(NotFound):
@@ -112,15 +132,15 @@ def _clean_filename(filename: str | None) -> str:
 def _run_importer(session: Session, *, program: Program, kind: str, stream: BinaryIO,
                   filename: str, batch_name: str | None, expires_on: date | None,
                   skip_invalid: bool, actor: str, dry_run: bool,
-                  progress=None) -> imports.ImportReport:
+                  progress=None, before_commit=None) -> imports.ImportReport:
     if kind == ImportKind.codes:
         return imports.import_codes(session, program=program, stream=stream, filename=filename,
                                     batch_name=batch_name, expires_on=expires_on,
                                     skip_invalid=skip_invalid, progress=progress, actor=actor,
-                                    dry_run=dry_run)
+                                    dry_run=dry_run, before_commit=before_commit)
     return imports.import_creators(session, program=program, stream=stream, filename=filename,
                                    skip_invalid=skip_invalid, progress=progress, actor=actor,
-                                   dry_run=dry_run)
+                                   dry_run=dry_run, before_commit=before_commit)
 
 
 def stage_upload(session: Session, *, program: Program, manager_id: int, kind: str,
@@ -237,7 +257,8 @@ def commit_upload(session: Session, *, program_id: int, manager_id: int, token: 
         filename=upload.filename, stored_name=upload.stored_name, sha256=upload.sha256,
         size_bytes=upload.size_bytes, batch_name=upload.batch_name,
         expires_on=upload.expires_on, skip_invalid=skip_invalid,
-        state=ImportJobState.queued.value, rows_total=upload.rows)
+        state=ImportJobState.queued.value, rows_total=upload.rows,
+        heartbeat_at=datetime.now(UTC))
     session.add(job)
     session.delete(upload)
     session.flush()
@@ -257,31 +278,58 @@ def commit_upload(session: Session, *, program_id: int, manager_id: int, token: 
     return run_import_job(session, job_id=job_id)
 
 
+def _this_run(job_id: int, attempt: int):
+    """A job's row as long as this run owns it: running, at this run's attempt number."""
+    return sa.and_(ImportJob.id == job_id, ImportJob.state == ImportJobState.running.value,
+                   ImportJob.attempts == attempt)
+
+
 def run_import_job(session: Session, *, job_id: int) -> ImportJob:
     """Import a queued job's file (once: a job that is not queued is left as it is), writing
     its progress as it goes, then its report. A failure leaves nothing of the import (the
-    importers are all-or-nothing) and the job ``failed`` with the error's code."""
+    importers are all-or-nothing) and the job ``failed`` with the error's code.
+
+    Each run is an attempt (``attempts`` counts them). A done job's outcome commits with its
+    import (``before_commit``), and every outcome is written only while the job is this
+    attempt's: a run whose job the sweeper took back meanwhile rolls its import back and leaves
+    the job to the run that has it."""
     session.rollback()
+    now = datetime.now(UTC)
     started = session.execute(
         sa.update(ImportJob).where(ImportJob.id == job_id,
                                    ImportJob.state == ImportJobState.queued.value)
-        .values(state=ImportJobState.running.value, started_at=datetime.now(UTC))
+        .values(state=ImportJobState.running.value, started_at=now, heartbeat_at=now,
+                attempts=ImportJob.attempts + 1)
         .execution_options(synchronize_session=False)).rowcount
     session.commit()
     job = session.get(ImportJob, job_id, populate_existing=True)
     if not started or job is None:
         return job
     program = session.get(Program, job.program_id)
-    stored_name, program_id = job.stored_name, job.program_id
+    stored_name, program_id, attempt = job.stored_name, job.program_id, job.attempts
+    rows_total = job.rows_total
     progress = _ProgressWriter(session.get_bind(), job)
     outcome: dict = {}
+
+    def done(report: imports.ImportReport) -> None:
+        marked = session.execute(sa.update(ImportJob).where(_this_run(job_id, attempt)).values(
+            state=ImportJobState.done.value, error=None, finished_at=datetime.now(UTC),
+            stored_name=None, report=json.dumps(report.as_dict()), imported=report.imported,
+            batch_id=report.batch_id, rows_done=rows_total)
+            .execution_options(synchronize_session=False)).rowcount
+        if not marked:
+            raise _JobTakenOver
+
     try:
         with _stored_path(job.stored_name).open("rb") as fh:
             report = _run_importer(
                 session, program=program, kind=job.kind, stream=fh, filename=job.filename,
                 batch_name=job.batch_name, expires_on=job.expires_on,
                 skip_invalid=job.skip_invalid, actor=f"manager:{job.manager_id}",
-                dry_run=False, progress=progress)
+                dry_run=False, progress=progress, before_commit=done)
+    except _JobTakenOver:
+        log_event("import_job.taken_over", logging.WARNING, job_id=job_id, attempt=attempt)
+        return session.get(ImportJob, job_id, populate_existing=True)
     except imports.FileRejected as exc:
         outcome = {"state": ImportJobState.failed.value, "error": exc.code,
                    "report": json.dumps({"file_error": exc.issue.as_dict()})}
@@ -293,31 +341,39 @@ def run_import_job(session: Session, *, job_id: int) -> ImportJob:
                   error=type(exc).__name__)
         outcome = {"state": ImportJobState.failed.value, "error": "upload_file_missing"}
     else:
-        failed = not report.committed
-        outcome = {"state": (ImportJobState.failed if failed else ImportJobState.done).value,
-                   "error": "upload_rows_invalid" if failed else None,
-                   "report": json.dumps(report.as_dict()), "imported": report.imported,
-                   "batch_id": report.batch_id, "rows_done": job.rows_total}
-    session.rollback()
-    session.execute(sa.update(ImportJob).where(ImportJob.id == job_id).values(
-        finished_at=datetime.now(UTC), stored_name=None, **outcome)
-        .execution_options(synchronize_session=False))
-    session.commit()
+        if report.committed:
+            outcome = {"state": ImportJobState.done.value}  # written with the import (done)
+        else:
+            outcome = {"state": ImportJobState.failed.value, "error": "upload_rows_invalid",
+                       "report": json.dumps(report.as_dict()), "imported": report.imported,
+                       "batch_id": report.batch_id, "rows_done": rows_total}
+    if outcome["state"] == ImportJobState.failed.value:
+        session.rollback()
+        marked = session.execute(sa.update(ImportJob).where(_this_run(job_id, attempt)).values(
+            finished_at=datetime.now(UTC), stored_name=None, **outcome)
+            .execution_options(synchronize_session=False)).rowcount
+        session.commit()
+        if not marked:
+            log_event("import_job.taken_over", logging.WARNING, job_id=job_id, attempt=attempt)
+            return session.get(ImportJob, job_id, populate_existing=True)
     _remove_file(stored_name)
     log_event("import_job.finished", job_id=job_id, program_id=program_id,
-              state=outcome["state"])
+              state=outcome["state"], attempt=attempt)
     return session.get(ImportJob, job_id, populate_existing=True)
 
 
 class _ProgressWriter:
-    """The importers' progress (bytes read) as the job's ``rows_done``: the rows in proportion
-    to the bytes, written at most every ``PROGRESS_EVERY_SECONDS`` in a transaction of its own,
-    so that the console sees it while the import's transaction is open. SQLite has one writer
-    at a time (the import): there, progress shows when the import ends."""
+    """The importers' progress (bytes read) as the job's ``rows_done``, and the run's heartbeat
+    (``heartbeat_at``): the rows in proportion to the bytes, written at most every
+    ``PROGRESS_EVERY_SECONDS`` in a transaction of its own, so that the console sees it while
+    the import's transaction is open, and only while the job is this run's. SQLite has one
+    writer at a time (the import): there, progress shows when the import ends, and the sweeper,
+    which must write to take a job back, waits for the import to end, and finds it done."""
 
     def __init__(self, bind: sa.Engine | sa.Connection, job: ImportJob) -> None:
         self._engine = bind.engine if isinstance(bind, sa.Connection) else bind
         self._job_id = job.id
+        self._attempt = job.attempts
         self._rows = job.rows_total
         self._size = max(job.size_bytes, 1)
         self._enabled = self._engine.dialect.name != "sqlite"
@@ -329,8 +385,69 @@ class _ProgressWriter:
         self._written_at = time.monotonic()
         rows_done = min(self._rows, self._rows * bytes_read // self._size)
         with self._engine.begin() as conn:
-            conn.execute(sa.update(ImportJob).where(ImportJob.id == self._job_id)
-                         .values(rows_done=rows_done))
+            conn.execute(sa.update(ImportJob).where(_this_run(self._job_id, self._attempt))
+                         .values(rows_done=rows_done, heartbeat_at=datetime.now(UTC)))
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What ``recover_stuck_jobs`` did: the jobs to hand out (queued ones whose message was
+    lost, and running ones taken back), those taken back, and those given up."""
+
+    dispatch: list[int]
+    interrupted: list[int]
+    failed: list[int]
+
+
+def recover_stuck_jobs(session: Session, *, now: datetime) -> Recovered:
+    """The sweeper's part for import jobs (see the module's docstring); the caller hands out
+    ``dispatch`` after this has committed. A queued job handed out is stamped (``heartbeat_at``),
+    so that it is handed out again only after another ``SWEEP_PENDING_AFTER_SECONDS``, not at
+    every sweep while the broker is down. Each write re-checks what was read (state, heartbeat),
+    so a job that moved on meanwhile (its worker wrote, or finished) is left alone."""
+    config = current_app.config
+    lost_before = now - timedelta(seconds=config["SWEEP_PENDING_AFTER_SECONDS"])
+    stale_before = now - timedelta(seconds=config["IMPORT_STALE_AFTER_SECONDS"])
+    max_attempts = config["IMPORT_MAX_ATTEMPTS"]
+    q = session.execute
+    queued = ImportJob.state == ImportJobState.queued.value
+    lost = sa.and_(queued, sa.func.coalesce(ImportJob.heartbeat_at, ImportJob.created_at)
+                   < lost_before)
+    stale = sa.and_(ImportJob.state == ImportJobState.running.value,
+                    sa.func.coalesce(ImportJob.heartbeat_at, ImportJob.started_at)
+                    < stale_before)
+    lost_ids = list(q(sa.select(ImportJob.id).where(lost).order_by(ImportJob.id)).scalars())
+    stuck = q(sa.select(ImportJob.id, ImportJob.attempts, ImportJob.stored_name).where(stale)
+              .order_by(ImportJob.id)).all()
+    session.rollback()
+    if not lost_ids and not stuck:
+        return Recovered([], [], [])
+    update = functools.partial(sa.update, ImportJob)
+    if lost_ids:
+        lost_ids = list(q(update().where(ImportJob.id.in_(lost_ids), lost)
+                          .values(heartbeat_at=now).returning(ImportJob.id)
+                          .execution_options(synchronize_session=False)).scalars())
+    given_up = [job_id for job_id, attempts, _name in stuck if attempts >= max_attempts]
+    again = [job_id for job_id, attempts, _name in stuck if attempts < max_attempts]
+    if given_up:
+        given_up = list(q(update().where(ImportJob.id.in_(given_up), stale).values(
+            state=ImportJobState.failed.value, error=INTERRUPTED, finished_at=now,
+            stored_name=None).returning(ImportJob.id)
+            .execution_options(synchronize_session=False)).scalars())
+    if again:
+        again = list(q(update().where(ImportJob.id.in_(again), stale).values(
+            state=ImportJobState.queued.value, heartbeat_at=now).returning(ImportJob.id)
+            .execution_options(synchronize_session=False)).scalars())
+    session.commit()
+    for job_id, attempts, stored_name in stuck:
+        if job_id in given_up:
+            _remove_file(stored_name)
+            log_event("import_job.finished", logging.WARNING, job_id=job_id,
+                      state=ImportJobState.failed.value, error=INTERRUPTED, attempt=attempts)
+        elif job_id in again:
+            log_event("import_job.interrupted", logging.WARNING, job_id=job_id,
+                      attempt=attempts)
+    return Recovered(sorted(lost_ids + again), sorted(given_up + again), sorted(given_up))
 
 
 def import_job(session: Session, *, program_id: int, job_id: int) -> ImportJob:

@@ -79,6 +79,9 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 Progress = Callable[[int], None]  # called with the number of bytes read so far
+# Called with the report just before an import commits, in its transaction: a write made there
+# commits with the import or not at all (an exception rolls the import back).
+BeforeCommit = Callable[["ImportReport"], None]
 
 
 @dataclass(frozen=True)
@@ -378,7 +381,8 @@ def _invalid(report: ImportReport, issues: list[RowIssue]) -> None:
     report.errors.extend(issues)
 
 
-def _finish(session: Session, report: ImportReport, skip_invalid: bool) -> ImportReport:
+def _finish(session: Session, report: ImportReport, skip_invalid: bool,
+            before_commit: BeforeCommit | None = None) -> ImportReport:
     if report.invalid and not skip_invalid:
         session.rollback()
         report.imported = 0
@@ -386,6 +390,8 @@ def _finish(session: Session, report: ImportReport, skip_invalid: bool) -> Impor
         report.committed = False
         report.batch_id = None
     else:
+        if before_commit is not None:  # the caller's last write, in the import's transaction
+            before_commit(report)
         session.commit()
         report.committed = True
     return report
@@ -426,6 +432,7 @@ def import_creators(
     progress: Progress | None = None,
     actor: str,
     dry_run: bool = False,
+    before_commit: BeforeCommit | None = None,
 ) -> ImportReport:
     """Import an eligibility list: CSV with header ``handle,email,country`` (``name`` optional).
 
@@ -488,7 +495,7 @@ def import_creators(
             object_id=program_id, program_id=program_id,
             detail={"file": filename, "imported": report.imported,
                     "duplicate": report.duplicate, "invalid": report.invalid}))
-    return _finish(session, report, skip_invalid)
+    return _finish(session, report, skip_invalid, before_commit)
 
 
 def _wrong_width(line: int, width: int, found: int) -> RowIssue:
@@ -616,6 +623,7 @@ def import_codes(
     actor: str,
     today: date | None = None,
     dry_run: bool = False,
+    before_commit: BeforeCommit | None = None,
 ) -> ImportReport:
     """Import one batch of codes: a CSV with a ``code`` column, or one code per line.
 
@@ -680,7 +688,7 @@ def import_codes(
         # commit: the program's row stays locked only this long.
         stock.move_counter(session.connection(), program_id, report.imported,
                            batch_id=batch_id)
-    _finish(session, report, skip_invalid)
+    _finish(session, report, skip_invalid, before_commit)
     if report.committed and report.imported:
         dispatch.allocate_program(program_id)  # new stock serves the waitlist
     return report

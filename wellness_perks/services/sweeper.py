@@ -15,6 +15,11 @@ run out (its worker died, or lost the database for that long).
 - mails in ``sending`` whose lease ran out (their worker died mid-batch) -> back to queued,
   the interruption recorded, then send; the one message of each batch that may have been in
   flight is marked possibly sent (``possibly_sent_at``).
+- import jobs queued whose message was lost (``SWEEP_PENDING_AFTER_SECONDS`` since they were
+  last handed out) -> import; running ones whose heartbeat is ``IMPORT_STALE_AFTER_SECONDS``
+  old (their worker died) -> queued again and import, from the file's start, or failed
+  (``import_interrupted``) once started ``IMPORT_MAX_ATTEMPTS`` times
+  (``import_jobs.recover_stuck_jobs``);
 - every program's claims of the hours now over -> rolled up per hour (``dashboard.roll_up``),
   which the dashboard reads instead of counting the program's claims.
 """
@@ -41,7 +46,7 @@ from ..models import (
     OutboundEmail,
     Program,
 )
-from . import dashboard
+from . import dashboard, import_jobs
 
 SWEEP_BATCH = 5000  # pragma: no mutate (a bound on one sweep's work; the next sweep takes the rest)
 
@@ -53,11 +58,16 @@ class SweepReport:
     interrupted_mails: list[int] = field(default_factory=list)
     possibly_sent: list[int] = field(default_factory=list)  # of the interrupted mails
     rolled_up: list[int] = field(default_factory=list)  # programs whose hours were rolled up
+    imports: list[int] = field(default_factory=list)  # import jobs handed out (again)
+    interrupted_imports: list[int] = field(default_factory=list)  # running, their worker gone
+    failed_imports: list[int] = field(default_factory=list)  # of those, given up
 
     def as_dict(self) -> dict:
         return {"programs": self.programs, "mails": self.mails,
                 "interrupted_mails": self.interrupted_mails,
-                "possibly_sent": self.possibly_sent}
+                "possibly_sent": self.possibly_sent, "imports": self.imports,
+                "interrupted_imports": self.interrupted_imports,
+                "failed_imports": self.failed_imports}
 
 
 def _in_flight(interrupted: list[tuple[int, datetime]]) -> list[int]:
@@ -120,15 +130,23 @@ def sweep(session: Session, *, now: datetime | None = None) -> SweepReport:
                        OutboundEmail.created_at < pending_before)))
         .order_by(OutboundEmail.id).limit(SWEEP_BATCH)).scalars())
     session.commit()
+    recovered = import_jobs.recover_stuck_jobs(session, now=now)
+    report.imports = recovered.dispatch
+    report.interrupted_imports = recovered.interrupted
+    report.failed_imports = recovered.failed
 
     for program_id in report.programs:
         dispatch.allocate_program(program_id)
     if report.mails:
         dispatch.send_emails(report.mails)
+    for job_id in report.imports:
+        dispatch.import_upload(job_id)
     report.rolled_up = dashboard.roll_up(session, now=now)
     # pragma: no mutate start (the log line only)
-    if report.programs or report.mails or report.interrupted_mails:
+    if report.programs or report.mails or report.interrupted_mails or report.imports \
+            or report.failed_imports:
         log_event("sweep.done", programs=len(report.programs), mails=len(report.mails),
-                  interrupted_mails=len(report.interrupted_mails))
+                  interrupted_mails=len(report.interrupted_mails), imports=len(report.imports),
+                  failed_imports=len(report.failed_imports))
     # pragma: no mutate end
     return report

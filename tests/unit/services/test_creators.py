@@ -261,3 +261,60 @@ def test_removals_racing_allocation_never_leave_a_refused_claim_with_a_code(
     assert all(session.exec(select(Claim.state).where(Claim.creator_id == by_creator[e])).one()
                == "allocated" for e in kept)
     _verified(app, program.id)
+
+
+def test_a_claim_recorded_after_its_creators_removal_looked_is_refused_by_allocation(
+        app, factory, session):
+    """The race with a claim: the removal looked (no claim yet) and took the creator off; the
+    claim, checked against the list before that, commits pending after. Allocation reads the
+    list with the claims it serves and refuses it (``removed_from_list``): no code, no count,
+    no mail; the next claim gets the code."""
+    program = factory.program(slug="calm-1y", quota=5)
+    factory.creators(program, ["a@example.com", "b@example.com"])
+    factory.codes(program, ["HS-R1-0001"])
+    session.rollback()
+    ids = {e: i for i, e in session.exec(select(Creator.id, Creator.email)).all()}
+    removal = _remove(app, program.id, "a@example.com")
+    assert (removal.was_on_list, removal.claim_id) == (True, None)
+    session.rollback()
+    now = datetime.now(UTC)
+    session.add_all(Claim(program_id=program.id, creator_id=ids[e], country="PK",
+                          requested_at=now) for e in ("a@example.com", "b@example.com"))
+    session.commit()  # a's claim first in line, b's behind it; allocation not run yet
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id)
+    session.rollback()
+    a, b = (session.exec(select(Claim).where(Claim.creator_id == ids[e])).one()
+            for e in ("a@example.com", "b@example.com"))
+    assert (a.state, a.reason, a.code_id) == ("refused", ClaimReason.removed_from_list, None)
+    assert a.decided_at is not None and result.refused == [a.id]
+    assert (b.state, result.allocated) == ("allocated", [b.id])
+    assert session.exec(select(OutboundEmail.claim_id)).all() == [b.id]
+    assert session.get(Program, program.id, populate_existing=True).allocated_count == 1
+    refusals = session.exec(select(AuditEvent.actor, AuditEvent.object_id, AuditEvent.detail)
+                            .where(AuditEvent.action == "claim.refused")).all()
+    assert [(actor, claim_id, json.loads(detail)) for actor, claim_id, detail in refusals] == [
+        ("system", a.id, {"reason": "removed_from_list"})]
+    _verified(app, program.id)
+
+
+def test_a_waitlisted_claim_of_a_creator_off_the_list_is_refused_when_stock_comes(
+        app, factory, session):
+    """A claim left waiting without its creator's eligibility is never served: the batch that
+    reads it refuses it, and the code goes to the next in line."""
+    program = factory.program(slug="calm-1y", quota=5)
+    factory.creators(program, ["a@example.com", "b@example.com"])
+    session.rollback()
+    ids = {e: i for i, e in session.exec(select(Creator.id, Creator.email)).all()}
+    session.add_all(Claim(program_id=program.id, creator_id=ids[e], country="PK",
+                          state="waitlisted", reason="out_of_stock")
+                    for e in ("a@example.com", "b@example.com"))
+    session.execute(sa.delete(Eligibility).where(Eligibility.creator_id == ids["a@example.com"]))
+    session.commit()
+    factory.codes(program, ["HS-R1-0001"])  # the import's allocation serves the waitlist
+    session.rollback()
+    states = {c.creator_id: (c.state, c.reason, c.code_id is not None)
+              for c in session.exec(select(Claim)).all()}
+    assert states == {ids["a@example.com"]: ("refused", ClaimReason.removed_from_list, False),
+                      ids["b@example.com"]: ("allocated", None, True)}
+    _verified(app, program.id)

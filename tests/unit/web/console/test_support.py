@@ -272,3 +272,26 @@ def test_a_reason_too_long_is_told_with_the_limit_that_was_passed(app):
         for limit in (200, 500):
             text = template.render(message={"code": "reason_too_long", "limit": limit})
             assert text == f"The reason can't be longer than {limit} characters."
+
+
+def test_the_case_links_an_allocated_claims_masked_code_to_its_reveal(claimed, manager_client,
+                                                                      session):
+    """Managers and up follow the masked code to the audited reveal (a reason asked there);
+    viewers see the masked code only; a claim holding no code links nothing."""
+    ayesha = _creator_id(session, "ayesha@example.com")
+    bilal = _creator_id(session, "bilal@example.com")
+    session.add(Claim(program_id=claimed.id, creator_id=bilal, country="PK"))  # pending
+    session.commit()
+    claim_ids = dict(session.exec(select(Claim.creator_id, Claim.id)).all())
+    reveal = f"/manage/programs/{SLUG}/claims/{claim_ids[ayesha]}/reveal"
+    link = re.compile(r'<a href="([^"]*/claims/\d+/reveal)"[^>]*><code>HS-\*\*\*\*-[^<]*</code>')
+    for role in ("viewer", "manager", "admin"):
+        page = manager_client(role).get(_case_path(ayesha)).text
+        assert link.findall(page) == ([] if role == "viewer" else [reveal]), page
+        assert "HS-****-" in page
+    manager = manager_client("manager")
+    assert "/reveal" not in manager.get(_case_path(bilal)).text  # waiting: nothing to reveal
+    form = manager.get(reveal)
+    assert form.status_code == 200 and 'name="reason"' in form.text
+    assert all(code not in form.text for code in CODES)
+    assert manager_client("viewer").get(reveal).status_code == 403

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import logging
 import re
+from datetime import timedelta
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from sqlmodel import select
 
 from tests.helpers import csrf_token
 from wellness_perks import dispatch
+from wellness_perks.db import get_session
 from wellness_perks.models import (
     AuditEvent,
     Code,
@@ -279,6 +282,43 @@ def test_a_job_whose_file_is_gone_fails_and_imports_nothing(app, program, manage
     assert (job.state, job.error) == ("failed", "upload_file_missing")
     assert "nothing was imported" in manager.get(f"/manage/programs/{SLUG}/imports/{job.id}").text
     assert _codes(session, program.id) == 0
+
+
+def test_a_job_whose_worker_died_shows_its_restart_then_its_reason_once_given_up(
+        app, program, manager, session, monkeypatch):
+    """The sweeper runs an interrupted job again (the page says so), and gives it up at
+    ``IMPORT_MAX_ATTEMPTS``: failed, with the stable reason ``import_interrupted`` in words."""
+    from wellness_perks.services import sweeper
+
+    app.config["IMPORT_IN_BACKGROUND_ROWS"] = 1
+    report_path, _ = _staged(manager, BATCHES, _codes_file(GOOD))
+    with monkeypatch.context() as broker_down:
+        broker_down.setattr(dispatch, "import_upload", lambda job_id: False)
+        _post(manager, report_path, "commit")
+    [job] = session.exec(select(ImportJob)).all()
+    page = f"/manage/programs/{SLUG}/imports/{job.id}"
+    long_ago = job.created_at - timedelta(hours=1)
+    attempts = app.config["IMPORT_MAX_ATTEMPTS"]
+    session.execute(sa.update(ImportJob).values(state="running", attempts=attempts - 1,
+                                                heartbeat_at=long_ago))
+    session.commit()
+    text = manager.get(page).text
+    assert f"(attempt {attempts - 1})" in text and 'http-equiv="refresh"' in text
+    held = []
+    monkeypatch.setattr(dispatch, "import_upload", held.append)  # handed out, not yet run
+    with app.app_context():
+        assert sweeper.sweep(get_session()).imports == [job.id]
+    session.rollback()
+    session.execute(sa.update(ImportJob).values(state="running", attempts=attempts,
+                                                heartbeat_at=long_ago))
+    session.commit()
+    with app.app_context():
+        assert sweeper.sweep(get_session()).failed_imports == [job.id]
+    text = unescape(manager.get(page).text)
+    assert re.search(r'id="import-state">failed: nothing was imported<', text)
+    assert "interrupted each time it was started" in text and "import-restarted" not in text
+    assert 'http-equiv="refresh"' not in text
+    assert _codes(session, program.id) == 0 and held == [job.id]
 
 
 # --------------------------------------------------------------------------- eligibility lists
