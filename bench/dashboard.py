@@ -13,7 +13,8 @@ as autovacuum would have it.
 
 Then, ``--repeat`` times: ``dashboard.program_dashboard`` (each SQL statement timed on its own,
 from the driver's send to its last row) and the whole page, ``GET /manage/programs/<slug>`` as
-a signed-in viewer through Flask's test client (the view, the service, the template, the SVG).
+a signed-in viewer through Flask's test client (the view, the service, the template, the SVG):
+``bench/console_timer.py``'s timing, which ``make bench-scale`` runs at each of its points too.
 Median and maximum of each go to the terminal and to ``bench/results/<day>-dashboard.json``.
 The database is dropped at the end, also on failure.
 """
@@ -22,11 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import statistics
 import tempfile
 import time
-from collections import defaultdict
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -35,10 +33,10 @@ from cryptography.fernet import Fernet
 from harness.postgres import PostgresServer
 
 from .common import say, today, write_results
+from .console_timer import VIEWER_PASSWORD, time_console
 
 ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL",
                            "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-PASSWORD = "a bench password of some length"
 
 
 def _fill(codes: int, claims: int) -> list[str]:
@@ -97,32 +95,6 @@ def _fill(codes: int, claims: int) -> list[str]:
     ]
 
 
-# What each statement of a page view reads, by a fragment of its SQL.
-_NAMES = (
-    ("plan_cache_mode", None),
-    ("FROM countryquota", "country quotas"),
-    ("FROM outboundemail", "code mails owed or failed"),
-    ("FROM codebatch", "code batches"),
-    ("max(claimhour.hour)", "last hour rolled up"),
-    ("FROM claimhour", "hours rolled up"),
-    ("date_trunc", "claims since the last hour rolled up"),
-    ("GROUP BY claim.state", "claims not allocated, by state"),
-    ("FROM program", "the program's counters"),
-)
-
-
-def _name(statement: str) -> str | None:
-    for fragment, name in _NAMES:
-        if fragment in statement:
-            return name
-    return statement[:60]
-
-
-def _summary(samples: list[float]) -> dict:
-    return {"median_ms": round(statistics.median(samples) * 1000, 2),
-            "max_ms": round(max(samples) * 1000, 2), "runs": len(samples)}
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.dashboard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,7 +106,6 @@ def main(argv: list[str] | None = None) -> None:
     from wellness_perks import create_app
     from wellness_perks.db import new_session
     from wellness_perks.migrate import upgrade
-    from wellness_perks.models import Program
     from wellness_perks.services import auth, dashboard
 
     server = PostgresServer(ADMIN_URL, prefix="wp_dashboard")
@@ -164,64 +135,23 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             rolled = dashboard.roll_up(session)
             results["first_rollup_s"] = round(time.perf_counter() - started, 2)
-            auth.create_manager(session, email="viewer@bench.example", password=PASSWORD,
+            auth.create_manager(session, email="viewer@bench.example", password=VIEWER_PASSWORD,
                                 role="viewer", actor="bench")
         say(f"first rollup of {len(rolled)} programs' hours: {results['first_rollup_s']} s")
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE")
 
-        timings: dict[str, list[float]] = defaultdict(list)
-        sent: dict[int, float] = {}
-        app_engine = app.extensions["db_engine"]
-
-        def before(_conn, cursor, statement, *_args):
-            sent[id(cursor)] = time.perf_counter()
-
-        def after(_conn, cursor, statement, *_args):
-            name = _name(statement)
-            if name is not None:
-                timings[name].append(time.perf_counter() - sent.pop(id(cursor)))
-
-        service: list[float] = []
-        with app.app_context(), new_session() as session:
-            program = session.execute(sa.select(Program).where(Program.slug == "launch")
-                                      ).scalar_one()
-            sa.event.listen(app_engine, "before_cursor_execute", before)
-            sa.event.listen(app_engine, "after_cursor_execute", after)
-            for _ in range(args.repeat):
-                started = time.perf_counter()
-                d = dashboard.program_dashboard(session, program=program)
-                service.append(time.perf_counter() - started)
-                session.rollback()
-            sa.event.remove(app_engine, "before_cursor_execute", before)
-            sa.event.remove(app_engine, "after_cursor_execute", after)
-        results["numbers"] = {"claims": d.claims, "in_stock": d.in_stock,
-                              "expiring_soon": d.expiring_soon,
-                              "rate_per_hour": round(d.rate_per_hour, 1),
-                              "warnings": [w.code for w in d.warnings]}
-        results["statements"] = {name: _summary(samples) for name, samples in timings.items()}
-        results["service"] = _summary(service)
-
-        browser = app.test_client()
-        page = browser.get("/manage/login")
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text)
-        token = token or re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-        response = browser.post("/manage/login", data={
-            "email": "viewer@bench.example", "password": PASSWORD,
-            "csrf_token": token.group(1)})
-        if response.status_code != 302:
-            raise SystemExit(f"the viewer could not sign in: {response.status_code}")
-        pages = []
-        for _ in range(args.repeat + 1):
-            started = time.perf_counter()
-            response = browser.get("/manage/programs/launch")
-            pages.append(time.perf_counter() - started)
-            if response.status_code != 200:
-                raise SystemExit(f"the dashboard answered {response.status_code}")
-        results["page"] = _summary(pages[1:])  # the first warms the template cache
-        results["page_bytes"] = len(response.data)
+        console = time_console(app, slug="launch", repeat=args.repeat,
+                               viewer="viewer@bench.example", pages=("dashboard",))["dashboard"]
+        timed = console["calls"]["program_dashboard"]
+        results["numbers"] = console["numbers"]
+        results["statements"] = timed["statements"]
+        results["service"] = timed["service"]
+        (page,) = console["pages"].values()
+        results["page_bytes"] = page.pop("bytes")
+        results["page"] = page
         engine.dispose()
-        app_engine.dispose()
+        app.extensions["db_engine"].dispose()
     finally:
         server.drop_database(url)
 

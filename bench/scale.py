@@ -9,14 +9,17 @@ its own:
    figures for 100,000 and 1,000,000 codes).
 2. With 0 claims: the time of the numbers behind ``quota --json`` (the command run in-process
    by ``bench/cli_timer.py``: the SQL time of its statements, and its whole time without the
-   interpreter's start-up), then a probe: ``--probe`` creators claim over HTTP with C
-   connections while the workers hold the allocation queue (claim latency), then allocation is
-   let loose on them (allocation rate).
+   interpreter's start-up); the console's pages of the program (``bench/console_timer.py``, run
+   in-process the same way: the dashboard, delivery health, the audit log and the eligibility
+   list search, each statement of their service calls timed, and each page as a signed-in
+   viewer, after the hours are rolled up as the sweeper would); then a probe: ``--probe``
+   creators claim over HTTP with C connections while the workers hold the allocation queue
+   (claim latency), then allocation is let loose on them (allocation rate).
 3. The program is given ``--claims`` claims more (allocated, with codes and sent mails): by
    default written straight into the database in one transaction shaped exactly as allocation
    leaves them (``--history sql``; ``wellness-perks verify`` must pass on the result, or the
    run fails), or made over HTTP like the probe (``--history http``: honest, and slow).
-4. With those claims: the quota timing and a second probe (other creators).
+4. With those claims: the quota and console timings and a second probe (other creators).
 
 The database is vacuumed and analysed before each measurement, as autovacuum would have done
 by launch day. Mail is not sent in this run (the workers don't consume the mail queue).
@@ -40,6 +43,12 @@ from .common import Progress, fmt_ms, fmt_num, quantiles, say, set_consuming, to
 from .run import REDEEM_URL, BenchRun, add_stack_args, write_codes, write_creators
 
 LEVELS = (10_000, 100_000, 1_000_000)
+# The console pages timed at each point (bench/console_timer.py's PAGES), as the table names them.
+CONSOLE_PAGES = {"dashboard": "dashboard", "delivery": "delivery health", "audit": "audit log",
+                 "eligibility": "eligibility search"}
+# Issue 15: with 1,000,000 codes and 100,000 claims, each read of a console page under 50 ms.
+CONSOLE_READ_MS = 50
+CONSOLE_AT = (1_000_000, 100_000)  # (codes level, claims before) the read target is set for
 PROBE_PREFIX = "probe"
 HISTORY_PREFIX = "hist"
 
@@ -58,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how the --claims claims are made (default sql: see above)")
     p.add_argument("--quota-repeat", type=int, default=7,
                    help="runs of quota --json per point (the first, warming up, is dropped)")
+    p.add_argument("--console-repeat", type=int, default=20,
+                   help="runs of each console service call and page per point (default 20)")
     add_stack_args(p)
     args = p.parse_args(argv)
     args.levels = [s for s in LEVELS if s <= args.max]
@@ -237,12 +248,16 @@ class ScaleBench(BenchRun):
         self.vacuum()
         self.quiet_check(f"{s} codes, {claims} claims")
         quota = self.quota_timing(slug)
+        console = self.console_timing(slug)
         probe = self.claims_held(slug, probe_keys, "probe")
         point = {"codes_level": s, "claims_before": claims, "in_stock": quota["in_stock"],
-                 "claims_in_program": quota["claims_total"], "quota": quota, "probe": probe}
+                 "claims_in_program": quota["claims_total"], "quota": quota,
+                 "console": console, "probe": probe}
         self.points.append(point)
         say(f"  {s:>9,} codes, {claims:>7,} claims: quota SQL {quota['sql_ms']:.1f} ms "
-            f"(command {quota['command_ms']:.0f} ms); claims p50 / p99 "
+            f"(command {quota['command_ms']:.0f} ms); slowest console read "
+            f"{max(p['slowest_read']['median_ms'] for p in console['pages'].values()):.1f} ms; "
+            f"claims p50 / p99 "
             f"{fmt_ms(probe['latency_s']['p50'])} / {fmt_ms(probe['latency_s']['p99'])} ms; "
             f"allocation {fmt_num(probe['allocation_per_s'])}/s")
 
@@ -267,6 +282,17 @@ class ScaleBench(BenchRun):
                 "cli_process_s": round(cli.seconds, 3),
                 "runs": len(runs), "in_stock": summary["in_stock"],
                 "claims": summary["claims"], "claims_total": sum(summary["claims"].values())}
+
+    def console_timing(self, slug: str) -> dict:
+        """The console's pages of ``slug``, timed by ``bench/console_timer.py`` in a process of
+        its own with the product's environment (its JSON: ``pages``, ``rollup_s``)."""
+        argv = [str(BIN / "python"), "-m", "bench.console_timer", "--repeat",
+                str(self.args.console_repeat), slug]
+        out = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True,
+                             timeout=900)
+        if out.returncode != 0:
+            raise HarnessError(f"console pages (timed): {out.stderr[-1500:]}")
+        return json.loads(out.stdout)
 
     @staticmethod
     def _program_id(conn, slug: str) -> int:
@@ -348,6 +374,23 @@ class ScaleBench(BenchRun):
                          fmt_num(p.get("verify_s"), 1)))
         say("(*) verify of the level's program, at its end")
         say()
+        say("console pages: the slowest read (median of its runs) / the service calls in all "
+            "/ the page (median, ms)")
+        c = "{:>10} {:>8}" + " {:>22}" * len(CONSOLE_PAGES)
+        say(c.format("codes", "claims", *CONSOLE_PAGES.values()))
+        for p in self.points:
+            cells = []
+            for page in CONSOLE_PAGES:
+                entry = p.get("console", {}).get("pages", {}).get(page)
+                if entry is None:
+                    cells.append("-")
+                    continue
+                service = sum(call["service"]["median_ms"] for call in entry["calls"].values())
+                view = max(v["median_ms"] for v in entry["pages"].values())
+                cells.append(f"{entry['slowest_read']['median_ms']:.1f} / {service:.0f} / "
+                             f"{view:.0f}")
+            say(c.format(f"{p['codes_level']:,}", f"{p['claims_before']:,}", *cells))
+        say()
         for i in self.imports:
             say(f"import {i['what']:<36} {i['seconds']:>7.1f} s   peak RSS "
                 f"{i['peak_rss_mb']:>6.0f} MB")
@@ -406,7 +449,7 @@ class ScaleBench(BenchRun):
         return out
 
     def targets(self, growth: list[dict]) -> list[dict]:
-        out = []
+        out = console_targets(self.points)
         full = 1_000_000 in self.args.levels
         million = next((i for i in self.imports if i.get("codes") == 1_000_000
                         and "history" not in i["what"]), None)
@@ -431,6 +474,30 @@ class ScaleBench(BenchRun):
                             else "PASS" if value < 2 else "FAIL",
                             "note": "" if applies else "the target is for 10k -> 1M"})
         return out
+
+
+def console_targets(points: list[dict]) -> list[dict]:
+    """Each console page's slowest read (the largest median of its statements) against
+    ``CONSOLE_READ_MS``, at the largest point measured: judged there only if that is
+    ``CONSOLE_AT`` or beyond (n/a below it, the value still shown)."""
+    measured = [p for p in points if p.get("console")]
+    last = max(measured, key=lambda p: (p["codes_level"], p["claims_before"]), default=None)
+    applies = (last is not None and last["codes_level"] >= CONSOLE_AT[0]
+               and last["claims_before"] >= CONSOLE_AT[1])
+    where = (f"{last['codes_level']:,} codes, {last['claims_before']:,} claims" if last
+             else "no point")
+    out = []
+    for page, title in CONSOLE_PAGES.items():
+        entry = last["console"]["pages"].get(page) if last else None
+        value = entry["slowest_read"]["median_ms"] if entry else None
+        out.append({"target": f"{title}: slowest read at {where} (ms)", "value": value,
+                    "bound": f"< {CONSOLE_READ_MS}",
+                    "result": "n/a" if value is None or not applies
+                    else "PASS" if value < CONSOLE_READ_MS else "FAIL",
+                    "read": entry["slowest_read"]["read"] if entry else None,
+                    "note": "" if applies else "the target is for 1,000,000 codes, "
+                                               "100,000 claims"})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
