@@ -73,7 +73,8 @@ BENCH_STACK = $(if $(C),--concurrency $(C)) $(if $(LOAD_PROCS),--load-processes 
 bench: $(STAMP)
 	$(BIN)/python -m bench.launch --n $(N) $(if $(Q),--q $(Q)) $(BENCH_STACK) $(BENCH_ARGS)
 
-## bench-scale: how claim latency, allocation and quota/stock time grow with stock and claims
+## bench-scale: how claim latency, allocation, quota/stock time and the console pages grow
+## with stock and claims
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale $(if $(SCALE_MAX),--max $(SCALE_MAX)) \
 	$(if $(SCALE_CLAIMS),--claims $(SCALE_CLAIMS)) $(if $(SCALE_PROBE),--probe $(SCALE_PROBE)) \

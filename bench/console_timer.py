@@ -51,8 +51,9 @@ def summary(samples: list[float]) -> dict:
 
 
 def _read_name(statement: str, index: int, names) -> str | None:
-    """A statement's name in the results: from ``names`` when a fragment matches, else its
-    place in the call and the table it reads first; None for a setting (``SET ...``)."""
+    """A statement's name in the results: from ``names`` when a fragment matches, else
+    ``index`` (the statement's place among the call's distinct statements) and the table it
+    reads first; None for a setting (``SET ...``)."""
     if statement.lstrip().upper().startswith(("SET ", "RESET ")):
         return None
     for fragment, name in names:
@@ -64,22 +65,26 @@ def _read_name(statement: str, index: int, names) -> str | None:
 
 def time_call(engine, session, call: Callable, repeat: int, names=()) -> dict:
     """``call(session)`` ``repeat`` times, each followed by a rollback: its whole time, each
-    statement's time by name, and its last result (``result``, not for the JSON)."""
+    statement's time by name (with the start of its SQL), and its last result (``result``, not
+    for the JSON)."""
     import sqlalchemy as sa
 
     timings: dict[str, list[float]] = defaultdict(list)
     sent: dict[int, float] = {}
-    index = [0]
+    # A statement is known by its SQL, the same in every run (the values are bound), so a read
+    # made in some runs only (an expired object loaded again) does not shift the others' names.
+    known: dict[str, str | None] = {}
 
     def before(_conn, cursor, statement, *_args):
         sent[id(cursor)] = time.perf_counter()
 
     def after(_conn, cursor, statement, *_args):
         took = time.perf_counter() - sent.pop(id(cursor))
-        index[0] += 1
-        name = _read_name(statement, index[0], names)
-        if name is not None:
-            timings[name].append(took)
+        if statement not in known:
+            reads = sum(1 for n in known.values() if n is not None)
+            known[statement] = _read_name(statement, reads + 1, names)
+        if known[statement] is not None:
+            timings[known[statement]].append(took)
 
     whole: list[float] = []
     result = None
@@ -87,7 +92,6 @@ def time_call(engine, session, call: Callable, repeat: int, names=()) -> dict:
     sa.event.listen(engine, "after_cursor_execute", after)
     try:
         for _ in range(repeat):
-            index[0] = 0
             started = time.perf_counter()
             result = call(session)
             whole.append(time.perf_counter() - started)
@@ -95,7 +99,9 @@ def time_call(engine, session, call: Callable, repeat: int, names=()) -> dict:
     finally:
         sa.event.remove(engine, "before_cursor_execute", before)
         sa.event.remove(engine, "after_cursor_execute", after)
-    statements = {name: summary(samples) for name, samples in timings.items()}
+    sql = {name: text for text, name in known.items() if name is not None}
+    statements = {name: {**summary(samples), "sql": " ".join(sql[name].split())[:300]}
+                  for name, samples in timings.items()}
     return {"service": summary(whole), "statements": statements, "result": result}
 
 
