@@ -39,14 +39,19 @@ hypothesis_settings.load_profile("wellness-perks")
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="wellness-perks-hypothesis-"))
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """`make test` runs the suite in two processes (pytest-xdist, ``--dist loadgroup``); the
     integration tests go to one of them, one after another: each starts gunicorn, Celery workers
     and beat of its own, and two such stacks at once on two cores would starve each other's
-    deadlines."""
-    for item in items:
-        if item.get_closest_marker("integration") is not None:
-            item.add_marker(pytest.mark.xdist_group("integration"))
+    deadlines. They come first (after pytest has grouped the rest by backend), so that the
+    other process shares out the unit tests while they run instead of waiting for them at the
+    end."""
+    integration = [item for item in items if item.get_closest_marker("integration") is not None]
+    for item in integration:
+        item.add_marker(pytest.mark.xdist_group("integration"))
+    chosen = set(map(id, integration))
+    items[:] = integration + [item for item in items if id(item) not in chosen]
 
 
 # Tasks run in-process in the unit tests (no broker), where Celery keeps a task's exception in
