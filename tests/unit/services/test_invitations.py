@@ -23,7 +23,7 @@ from wellness_perks.models import (
     MailStatus,
     OutboundEmail,
 )
-from wellness_perks.services import audit, claims, invitations, privacy
+from wellness_perks.services import audit, claims, creators, invitations, mail, privacy, tokens
 
 EMAILS = ["ayesha@example.com", "bilal@example.com", "chand@example.com", "dua@example.com",
           "ehsan@example.com"]
@@ -187,14 +187,43 @@ def test_an_invitation_owed_to_someone_who_claims_before_it_goes_is_cancelled(
     monkeypatch.undo()
     with app.app_context():
         claims.request_claim(get_session(), program=program, creator_id=ids["ayesha@example.com"])
-        from wellness_perks.services import mail
-
         mail.send_batch(get_session(), outbound_ids=[m.id for m in _mails(session, "invitation")])
     by_creator = {m.creator_id: m for m in _mails(session, "invitation")}
     assert by_creator[ids["ayesha@example.com"]].status == MailStatus.cancelled
     assert by_creator[ids["ayesha@example.com"]].last_error == "no_longer_wanted"
     assert by_creator[ids["bilal@example.com"]].status == MailStatus.sent
     assert smtp_server.to("ayesha@example.com", "invited") == []
+
+
+def test_an_invitation_owed_to_someone_who_opts_out_before_it_goes_is_cancelled(
+        app, program, session, smtp_server, monkeypatch):
+    """Their reminder was owed; they opt out through the invitation's link meanwhile."""
+    _invite(app, program)
+    _age_invitations(session, 3)
+    ids = _ids(session)
+    monkeypatch.setattr(dispatch, "send_emails", lambda ids: None)  # the mails wait in the queue
+    _remind(app, program)
+    monkeypatch.undo()
+    with app.app_context():
+        token = tokens.mint_opt_out_token(creator_id=ids["ayesha@example.com"],
+                                          program_id=program.id)
+        invitations.opt_out(get_session(), token=token)
+        mail.send_batch(get_session(), outbound_ids=[m.id for m in _mails(session, "reminder")])
+    by_creator = {m.creator_id: m for m in _mails(session, "reminder")}
+    assert by_creator[ids["ayesha@example.com"]].status == MailStatus.cancelled
+    assert by_creator[ids["bilal@example.com"]].status == MailStatus.sent
+    assert smtp_server.to("ayesha@example.com", "Reminder") == []
+
+
+def test_no_reminder_to_someone_taken_off_the_list(app, program, session):
+    _invite(app, program)
+    _age_invitations(session, 3)
+    with app.app_context():
+        creators.remove_from_list(get_session(), program_id=program.id,
+                                  email="ayesha@example.com", reason="left", actor="test")
+    assert _remind(app, program).queued == len(EMAILS) - 1
+    ids = _ids(session)
+    assert ids["ayesha@example.com"] not in {m.creator_id for m in _mails(session, "reminder")}
 
 
 def test_no_invitation_once_the_window_has_closed(app, factory, session):
@@ -271,8 +300,6 @@ def test_a_bad_opt_out_token_is_refused(app, program, token):
 
 
 def test_a_signed_opt_out_token_naming_no_invitation_is_refused(app, program):
-    from wellness_perks.services import tokens
-
     with app.app_context():
         token = tokens.mint_opt_out_token(creator_id=1, program_id=program.id)
         with pytest.raises(invitations.OptOutLinkInvalid):
