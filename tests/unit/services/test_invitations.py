@@ -23,7 +23,16 @@ from wellness_perks.models import (
     MailStatus,
     OutboundEmail,
 )
-from wellness_perks.services import audit, claims, creators, invitations, mail, privacy, tokens
+from wellness_perks.services import (
+    audit,
+    claims,
+    creators,
+    invitations,
+    mail,
+    privacy,
+    sweeper,
+    tokens,
+)
 
 EMAILS = ["ayesha@example.com", "bilal@example.com", "chand@example.com", "dua@example.com",
           "ehsan@example.com"]
@@ -127,6 +136,14 @@ def test_a_run_stopped_after_a_chunk_goes_on_where_it_stopped(app, program, sess
     mails = _mails(session, "invitation")
     assert len(mails) == len(EMAILS)
     assert len({m.creator_id for m in mails}) == len(EMAILS)
+    # The first chunk's mails, never handed to the workers, are the sweeper's.
+    assert sum(m.status == MailStatus.queued for m in mails) == 2
+    with app.app_context():
+        later = datetime.now(UTC) + timedelta(seconds=app.config["SWEEP_PENDING_AFTER_SECONDS"])
+        sweeper.sweep(get_session(), now=later + timedelta(seconds=1))
+    for address in EMAILS:
+        assert len(smtp_server.wait_for_mail(address, "invited")) == 1
+    assert {m.status for m in _mails(session, "invitation")} == {MailStatus.sent}
 
 
 def test_a_chunk_that_fails_before_its_commit_leaves_nothing_behind(app, program, session,
@@ -147,6 +164,14 @@ def test_a_chunk_that_fails_before_its_commit_leaves_nothing_behind(app, program
     monkeypatch.setattr(audit, "record", real)
     assert _invite(app, program, chunk=2).queued == len(EMAILS) - 2
     assert len(_mails(session, "invitation")) == len(EMAILS)
+
+
+def test_a_support_case_shows_the_creators_invitation(app, program, session):
+    _invite(app, program)
+    with app.app_context():
+        case = creators.creator_case(get_session(), program_id=program.id,
+                                     email="ayesha@example.com")
+    assert [(m["kind"], m["status"]) for m in case["mails"]] == [("invitation", "sent")]
 
 
 def test_the_database_refuses_a_second_invitation_of_one_creator(app, program, session):
