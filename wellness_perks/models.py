@@ -415,6 +415,12 @@ class OutboundEmail(SQLModel, table=True):
         sa.Index("ix_outbound_possibly_sent", "claim_id",
                  postgresql_where=sa.text("possibly_sent_at IS NOT NULL"),
                  sqlite_where=sa.text("possibly_sent_at IS NOT NULL")),
+        # A program's invitation and reminder mails counted by status (the console's
+        # invitations page, reloaded while they go out): partial, so it holds those mails
+        # only, and the count never walks the outbox however many code mails it holds.
+        sa.Index("ix_outbound_program_kind_status", "program_id", "kind", "status",
+                 postgresql_where=sa.text("program_id IS NOT NULL"),
+                 sqlite_where=sa.text("program_id IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)

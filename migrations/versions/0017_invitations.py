@@ -23,6 +23,10 @@ def _ts(name: str, nullable: bool = True) -> sa.Column:
 
 def upgrade() -> None:
     op.add_column("outboundemail", sa.Column("program_id", sa.Integer(), nullable=True))
+    op.create_index("ix_outbound_program_kind_status", "outboundemail",
+                    ["program_id", "kind", "status"],
+                    postgresql_where=sa.text("program_id IS NOT NULL"),
+                    sqlite_where=sa.text("program_id IS NOT NULL"))
     op.create_table(
         "invitation",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -45,5 +49,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_invitation_creator_id", table_name="invitation")
     op.drop_table("invitation")
+    op.drop_index("ix_outbound_program_kind_status", table_name="outboundemail")
     with op.batch_alter_table("outboundemail") as batch:
         batch.drop_column("program_id")

@@ -266,6 +266,15 @@ class InvitationCounts:
         return any(by_status["queued"] for by_status in self.mails.values())
 
 
+def mails_by_status(program_id: int) -> sa.Select:
+    """(kind, status, count) of the program's invitation and reminder mails: a range of
+    ``ix_outbound_program_kind_status``, which holds those mails only."""
+    return (sa.select(OutboundEmail.kind, OutboundEmail.status, sa.func.count())
+            .where(OutboundEmail.program_id == program_id,
+                   OutboundEmail.kind.in_([k.value for k in KINDS]))
+            .group_by(OutboundEmail.kind, OutboundEmail.status))
+
+
 def counts(session: Session, *, program_id: int, now: datetime | None = None,
            after_days: int | None = None) -> InvitationCounts:
     now = now or datetime.now(UTC)
@@ -276,13 +285,10 @@ def counts(session: Session, *, program_id: int, now: datetime | None = None,
         return q(sa.select(sa.func.count()).select_from(statement.subquery())).scalar_one()
 
     invitations = sa.select(Invitation.id).where(Invitation.program_id == program_id)
+    found_mails = {(kind, status): n for kind, status, n in q(mails_by_status(program_id))}
     mails = {}
-    for kind, column in ((MailKind.invitation, Invitation.invitation_mail_id),
-                         (MailKind.reminder, Invitation.reminder_mail_id)):
-        by_status = dict(q(sa.select(OutboundEmail.status, sa.func.count())
-                           .join(Invitation, column == OutboundEmail.id)
-                           .where(Invitation.program_id == program_id)
-                           .group_by(OutboundEmail.status)).all())
+    for kind in KINDS:
+        by_status = {status: n for (k, status), n in found_mails.items() if k == kind.value}
         mails[kind.value] = {
             "queued": by_status.get(MailStatus.queued.value, 0)
             + by_status.get(MailStatus.sending.value, 0),
