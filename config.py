@@ -232,6 +232,11 @@ class Config:
         if self.RESEND_MIN_INTERVAL_MINUTES < 0:
             raise RuntimeError("environment variable RESEND_MIN_INTERVAL_MINUTES must be 0 or "
                                f"more, got {self.RESEND_MIN_INTERVAL_MINUTES}")
+        # An invitation's reminder goes to those who have not claimed this many days after it.
+        self.INVITE_REMINDER_DAYS = _env_int("INVITE_REMINDER_DAYS", 3)
+        if self.INVITE_REMINDER_DAYS < 0:
+            raise RuntimeError("environment variable INVITE_REMINDER_DAYS must be 0 or more, "
+                               f"got {self.INVITE_REMINDER_DAYS}")
         # Mails per send task (one SMTP connection carries a batch).
         self.MAIL_BATCH_SIZE = _env_int("MAIL_BATCH_SIZE", 50)
         self.OUTBOX_DIR = _env("OUTBOX_DIR", str(instance / "outbox"))

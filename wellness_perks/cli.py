@@ -27,6 +27,7 @@ from .services import (
     creators,
     health,
     imports,
+    invitations,
     mail,
     managers,
     privacy,
@@ -725,6 +726,40 @@ def resend_failed_command(slug: str, since: str | None) -> None:
         click.echo("no failed code mail to send again")
 
 
+def _send_invitations(slug: str, kind: str, after_days: int | None = None) -> None:
+    program = _program(slug)
+    try:
+        outcome = invitations.send(get_session(), program_id=program.id, kind=kind,
+                                   actor=CLI_ACTOR, after_days=after_days)
+        left = invitations.counts(get_session(), program_id=program.id, after_days=after_days)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"{outcome.queued} {kind}{'s' if outcome.queued != 1 else ''} queued "
+               f"(MAIL_RATE_LIMIT paces them); {left.invited} invited, {left.reminded} "
+               f"reminded, {left.opted_out} opted out, {left.claimed} claimed of "
+               f"{left.eligible} on the list")
+
+
+@click.command("invite")
+@click.argument("slug")
+@with_appcontext
+def invite_command(slug: str) -> None:
+    """Invite everyone on the program's list who has not claimed nor been invited (a run
+    stopped half way goes on where it stopped; nobody is invited twice)."""
+    _send_invitations(slug, "invitation")
+
+
+@click.command("remind")
+@click.argument("slug")
+@click.option("--after-days", type=click.IntRange(min=0), default=None,
+              help="Remind those invited this many days ago or more (default: "
+                   "INVITE_REMINDER_DAYS).")
+@with_appcontext
+def remind_command(slug: str, after_days: int | None) -> None:
+    """Remind, once, those invited who have still not claimed nor opted out."""
+    _send_invitations(slug, "reminder", after_days)
+
+
 @click.command("health")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @with_appcontext
@@ -766,6 +801,8 @@ COMMANDS = (
     health_command,
     sweep_command,
     resend_failed_command,
+    invite_command,
+    remind_command,
     forget_command,
     seed_demo_command,
 )

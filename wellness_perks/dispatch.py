@@ -36,6 +36,7 @@ SEND_EMAILS = "wellness_perks.send_emails"
 SWEEP = "wellness_perks.sweep"
 REQUEST_SIGN_IN = "wellness_perks.request_sign_in"
 IMPORT_UPLOAD = "wellness_perks.import_upload"
+SEND_INVITATIONS = "wellness_perks.send_invitations"
 
 SCHEDULED_KEY = "wellness-perks:allocation-queued:{}"
 SCHEDULED_TTL_SECONDS = 30
@@ -96,6 +97,13 @@ def import_upload(job_id: int) -> bool:
     """Import a committed upload (its import job's row) on the ``imports`` queue; False when
     the broker could not take it (the job stays queued)."""
     return _enqueue(IMPORT_UPLOAD, job_id, job_id=job_id)
+
+
+def send_invitations(program_id: int, kind: str, actor: str) -> bool:
+    """Owe a program's invitations (``kind`` invitation) or reminders (``reminder``) on the
+    ``imports`` queue; False when the broker could not take it (nothing was owed: the manager
+    asks again)."""
+    return _enqueue(SEND_INVITATIONS, program_id, kind, actor, program_id=program_id, kind=kind)
 
 
 def send_emails(outbound_ids: list[int]) -> None:

@@ -88,12 +88,16 @@ class MailProblem(enum.StrEnum):
     code_voided = "code_voided"  # cancelled: its code was voided before it was sent
     interrupted = "interrupted"  # its attempt was cut off mid-send (its worker stopped)
     recipient_forgotten = "recipient_forgotten"  # failed: its creator asked to be forgotten
+    # cancelled: an invitation or reminder whose creator claimed, or opted out, before it went
+    no_longer_wanted = "no_longer_wanted"
 
 
 class MailKind(enum.StrEnum):
     sign_in = "sign_in"
     redemption = "redemption"   # the first code of a claim
     reissue = "reissue"         # a replacement code, after the first was voided
+    invitation = "invitation"   # to a creator on a program's list who has not claimed
+    reminder = "reminder"       # the one reminder of an invitation still not claimed
 
 
 # The languages pages and mails are rendered in (ISO 639-1); a creator reads in their own.
@@ -411,6 +415,12 @@ class OutboundEmail(SQLModel, table=True):
         sa.Index("ix_outbound_possibly_sent", "claim_id",
                  postgresql_where=sa.text("possibly_sent_at IS NOT NULL"),
                  sqlite_where=sa.text("possibly_sent_at IS NOT NULL")),
+        # A program's invitation and reminder mails counted by status (the console's
+        # invitations page, reloaded while they go out): partial, so it holds those mails
+        # only, and the count never walks the outbox however many code mails it holds.
+        sa.Index("ix_outbound_program_kind_status", "program_id", "kind", "status",
+                 postgresql_where=sa.text("program_id IS NOT NULL"),
+                 sqlite_where=sa.text("program_id IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -419,6 +429,9 @@ class OutboundEmail(SQLModel, table=True):
     creator_id: int | None = Field(default=None, foreign_key="creator.id", index=True)
     claim_id: int | None = Field(default=None, foreign_key="claim.id")
     code_id: int | None = Field(default=None, foreign_key="code.id")
+    # The program an invitation or a reminder invites to (a code mail's program is its
+    # claim's; a sign-in mail has none).
+    program_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     # The language the mail is rendered in: its creator's when it was owed.
     locale: str = Field(default=DEFAULT_LOCALE, sa_column=sa.Column(
         sa.String(8), nullable=False, server_default=DEFAULT_LOCALE))
@@ -437,6 +450,35 @@ class OutboundEmail(SQLModel, table=True):
     # server and recording what became of it (its worker died): the server may have taken it,
     # so the creator may hold two copies (same Message-ID) once it is sent again.
     possibly_sent_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class Invitation(SQLModel, table=True):
+    """A program's invitation of one creator on its list, its one reminder, and their opt-out.
+
+    The row is the invitation: one per program and creator (``uq_invitation_program_creator``),
+    written in the transaction that owes its mail, so a run stopped half way and started again
+    invites only those it had not; and a row has one reminder slot, filled once
+    (``reminded_at IS NULL`` is the reminder's condition, and the two columns go together).
+    """
+
+    __table_args__ = (
+        sa.UniqueConstraint("program_id", "creator_id", name="uq_invitation_program_creator"),
+        sa.CheckConstraint("(reminded_at IS NULL) = (reminder_mail_id IS NULL)",
+                           name="ck_invitation_reminder_mail"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", nullable=False)
+    creator_id: int = Field(foreign_key="creator.id", nullable=False, index=True)
+    invited_at: datetime = Field(sa_column=_ts(nullable=False))
+    invitation_mail_id: int = Field(sa_column=sa.Column(
+        sa.ForeignKey("outboundemail.id"), nullable=False, unique=True))
+    reminded_at: datetime | None = Field(default=None, sa_column=_ts())
+    reminder_mail_id: int | None = Field(default=None, sa_column=sa.Column(
+        sa.ForeignKey("outboundemail.id"), nullable=True, unique=True))
+    # Set by the one-click link of either mail: no further invitation mail of this program
+    # (they may still sign in and claim).
+    opted_out_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class AuditEvent(SQLModel, table=True):

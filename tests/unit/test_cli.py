@@ -930,6 +930,38 @@ def test_resend_failed_sends_a_programs_failed_code_mails_again(
     assert _run(runner, "verify", SLUG).exit_code == 0
 
 
+def test_invite_and_remind_send_each_mail_once(runner, app, factory, session, smtp_server):
+    from wellness_perks.models import Invitation
+
+    program = factory.program()
+    factory.creators(program, ["p1@example.com", "p2@example.com"])
+    assert _run(runner, "invite", "nope").exit_code == 1
+    result = _run(runner, "invite", SLUG)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == ("2 invitations queued (MAIL_RATE_LIMIT paces them); "
+                                     "2 invited, 0 reminded, 0 opted out, 0 claimed of 2 on "
+                                     "the list")
+    assert _run(runner, "invite", SLUG).output.startswith("0 invitations queued")
+    assert len(smtp_server.wait_for_mail("p1@example.com", "invited")) == 1
+    assert _run(runner, "remind", SLUG).output.startswith("0 reminders queued")
+    assert _run(runner, "remind", SLUG, "--after-days", "-1").exit_code == 2
+    result = _run(runner, "remind", SLUG, "--after-days", "0")
+    assert result.exit_code == 0 and result.output.startswith("2 reminders queued"), result.output
+    assert len(smtp_server.wait_for_mail("p2@example.com", "Reminder")) == 1
+    assert len(_all(session, select(Invitation))) == 2
+    assert _run(runner, "remind", SLUG, "--after-days", "0").output.startswith(
+        "0 reminders queued")
+    assert len(_all(session, select(AuditEvent).where(
+        AuditEvent.action == "program.invitations_queued", AuditEvent.actor == "cli"))) == 1
+
+
+def test_invite_refuses_a_program_whose_window_has_closed(runner, factory):
+    now = datetime.now(UTC)
+    factory.program(opens_at=now - timedelta(days=2), closes_at=now - timedelta(days=1))
+    result = _run(runner, "invite", SLUG)
+    assert result.exit_code == 1 and "has closed" in result.output
+
+
 # ------------------------------------------ import-codes expiry, set-batch-expiry, void-batch
 
 

@@ -47,6 +47,17 @@ def test_the_resend_interval_defaults_to_ten_minutes_and_is_never_negative(monke
         Config()
 
 
+def test_the_reminder_delay_defaults_to_three_days_and_is_never_negative(monkeypatch, tmp_path):
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.delenv("INVITE_REMINDER_DAYS", raising=False)
+    assert Config().INVITE_REMINDER_DAYS == 3
+    monkeypatch.setenv("INVITE_REMINDER_DAYS", "0")
+    assert Config().INVITE_REMINDER_DAYS == 0
+    monkeypatch.setenv("INVITE_REMINDER_DAYS", "-1")
+    with pytest.raises(RuntimeError, match="INVITE_REMINDER_DAYS must be 0 or more, got -1"):
+        Config()
+
+
 def test_given_settings_win_and_a_given_key_writes_no_file(monkeypatch, tmp_path):
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "from-environment"))
     monkeypatch.setenv("SECRET_KEY", "")

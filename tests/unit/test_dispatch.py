@@ -60,7 +60,7 @@ def test_each_task_kind_is_published_without_loading_the_worker(tmp_path):
 
 def test_every_task_is_named_once_and_registered(app):
     names = {dispatch.ALLOCATE_PROGRAM, dispatch.SEND_EMAIL, dispatch.SEND_EMAILS, dispatch.SWEEP,
-             dispatch.REQUEST_SIGN_IN, dispatch.IMPORT_UPLOAD}
+             dispatch.REQUEST_SIGN_IN, dispatch.IMPORT_UPLOAD, dispatch.SEND_INVITATIONS}
     registered = {name for name in app.extensions["celery"].tasks
                   if name.startswith("wellness_perks.")}
     assert registered == names

@@ -26,6 +26,8 @@ TASK_ROUTES = {
     dispatch.SWEEP: {"queue": "periodic"},
     # A large upload takes a minute: on its own queue, never ahead of a claim or a mail.
     dispatch.IMPORT_UPLOAD: {"queue": "imports"},
+    # Owing a program's invitations is bulk work of the same kind (their mails go on ``mail``).
+    dispatch.SEND_INVITATIONS: {"queue": "imports"},
 }
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from .. import dispatch
 from ..db import get_session
 from ..logs import log_event
-from ..services import allocation, auth, import_jobs, mail, sweeper
+from ..services import allocation, auth, import_jobs, invitations, mail, sweeper
 
 # Waits before each further try of a task the database failed (a disconnect, a deadlock, a
 # serialisation failure): about 15 s in all, then the task gives up and its rows wait in their
@@ -85,6 +85,12 @@ def request_sign_in(self, address: str) -> bool:
 @database_task(dispatch.IMPORT_UPLOAD)
 def import_upload(self, job_id: int) -> str:
     return import_jobs.run_import_job(get_session(), job_id=job_id).state
+
+
+@database_task(dispatch.SEND_INVITATIONS)
+def send_invitations(self, program_id: int, kind: str, actor: str) -> int:
+    # Started again (a retry here, or the manager's next press), it goes on where it stopped.
+    return invitations.send(get_session(), program_id=program_id, kind=kind, actor=actor).queued
 
 
 @database_task(dispatch.SWEEP)

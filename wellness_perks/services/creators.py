@@ -58,7 +58,8 @@ def creator_case(session: Session, *, program_id: int, email: str | None = None,
                  creator_id: int | None = None) -> dict:
     """The creator (handle, country, locale, on the program's list or not), their claim in the
     program with its state, reason and times and its code masked, and every mail to them that
-    belongs to the program (the code mails of their claim) or to no program (sign-in links):
+    belongs to the program (the code mails of their claim, its invitation and reminder) or to no
+    program (sign-in links):
     kind, status, attempts, last error, when sent, and whether it may have arrived twice.
 
     The creator is named by ``email`` or by ``creator_id``. A document of plain values (what
@@ -92,6 +93,7 @@ def creator_case(session: Session, *, program_id: int, email: str | None = None,
             sa.select(OutboundEmail)
             .where(OutboundEmail.creator_id == creator.id,
                    sa.or_(OutboundEmail.claim_id.in_(claim_ids),
+                          OutboundEmail.program_id == program_id,
                           OutboundEmail.kind == MailKind.sign_in.value))
             .order_by(OutboundEmail.id))]
     session.rollback()  # a read: nothing held

@@ -1,15 +1,21 @@
-"""The sign-in token: an itsdangerous token naming a creator and the number of their newest
-sign-in link (``login_nonce``), signed with SECRET_KEY. Asking for a link and using one bump the
-number, so only the newest link works, and once (``auth.redeem_sign_in_token``)."""
+"""The tokens of links in mails, itsdangerous tokens signed with SECRET_KEY, each kind under a
+salt of its own (a token of one kind is never taken for another):
+
+- the sign-in token names a creator and the number of their newest sign-in link
+  (``login_nonce``). Asking for a link and using one bump the number, so only the newest link
+  works, and once (``auth.redeem_sign_in_token``);
+- the opt-out token names a creator and a program whose invitation mails they want no more
+  (``invitations.opt_out``). It never expires: the link of an old invitation still works."""
 
 from __future__ import annotations
 
 from flask import current_app
-from itsdangerous import BadPayload, BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadPayload, BadSignature, URLSafeSerializer, URLSafeTimedSerializer
 
 from ..models import Creator
 
 SIGN_IN_SALT = "wellness-perks.sign-in"
+OPT_OUT_SALT = "wellness-perks.opt-out"
 # A token minted here is about 80 characters of URL-safe base64 and dots; anything else (longer,
 # or with another character) is not one, and is refused before any decoding.
 MAX_TOKEN_LENGTH = 1000
@@ -26,6 +32,43 @@ def mint_sign_in_token(creator: Creator) -> str:
     return serializer().dumps({"c": creator.id, "n": creator.login_nonce})
 
 
+def _well_formed(token: str) -> None:
+    if (not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH
+            or not _TOKEN_CHARACTERS.issuperset(token)):
+        raise BadSignature("not a token of ours")
+
+
+def _two_ids(payload, keys: tuple[str, str], high: tuple[int, int]) -> tuple[int, int]:
+    """The two integers a payload of these two keys holds, each in 0 < value <= high (the
+    first) or 0 <= value <= high; BadPayload for any other payload."""
+    if not isinstance(payload, dict) or set(payload) != set(keys):
+        raise BadPayload("not a payload of ours")
+    first, second = payload[keys[0]], payload[keys[1]]
+    # type() and not isinstance(): JSON true is a bool, which Python counts as the int 1.
+    if not (type(first) is int and type(second) is int
+            and 0 < first <= high[0] and 0 <= second <= high[1]):
+        raise BadPayload("not a payload of ours")
+    return first, second
+
+
+def mint_opt_out_token(*, creator_id: int, program_id: int) -> str:
+    """A signed token naming a creator and a program, for the one-click opt-out of the
+    program's invitation mails; minted at mail-send time."""
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=OPT_OUT_SALT).dumps(
+        {"c": creator_id, "p": program_id})
+
+
+def parse_opt_out_token(token: str) -> tuple[int, int]:
+    """The (creator id, program id) an opt-out token minted here names; itsdangerous' BadData
+    for anything else (not a token, forged, damaged, another kind's, another payload)."""
+    _well_formed(token)
+    payload = URLSafeSerializer(current_app.config["SECRET_KEY"], salt=OPT_OUT_SALT).loads(token)
+    creator_id, program_id = _two_ids(payload, ("c", "p"), (MAX_ID, MAX_ID))
+    if program_id == 0:
+        raise BadPayload("not a payload of ours")
+    return creator_id, program_id
+
+
 def parse_sign_in_token(token: str, *, max_age: int) -> tuple[int, int]:
     """The (creator id, sign-in counter) a token minted here names.
 
@@ -33,15 +76,6 @@ def parse_sign_in_token(token: str, *, max_age: int) -> tuple[int, int]:
     and another BadData for anything else: text that is not a token, a forged or damaged one,
     a signed one whose payload is not two integers in the databases' range.
     """
-    if (not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH
-            or not _TOKEN_CHARACTERS.issuperset(token)):
-        raise BadSignature("not a sign-in token")
+    _well_formed(token)
     payload = serializer().loads(token, max_age=max_age)
-    if not isinstance(payload, dict) or set(payload) != {"c", "n"}:
-        raise BadPayload("not a sign-in payload")
-    creator_id, nonce = payload["c"], payload["n"]
-    # type() and not isinstance(): JSON true is a bool, which Python counts as the int 1.
-    if not (type(creator_id) is int and type(nonce) is int
-            and 0 < creator_id <= MAX_ID and 0 <= nonce <= MAX_ID):
-        raise BadPayload("not a sign-in payload")
-    return creator_id, nonce
+    return _two_ids(payload, ("c", "n"), (MAX_ID, MAX_ID))

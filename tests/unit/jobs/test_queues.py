@@ -16,6 +16,8 @@ def test_tasks_are_routed_to_consumed_queues(app):
     assert TASK_ROUTES[dispatch.ALLOCATE_PROGRAM]["queue"] == "allocation"
     assert TASK_ROUTES[dispatch.SEND_EMAIL]["queue"] == "mail"
     assert TASK_ROUTES[dispatch.IMPORT_UPLOAD]["queue"] == "imports"
+    # Owing a program's invitations is bulk work: never ahead of a claim or a mail.
+    assert TASK_ROUTES[dispatch.SEND_INVITATIONS]["queue"] == "imports"
     assert {r["queue"] for r in TASK_ROUTES.values()} <= set(QUEUES)
     assert celery.conf.task_acks_late and celery.conf.task_reject_on_worker_lost
 

@@ -73,3 +73,48 @@ def test_audit_pages_walk_the_time_index(grown_engine, filters, deep):
     # A walk down the time index that stops at the page: no sort of every match.
     rows = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan)]
     assert max(rows) <= 1000, plan
+
+
+# A program of 100,000 creators on its list, 3,000 of them invited (some reminded), in an outbox
+# of 100,000 code mails.
+INVITATIONS = (
+    "INSERT INTO eligibility (program_id, creator_id, created_at) "
+    "SELECT 2, g, now() FROM generate_series(1, 100000) g",
+    "INSERT INTO outboundemail (kind, to_email, creator_id, program_id, status, attempts, "
+    "created_at) SELECT CASE WHEN g > 3000 THEN 'reminder' ELSE 'invitation' END, "
+    "'c' || g || '@example.com', g, 2, 'sent', 1, now() FROM generate_series(1, 4000) g",
+    "INSERT INTO invitation (program_id, creator_id, invited_at, invitation_mail_id) "
+    "SELECT 2, g, now() - interval '5 days', o.id FROM generate_series(1, 3000) g "
+    "JOIN outboundemail o ON o.creator_id = g AND o.kind = 'invitation'",
+    "UPDATE invitation i SET reminded_at = now(), reminder_mail_id = o.id FROM outboundemail o "
+    "WHERE o.kind = 'reminder' AND o.creator_id = i.creator_id - 2000",
+    "ANALYZE",
+)
+
+
+@pytest.fixture(scope="module")
+def invited_engine(grown_engine):
+    with grown_engine.begin() as conn:
+        for statement in INVITATIONS:
+            conn.exec_driver_sql(statement)
+    return grown_engine
+
+
+def test_the_invitation_mail_counts_never_walk_the_outbox(invited_engine):
+    from wellness_perks.services import invitations
+
+    plan = explain(invited_engine, invitations.mails_by_status(2))
+    assert "Seq Scan on outboundemail" not in plan, plan
+    assert "ix_outbound_program_kind_status" in plan, plan
+
+
+@pytest.mark.parametrize("statement", ["uninvited", "reminders_due"])
+def test_who_is_invited_is_found_by_the_lists_and_invitations_indexes(invited_engine,
+                                                                      statement):
+    from wellness_perks.services import invitations
+
+    built = (invitations.uninvited(2) if statement == "uninvited"
+             else invitations.reminders_due(2, NOW - timedelta(days=3)))
+    plan = explain(invited_engine, built.limit(500))
+    assert "Seq Scan on outboundemail" not in plan, plan
+    assert "Seq Scan on claim" not in plan, plan

@@ -18,7 +18,7 @@ from tests.helpers import csrf_token, sign_in_link
 from wellness_perks import create_app, web
 from wellness_perks.db import get_session, new_session
 from wellness_perks.models import AuditEvent, Claim, ImportJob, Program
-from wellness_perks.services import auth, claims, managers, programs
+from wellness_perks.services import auth, claims, invitations, managers, programs
 
 TWENTY_MB = 20 * 1024 * 1024
 
@@ -169,8 +169,13 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     paused = factory.program(slug="quiet-1m")
     with app.app_context():
         programs.pause_claims(get_session(), program_id=paused.id, actor="test")
+    # Ayesha, who has not claimed, is invited: her invitation's opt-out page has a form.
+    with app.app_context():
+        invitations.send_invitations(get_session(), program_id=program.id, actor="test")
+    [invitation] = smtp_server.wait_for_mail("ayesha@example.com", "invited")
+    opt_out_path = invitation["List-Unsubscribe"].strip("<>").replace("http://localhost", "")
     anonymous = app.test_client()
-    sign_in_forms = _post_forms(anonymous, ["/login"])
+    sign_in_forms = _post_forms(anonymous, ["/login", opt_out_path])
     anonymous.post("/login", data={"email": "ayesha@example.com",
                                    "csrf_token": csrf_token(anonymous.get("/login").text)})
     link = sign_in_link(smtp_server.wait_for_mail("ayesha@example.com", "sign-in")[-1])
@@ -208,6 +213,7 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
         batches, "/manage/programs/headspace-6m/creators/upload", report_path,
         "/manage/programs/headspace-6m/export", reveal_path,
         "/manage/programs/headspace-6m/delivery",
+        "/manage/programs/headspace-6m/invitations",
         # The eligibility list (add; remove by row) and a creator's case (resend, reissue,
         # remove).
         "/manage/programs/headspace-6m/creators",
@@ -228,6 +234,7 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
                       re.sub(r"/creators/\d+/", "/creators/<int:creator_id>/",
                              re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
                              .replace(link_path, "/login/<token>")
+                             .replace(opt_out_path, "/opt-out/<token>")
                              .replace(upload_token, "<token>")
                              .replace(f"/claims/{held.id}/", "/claims/<int:claim_id>/")))
                for _, action, _ in forms}
@@ -245,8 +252,10 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     assert tried >= 5
     assert [(c.id, c.state) for c in _claims(session)] == claims_before
     assert "creator.deletion_requested" not in _audit(session)
+    assert "creator.opted_out" not in _audit(session)
     assert [a for a in _audit(session) if a.startswith("program.")] == [
-        "program.created"] * 3 + ["program.claims_paused"]  # no console form changed a thing
+        "program.created"] * 3 + ["program.claims_paused", "program.invitations_queued"]
+    # (no console form changed a thing)
     assert len(session.exec(select(Program)).all()) == 3
     assert len(smtp_server.messages) == mails_before
     assert session.exec(select(ImportJob)).all() == []  # no upload was committed

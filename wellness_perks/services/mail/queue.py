@@ -39,6 +39,7 @@ from ...models import (
     CodeBatch,
     CodeStatus,
     Creator,
+    Invitation,
     MailKind,
     MailProblem,
     MailStatus,
@@ -82,10 +83,12 @@ class BatchOutcome:
 
 def owed(*, kind: MailKind, to_email: str, creator_id: int, now: datetime,
          claim_id: int | None = None, code_id: int | None = None,
-         locale: str = DEFAULT_LOCALE) -> dict:
-    """The row of a mail we now owe, for ``owe``."""
+         locale: str = DEFAULT_LOCALE, program_id: int | None = None) -> dict:
+    """The row of a mail we now owe, for ``owe`` (``program_id``: the program an invitation
+    or a reminder invites to)."""
     return {"kind": kind.value, "to_email": to_email, "creator_id": creator_id,
             "claim_id": claim_id, "code_id": code_id, "locale": locale,
+            "program_id": program_id,
             "status": MailStatus.queued.value, "attempts": 0, "created_at": now}
 
 
@@ -428,14 +431,20 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
         .outerjoin(Code, Code.id == OutboundEmail.code_id)
         .outerjoin(CodeBatch, CodeBatch.id == Code.batch_id)
         .outerjoin(Claim, Claim.id == OutboundEmail.claim_id)
-        .outerjoin(Program, Program.id == Claim.program_id)
+        # A code mail's program is its claim's; an invitation's is on its row.
+        .outerjoin(Program, Program.id == sa.func.coalesce(Claim.program_id,
+                                                           OutboundEmail.program_id))
         .where(OutboundEmail.id.in_(outbound_ids))
         .order_by(OutboundEmail.id)
     ).all()
-    outgoing, cancelled = [], []
+    unwanted = _invitations_no_longer_wanted(session, [o for o, *_rest in rows])
+    outgoing, cancelled, unwanted_ids = [], [], []
     for outbound, creator, code, batch, program in rows:
         if code is not None and code.status == CodeStatus.void:
             cancelled.append(outbound.id)
+            continue
+        if outbound.id in unwanted:
+            unwanted_ids.append(outbound.id)
             continue
         item = Outgoing(outbound.id, outbound.to_email, outbound.attempts, outbound.kind,
                         outbound.claim_id)
@@ -448,16 +457,42 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
             _record_failure(_in_session(session), item, exc, outcome)
             continue
         outgoing.append(item)
-    if cancelled:
+    for ids, problem in ((cancelled, MailProblem.code_voided),
+                         (unwanted_ids, MailProblem.no_longer_wanted)):
+        if not ids:
+            continue
         session.execute(
             sa.update(OutboundEmail)
-            .where(OutboundEmail.id.in_(cancelled), OutboundEmail.status == MailStatus.sending)
-            .values(status=MailStatus.cancelled, last_error=MailProblem.code_voided)
+            .where(OutboundEmail.id.in_(ids), OutboundEmail.status == MailStatus.sending)
+            .values(status=MailStatus.cancelled, last_error=problem)
             .execution_options(synchronize_session=False))
-        outcome.cancelled += cancelled
-        for outbound_id in cancelled:
+        outcome.cancelled += ids
+        for outbound_id in ids:
             log_event("mail.cancelled", outbound_id=outbound_id)  # pragma: no mutate
     return outgoing
+
+
+INVITATION_KINDS = (MailKind.invitation.value, MailKind.reminder.value)
+
+
+def _invitations_no_longer_wanted(session: Session, mails: list[OutboundEmail]) -> set[int]:
+    """Of these mails, the invitations and reminders whose creator has claimed in the program,
+    or opted out of its invitations, since the mail was owed: never sent (a run may queue
+    thousands, which the rate limit spreads over hours)."""
+    invitations = [m for m in mails if m.kind in INVITATION_KINDS]
+    if not invitations:
+        return set()
+    pairs = {(m.program_id, m.creator_id) for m in invitations}
+    programs = {program_id for program_id, _creator in pairs}
+    creators = {creator_id for _program, creator_id in pairs}
+    claimed = {tuple(row) for row in session.execute(
+        sa.select(Claim.program_id, Claim.creator_id)
+        .where(Claim.program_id.in_(programs), Claim.creator_id.in_(creators)))}
+    opted_out = {tuple(row) for row in session.execute(
+        sa.select(Invitation.program_id, Invitation.creator_id)
+        .where(Invitation.program_id.in_(programs), Invitation.creator_id.in_(creators),
+               Invitation.opted_out_at.is_not(None)))}
+    return {m.id for m in invitations if (m.program_id, m.creator_id) in claimed | opted_out}
 
 
 CODE_MAIL_KINDS = (MailKind.redemption.value, MailKind.reissue.value)

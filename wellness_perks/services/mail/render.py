@@ -23,19 +23,38 @@ def render(outbound: OutboundEmail, creator: Creator, code: Code | None,
            batch: CodeBatch | None, program: Program | None) -> tuple[str, bytes]:
     """(Message-ID, the whole message as bytes)."""
     subject, text, html = _content(outbound, creator, code, batch, program)
+    extra = _list_headers(outbound, program)
     from_addr = current_app.config["MAIL_FROM"]
     for name, value in (("Subject", subject), ("From", from_addr), ("To", outbound.to_email)):
         mime.check_header(name, value)  # one line each, whichever way the message is written
     message_id = make_message_id(outbound, from_addr)
     if not outbound.to_email.isascii():  # an internationalised address needs SMTPUTF8
-        return message_id, _email_message(outbound, subject, text, html, message_id).as_bytes()
+        return message_id, _email_message(outbound, subject, text, html, message_id,
+                                          extra).as_bytes()
     headers = [("Subject", mime.encode_header(subject)),
                ("From", _encoded_from(from_addr)),
                ("To", outbound.to_email),
                ("Date", format_datetime(datetime.now(UTC))),
                ("Message-ID", message_id),
-               ("Auto-Submitted", "auto-generated")]
+               ("Auto-Submitted", "auto-generated"), *extra]
     return message_id, mime.compose(headers=headers, text=text, html=html)
+
+
+INVITATION_KINDS = (MailKind.invitation, MailKind.reminder)
+
+
+def opt_out_url(creator_id: int, program_id: int) -> str:
+    token = tokens.mint_opt_out_token(creator_id=creator_id, program_id=program_id)
+    return f"{current_app.config['BASE_URL']}/opt-out/{token}"
+
+
+def _list_headers(outbound, program) -> list[tuple[str, str]]:
+    """An invitation's or a reminder's one-click opt-out (RFC 8058): the mail client may POST
+    ``List-Unsubscribe=One-Click`` to the URL, which opts out at once."""
+    if outbound.kind not in INVITATION_KINDS:
+        return []
+    return [("List-Unsubscribe", f"<{opt_out_url(outbound.creator_id, program.id)}>"),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
 
 
 def _content(outbound, creator, code, batch, program) -> tuple[str, str, str]:
@@ -49,6 +68,20 @@ def _content(outbound, creator, code, batch, program) -> tuple[str, str, str]:
         context |= {"link": f"{config['BASE_URL']}/login/{token}",
                     "minutes": config["LOGIN_TOKEN_MAX_AGE"] // 60}
         template = "email/sign_in"
+    elif outbound.kind in INVITATION_KINDS:
+        # The sign-in link of a sign-in mail, minted the same way (``tokens``), that lands on
+        # the program's page.
+        token = tokens.mint_sign_in_token(creator)
+        context |= {
+            "program": program,
+            "link": f"{config['BASE_URL']}/login/{token}?next=/programs/{program.slug}",
+            "login_url": f"{config['BASE_URL']}/login",
+            "minutes": config["LOGIN_TOKEN_MAX_AGE"] // 60,
+            "reminder": outbound.kind == MailKind.reminder,
+            "opt_out_link": opt_out_url(creator.id, program.id),
+            "help_email": program.support_email or config["HELP_EMAIL"],
+        }
+        template = "email/invitation"
     elif outbound.kind in (MailKind.redemption, MailKind.reissue):
         value = code_cipher.cipher().decrypt(code.value_encrypted)  # one per mail, never kept
         context |= {
@@ -77,7 +110,7 @@ def _encoded_from(from_addr: str) -> str:
     return message.as_string().split(":", 1)[1].strip()
 
 
-def _email_message(outbound, subject, text, html, message_id) -> EmailMessage:
+def _email_message(outbound, subject, text, html, message_id, extra=()) -> EmailMessage:
     """The same message through the ``email`` package (for non-ASCII addresses)."""
     message = EmailMessage(policy=SMTPUTF8)
     message["Subject"] = subject
@@ -86,6 +119,8 @@ def _email_message(outbound, subject, text, html, message_id) -> EmailMessage:
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = message_id
     message["Auto-Submitted"] = "auto-generated"
+    for name, value in extra:
+        message[name] = value
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     return message

@@ -1,7 +1,7 @@
-"""Password-less sign-in for creators.
+"""Password-less sign-in for creators, and the one-click opt-out of a program's invitations.
 
-A link from a mail opens a page with one button; only that button's POST signs in, so a mail
-scanner or a link preview that fetches the link (GET or HEAD) uses nothing up.
+A link from a mail opens a page with one button; only that button's POST signs in (or opts
+out), so a mail scanner or a link preview that fetches the link (GET or HEAD) changes nothing.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from flask_login import current_user
 
 from ...db import get_session
 from ...services import auth as auth_service
+from ...services import invitations
 from ...services.emails import normalise_email
 from ...services.errors import InvalidInput
 from .. import limits
-from ..security import CreatorUser, begin_session, end_session, local_path
+from ..security import CreatorUser, begin_session, csrf, end_session, local_path
 from .forms import ConfirmSignInForm, SignInForm
 
 bp = Blueprint("auth", __name__)
@@ -84,11 +85,35 @@ def _link_refused(exc: auth_service.SignInLinkError):
     return render_template("auth/login.html", form=SignInForm(), link_error=exc.code), 400
 
 
+ONE_CLICK = ("List-Unsubscribe", "One-Click")  # the body of an RFC 8058 one-click POST
+
+
+@bp.route("/opt-out/<token>", methods=["GET", "POST"])
+@csrf.exempt  # see below: the RFC 8058 POST alone goes without a CSRF token
+def opt_out(token: str):
+    """GET (and HEAD): the page of the link, with one button; opening it changes nothing. POST:
+    opted out (a bad link is a 400 page, from ``OptOutLinkInvalid``)."""
+    if request.method != "POST":
+        link = invitations.inspect_opt_out(get_session(), token=token)
+        return render_template("auth/opt_out.html", link=link, token=token)
+    one_click = request.form.get(ONE_CLICK[0]) == ONE_CLICK[1]
+    if not one_click:
+        # Our page's button carries a CSRF token like every form. A mail client's one-click
+        # POST (RFC 8058) cannot: it has no page of ours to take one from, and the link's
+        # signed token, which no other site knows, is what proves it; opting out is all it
+        # can do, and doing it twice changes nothing.
+        csrf.protect()
+    link = invitations.opt_out(get_session(), token=token)
+    if one_click:
+        return render_template("auth/opt_out.html", link=link, token=token)
+    return redirect(url_for("auth.opt_out", token=token))
+
+
 @bp.after_request
 def _links_are_private(response):
-    """Pages reached through a sign-in link are never stored by a cache nor indexed: their
-    address is a credential."""
-    if request.endpoint == "auth.redeem":
+    """Pages reached through a sign-in or opt-out link are never stored by a cache nor
+    indexed: their address is a credential."""
+    if request.endpoint in ("auth.redeem", "auth.opt_out"):
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Robots-Tag"] = "noindex, nofollow"
     return response

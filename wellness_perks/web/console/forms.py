@@ -262,6 +262,14 @@ class ResendFailedForm(Form):
     """The delivery page's "Re-send all failed" button: no fields but its CSRF token."""
 
 
+class SendInvitationsForm(Form):
+    """The invitations page's buttons: "Send invitations" (``invitation``) and "Send
+    reminders" (``reminder``); which one is the service's to check."""
+
+    kind = HiddenField(validators=[DataRequired("invitation_kind_unknown"),
+                                   Length(max=32, message="invitation_kind_unknown")])
+
+
 # --------------------------------------------------------------------------- read-only filters
 # GET forms: they change nothing, so they carry no CSRF token (wtforms.Form, not ours).
 

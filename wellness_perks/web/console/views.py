@@ -3,7 +3,9 @@ manager's Security page, the list of programs and each program's dashboard, prog
 by admins; edited and opened, paused, resumed and closed by managers), and uploads of code
 batches and eligibility lists (upload, read the report, commit or cancel; large imports run on
 the ``imports`` queue), each program's delivery health (failed and overdue mails, re-sent in one
-click; the workers and queues as ``/healthz`` sees them), and the audit log (read only)."""
+click; the workers and queues as ``/healthz`` sees them), each program's invitations (counts,
+progress, and the buttons that send invitations and reminders), and the audit log (read
+only)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from ...services import (
     health,
     import_jobs,
     imports,
+    invitations,
     mail,
     programs,
     two_factor,
@@ -60,6 +63,7 @@ from .forms import (
     ProgramForm,
     ReasonForm,
     ResendFailedForm,
+    SendInvitationsForm,
     TwoFactorCodeForm,
     before_key,
 )
@@ -603,6 +607,36 @@ def resend_failed(slug: str):
     resent = mail.resend_failed(get_session(), program_id=program.id, actor=current_user.actor)
     flash({"code": "resend_failed_done", "count": len(resent)}, "message")
     return redirect(url_for("console.delivery", slug=slug))
+
+
+# --------------------------------------------------------------------------- invitations
+
+
+@bp.route("/programs/<slug>/invitations")
+@role_required("viewer")
+def invitations_page(slug: str):
+    program = _program_or_404(slug)
+    numbers = invitations.counts(get_session(), program_id=program.id)
+    return render_template("console/invitations.html", program=program, n=numbers,
+                           now=datetime.now(UTC), form=SendInvitationsForm())
+
+
+@bp.route("/programs/<slug>/invitations", methods=["POST"])
+@role_required("manager")
+def send_invitations(slug: str):
+    program = _program_or_404(slug)
+    form = SendInvitationsForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        invitations.request_send(get_session(), program_id=program.id, kind=form.kind.data,
+                                 actor=current_user.actor)
+    except (InvalidInput, Conflict, invitations.InvitationsUnavailable) as exc:
+        get_session().rollback()
+        flash({**exc.params, "code": exc.code, "fallback": str(exc)}, "error")
+    else:
+        flash({"code": f"{form.kind.data}s_requested", "name": program.name}, "message")
+    return redirect(url_for("console.invitations_page", slug=slug))
 
 
 # --------------------------------------------------------------------------- audit log

@@ -56,6 +56,8 @@ CONSOLE_ROUTES = [
     ("post", "/manage/programs/{slug}/claims/{claim}/reveal", "manager"),
     ("get", "/manage/programs/{slug}/delivery", "viewer"),
     ("post", "/manage/programs/{slug}/delivery/resend-failed", "manager"),
+    ("get", "/manage/programs/{slug}/invitations", "viewer"),
+    ("post", "/manage/programs/{slug}/invitations", "manager"),
     ("get", "/manage/audit", "viewer"),
     ("get", "/manage/programs/{slug}/creators", "viewer"),
     ("post", "/manage/programs/{slug}/creators", "manager"),
