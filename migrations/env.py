@@ -37,16 +37,19 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     engine: sa.Engine = make_engine(_url())
-    with engine.connect() as connection:
-        sqlite = connection.dialect.name == "sqlite"
-        if sqlite:
-            _sqlite_foreign_keys_off(connection)
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_item=render_item, render_as_batch=sqlite,
-                          on_version_apply=_check_sqlite_foreign_keys if sqlite else ())
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()  # the connection goes with it: nothing else ever uses it
+    try:
+        with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                _sqlite_foreign_keys_off(connection)
+            context.configure(connection=connection, target_metadata=target_metadata,
+                              render_item=render_item, render_as_batch=sqlite,
+                              on_version_apply=_check_sqlite_foreign_keys if sqlite else ())
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        # The connection goes with it, also when a migration refuses: nothing else uses it.
+        engine.dispose()
 
 
 def _sqlite_foreign_keys_off(connection: sa.Connection) -> None:
