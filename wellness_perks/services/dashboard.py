@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from ..db import planned_each_execution
+from ..db import begin_write, planned_each_execution
 from ..models import (
     Claim,
     ClaimHour,
@@ -235,6 +235,10 @@ def roll_up(session: Session, *, now: datetime | None = None) -> list[int]:
         if last is not None and last + HOUR >= until:
             continue
         since = last + HOUR if last is not None else _EPOCH
+        # Reads, then writes what it read: on SQLite the write lock is taken first, or a mail
+        # batch renewing its lease meanwhile makes the insert fail (a WAL reader cannot become
+        # a writer after another writer has committed).
+        begin_write(session)
         counts = claims_by_hour(session, program_id=program_id, since=since, until=until,
                                 dialect=dialect)
         in_stock = session.execute(sa.select(Program.in_stock_count)

@@ -4,6 +4,7 @@ not; the stock warnings and the estimate of when stock runs out follow the count
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
@@ -262,3 +263,43 @@ def test_batch_counters_follow_allocation_voids_and_restores(app, factory, sessi
     assert [b.in_stock for b in _dashboard(app, program).batches] == [0, 1]
     session.rollback()
     assert session.get(Program, program.id).in_stock_count == 1
+
+
+def test_a_write_committed_while_the_rollup_reads_does_not_fail_it(app, factory, session,
+                                                                  monkeypatch):
+    """Another process writes while the rollup reads the hours (a mail batch renewing its
+    lease, a claim): the rollup still writes them. On SQLite a reader cannot become a writer
+    once another writer has committed, so the rollup takes the write lock before it reads; the
+    other writer then waits for it instead."""
+    program = factory.program(quota=10)
+    factory.creators(program, ["a@example.com"])
+    _claims_at(session, program, _creator_ids(session), [NOW - timedelta(hours=2)])
+    session.rollback()
+    engine = app.extensions["db_engine"]
+    other_wrote = threading.Event()
+
+    def other_writer():
+        with engine.begin() as connection:
+            connection.execute(sa.update(Program).where(Program.id == program.id)
+                               .values(name=Program.name + " (renamed)"))
+        other_wrote.set()
+
+    real = dashboard.claims_by_hour
+    writers = []
+
+    def read_while_another_writes(*args, **kwargs):
+        counts = real(*args, **kwargs)
+        writer = threading.Thread(target=other_writer)
+        writer.start()
+        writers.append(writer)
+        other_wrote.wait(timeout=1)  # it commits at once unless the rollup holds the lock
+        return counts
+
+    monkeypatch.setattr(dashboard, "claims_by_hour", read_while_another_writes)
+    with app.app_context():
+        assert dashboard.roll_up(get_session(), now=NOW) == [program.id]
+    for writer in writers:
+        writer.join(timeout=30)
+    assert other_wrote.is_set()  # the other writer went on once the rollup had committed
+    session.rollback()
+    assert session.execute(sa.select(sa.func.sum(ClaimHour.claims))).scalar_one() == 1
