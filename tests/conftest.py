@@ -39,19 +39,21 @@ hypothesis_settings.load_profile("wellness-perks")
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="wellness-perks-hypothesis-"))
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """`make test` runs the suite in two processes (pytest-xdist, ``--dist loadgroup``); the
     integration tests go to one of them, one after another: each starts gunicorn, Celery workers
     and beat of its own, and two such stacks at once on two cores would starve each other's
-    deadlines. They come first (after pytest has grouped the rest by backend), so that the
-    other process shares out the unit tests while they run instead of waiting for them at the
-    end."""
+    deadlines. They are marked before xdist reads the marks, and put first once pytest has
+    ordered the rest by backend, so that the other process shares out the unit tests while
+    they run instead of their running alone at the end."""
     integration = [item for item in items if item.get_closest_marker("integration") is not None]
     for item in integration:
         item.add_marker(pytest.mark.xdist_group("integration"))
+    yield
     chosen = set(map(id, integration))
     items[:] = integration + [item for item in items if id(item) not in chosen]
+    return None
 
 
 # Tasks run in-process in the unit tests (no broker), where Celery keeps a task's exception in
