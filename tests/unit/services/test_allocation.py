@@ -4,6 +4,7 @@ PostgreSQL, with ``verify`` checking I1-I5 after each scenario."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -20,7 +21,15 @@ from tests.unit.services.scenarios import (
     verified,
 )
 from wellness_perks.db import get_session
-from wellness_perks.models import Claim, Creator, OutboundEmail, Program
+from wellness_perks.models import (
+    AuditEvent,
+    Claim,
+    ClaimReason,
+    Creator,
+    Eligibility,
+    OutboundEmail,
+    Program,
+)
 from wellness_perks.services import allocation, programs
 
 
@@ -242,3 +251,90 @@ def test_a_claim_is_decided_after_it_was_requested_even_when_the_batch_waited(
     assert [c.state for c in rows] == ["allocated", "allocated"]
     assert all(c.decided_at >= c.requested_at for c in rows), [
         (c.requested_at, c.decided_at) for c in rows]
+
+
+def test_a_waiting_claim_of_a_creator_off_the_list_is_refused_and_the_line_moves_on(
+        app, factory, session, smtp_server):
+    """The first claim's creator left the list while it waited: allocation refuses it
+    (``removed_from_list``, dated, audited, no code, no count) and serves the claims behind it,
+    the batch that read the refused claim counting it as read (a full batch: another follows).
+    The quota, reached after, waitlists the last claim and leaves the refusal's reason alone."""
+    program, claim_ids = stocked_program(app, factory, session, quota=2, creators=4, codes=5)
+    first, second, third, fourth = claim_ids
+    session.execute(sa.delete(Eligibility).where(
+        Eligibility.program_id == program.id,
+        Eligibility.creator_id == session.get(Claim, first).creator_id))
+    session.commit()
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id,
+                                             batch_size=2)
+    assert (result.refused, result.allocated, result.waitlisted) == (
+        [first], [second, third], [fourth])
+    session.rollback()
+    refused = session.get(Claim, first, populate_existing=True)
+    assert (refused.state, refused.reason, refused.code_id) == (
+        "refused", ClaimReason.removed_from_list, None)
+    assert refused.decided_at is not None and refused.decided_at >= refused.requested_at
+    waitlisted = session.get(Claim, fourth, populate_existing=True)
+    assert waitlisted.decided_at is not None and waitlisted.decided_at >= waitlisted.requested_at
+    assert [(s, r) for _id, s, r, _c in claim_states(session, program)] == [
+        ("refused", "removed_from_list"), ("allocated", None), ("allocated", None),
+        ("waitlisted", "quota_reached")]
+    events = session.exec(select(AuditEvent).where(AuditEvent.action == "claim.refused")).all()
+    assert [(e.actor, e.object_type, e.object_id, e.program_id, json.loads(e.detail), e.at)
+            for e in events] == [("system", "claim", first, program.id,
+                                  {"reason": "removed_from_list"}, refused.decided_at)]
+    assert sorted(session.exec(select(OutboundEmail.claim_id)).all()) == [second, third]
+    assert stock(session, program.id) == (3, 3)
+    verified(app, program)
+
+
+def test_allocation_decides_only_its_own_programs_claims(app, factory, session, smtp_server):
+    """Another program's claims, one waiting for codes and one not yet allocated, are left as
+    they are when this program's quota is reached and its line waitlisted."""
+    other = factory.program(slug="calm-1y", quota=5)
+    factory.creators(other, ["other0@example.com", "other1@example.com"])
+    creator_of = dict(session.exec(select(Creator.email, Creator.id)).all())
+
+    def claim(email):
+        row = Claim(program_id=other.id, creator_id=creator_of[email], country="PK")
+        session.add(row)
+        session.commit()
+        return row.id
+
+    waiting = claim("other0@example.com")
+    with app.app_context():
+        allocation.allocate_program(get_session(), program_id=other.id)  # no codes: it waits
+    pending = claim("other1@example.com")
+    program, claim_ids = stocked_program(app, factory, session, quota=1, creators=3, codes=3)
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id)
+    assert (result.allocated, result.waitlisted) == (claim_ids[:1], claim_ids[1:])
+    assert [(c, s, r) for c, s, r, _c in claim_states(session, other)] == [
+        (waiting, "waitlisted", "out_of_stock"), (pending, "pending", None)]
+    assert [(s, r) for _id, s, r, _c in claim_states(session, program)] == [
+        ("allocated", None), ("waitlisted", "quota_reached"), ("waitlisted", "quota_reached")]
+    verified(app, program)
+
+
+def test_the_quota_reached_relabels_the_waitlist_outside_the_full_countries(
+        app, factory, session, smtp_server):
+    """PK's quota is full and IN's creators wait for codes; codes come, the global quota is
+    reached before the last IN creator: IN's creator now waits for the quota, PK's still for
+    their country."""
+    program, claim_ids = stocked_program(
+        app, factory, session, quota=3, creators=6, codes=1, countries=("PK", "IN"),
+        country_quotas={"PK": 1})
+    with app.app_context():
+        allocation.allocate_program(get_session(), program_id=program.id)
+    # creator000 PK served; 001, 003, 005 (IN) wait for codes; 002, 004 (PK) for their country
+    assert [(c, s, r) for _id, s, r, c in claim_states(session, program)] == [
+        ("PK", "allocated", None), ("IN", "waitlisted", "out_of_stock"),
+        ("PK", "waitlisted", "country_quota_reached"), ("IN", "waitlisted", "out_of_stock"),
+        ("PK", "waitlisted", "country_quota_reached"), ("IN", "waitlisted", "out_of_stock")]
+    factory.codes(program, ["HS-MORE-0001", "HS-MORE-0002", "HS-MORE-0003"])
+    assert [(c, s, r) for _id, s, r, c in claim_states(session, program)] == [
+        ("PK", "allocated", None), ("IN", "allocated", None),
+        ("PK", "waitlisted", "country_quota_reached"), ("IN", "allocated", None),
+        ("PK", "waitlisted", "country_quota_reached"), ("IN", "waitlisted", "quota_reached")]
+    verified(app, program)
