@@ -25,6 +25,8 @@ from wellness_perks.models import (
     AuditEvent,
     Claim,
     ClaimReason,
+    Code,
+    CodeAssignment,
     Creator,
     Eligibility,
     OutboundEmail,
@@ -337,4 +339,29 @@ def test_the_quota_reached_relabels_the_waitlist_outside_the_full_countries(
         ("PK", "allocated", None), ("IN", "allocated", None),
         ("PK", "waitlisted", "country_quota_reached"), ("IN", "allocated", None),
         ("PK", "waitlisted", "country_quota_reached"), ("IN", "waitlisted", "quota_reached")]
+    verified(app, program)
+
+
+def test_a_run_of_batches_reports_what_every_batch_did(app, factory, session, smtp_server):
+    """One run, two batches of two: the first serves PK's only place and IN's first creator and
+    waitlists PK's next; the second serves the last IN creator. The run reports all of it, and
+    each claim, its code and its assignment carry the one time of the decision."""
+    program, claim_ids = stocked_program(
+        app, factory, session, quota=10, creators=4, codes=10, countries=("PK", "IN"),
+        country_quotas={"PK": 1})
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id,
+                                             batch_size=2)
+    pk0, in1, pk2, in3 = claim_ids
+    assert (result.allocated, result.waitlisted, result.refused) == ([pk0, in1, in3], [pk2], [])
+    session.rollback()
+    assert sorted(result.outbound_ids) == sorted(session.exec(select(OutboundEmail.id)).all())
+    assert len(result.outbound_ids) == 3
+    served = session.exec(select(Claim.decided_at, Code.assigned_at, CodeAssignment.assigned_at)
+                          .join(Code, Code.id == Claim.code_id)
+                          .join(CodeAssignment, CodeAssignment.claim_id == Claim.id)
+                          .order_by(Claim.id)).all()
+    assert len(served) == 3 and all(
+        decided is not None and decided == code_at == assignment_at
+        for decided, code_at, assignment_at in served), served
     verified(app, program)
