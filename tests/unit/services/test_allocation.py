@@ -349,10 +349,13 @@ def test_a_run_of_batches_reports_what_every_batch_did(app, factory, session, sm
     program, claim_ids = stocked_program(
         app, factory, session, quota=10, creators=4, codes=10, countries=("PK", "IN"),
         country_quotas={"PK": 1})
+    pk0, in1, pk2, in3 = claim_ids
+    session.execute(sa.update(Creator).where(Creator.id == session.get(Claim, in1).creator_id)
+                    .values(locale="ur"))
+    session.commit()
     with app.app_context():
         result = allocation.allocate_program(get_session(), program_id=program.id,
                                              batch_size=2)
-    pk0, in1, pk2, in3 = claim_ids
     assert (result.allocated, result.waitlisted, result.refused) == ([pk0, in1, in3], [pk2], [])
     session.rollback()
     assert sorted(result.outbound_ids) == sorted(session.exec(select(OutboundEmail.id)).all())
@@ -364,4 +367,21 @@ def test_a_run_of_batches_reports_what_every_batch_did(app, factory, session, sm
     assert len(served) == 3 and all(
         decided is not None and decided == code_at == assignment_at
         for decided, code_at, assignment_at in served), served
+    # each served creator is owed the redemption mail of their code, in their language
+    mails = session.exec(select(OutboundEmail.claim_id, OutboundEmail.kind, OutboundEmail.to_email,
+                                OutboundEmail.creator_id, OutboundEmail.code_id,
+                                OutboundEmail.locale).order_by(OutboundEmail.claim_id)).all()
+    claims_served = session.exec(select(Claim.id, Creator.email, Creator.id, Claim.code_id)
+                                 .join(Creator, Creator.id == Claim.creator_id)
+                                 .where(Claim.state == "allocated").order_by(Claim.id)).all()
+    assert mails == [(claim_id, "redemption", email, creator_id, code_id,
+                      "ur" if claim_id == in1 else "en")
+                     for claim_id, email, creator_id, code_id in claims_served]
+    allocated = session.exec(select(AuditEvent).where(AuditEvent.action == "claim.allocated")
+                             .order_by(AuditEvent.object_id)).all()
+    assert [(e.actor, e.object_type, e.object_id, e.program_id, json.loads(e.detail), e.at)
+            for e in allocated] == [
+        ("system", "claim", claim_id, program.id, {"code_id": code_id}, decided)
+        for (claim_id, _e, _c, code_id), (decided, _ca, _aa) in zip(claims_served, served,
+                                                                    strict=True)]
     verified(app, program)
