@@ -356,6 +356,7 @@ def test_a_run_of_batches_reports_what_every_batch_did(app, factory, session, sm
     with app.app_context():
         result = allocation.allocate_program(get_session(), program_id=program.id,
                                              batch_size=2)
+    assert result.program_id == program.id
     assert (result.allocated, result.waitlisted, result.refused) == ([pk0, in1, in3], [pk2], [])
     session.rollback()
     assert sorted(result.outbound_ids) == sorted(session.exec(select(OutboundEmail.id)).all())
