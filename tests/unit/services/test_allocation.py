@@ -386,3 +386,34 @@ def test_a_run_of_batches_reports_what_every_batch_did(app, factory, session, sm
         for (claim_id, _e, _c, code_id), (decided, _ca, _aa) in zip(claims_served, served,
                                                                     strict=True)]
     verified(app, program)
+
+
+def test_once_the_quota_is_reached_every_waiting_claim_waits_for_it(
+        app, factory, session, smtp_server):
+    """A run that finds the quota reached serves nobody: a claim made since is waitlisted
+    (dated) for the quota, and so is one that waited for its country's quota."""
+    program, claim_ids = stocked_program(
+        app, factory, session, quota=1, creators=4, codes=3, countries=("PK", "IN"),
+        country_quotas={"PK": 1})
+    pk0, in1, pk2 = claim_ids[:3]
+    session.execute(sa.delete(Claim).where(Claim.id == claim_ids[3]))
+    session.commit()  # creator003 claims after the first run
+    with app.app_context():
+        allocation.allocate_program(get_session(), program_id=program.id)
+    assert [(c, s, r) for c, s, r, _c in claim_states(session, program)] == [
+        (pk0, "allocated", None), (in1, "waitlisted", "quota_reached"),
+        (pk2, "waitlisted", "country_quota_reached")]
+    creator = session.exec(select(Creator).where(Creator.email == "creator003@example.com")).one()
+    late = Claim(program_id=program.id, creator_id=creator.id, country=creator.country)
+    session.add(late)
+    session.commit()
+    later = late.id
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id)
+    assert (result.allocated, result.waitlisted) == ([], [later])
+    assert [(c, s, r) for c, s, r, _c in claim_states(session, program)] == [
+        (pk0, "allocated", None), (in1, "waitlisted", "quota_reached"),
+        (pk2, "waitlisted", "quota_reached"), (later, "waitlisted", "quota_reached")]
+    waited = session.get(Claim, later, populate_existing=True)
+    assert waited.decided_at is not None and waited.decided_at >= waited.requested_at
+    verified(app, program)
