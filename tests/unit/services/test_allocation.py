@@ -417,3 +417,39 @@ def test_once_the_quota_is_reached_every_waiting_claim_waits_for_it(
     waited = session.get(Claim, later, populate_existing=True)
     assert waited.decided_at is not None and waited.decided_at >= waited.requested_at
     verified(app, program)
+
+
+def test_a_country_full_when_the_batch_starts_waits_and_the_others_are_served(
+        app, factory, session, smtp_server):
+    """PK's only place is taken; PK's new claims, first in line, are waitlisted (dated) for their
+    country at once and take no place in the batches, which serve IN's claims behind them."""
+    program = factory.program(quota=10, country_quotas={"PK": 1})
+    factory.creators(program, ["pk0@example.com", "pk1@example.com", "pk2@example.com"])
+    factory.creators(program, ["in0@example.com", "in1@example.com", "in2@example.com"],
+                     country="IN")
+    factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(10)])
+    creators = {c.email: c for c in session.exec(select(Creator)).all()}
+
+    def claim(email):
+        row = Claim(program_id=program.id, creator_id=creators[email].id,
+                    country=creators[email].country)
+        session.add(row)
+        session.commit()
+        return row.id
+
+    first = claim("pk0@example.com")
+    with app.app_context():
+        allocation.allocate_program(get_session(), program_id=program.id)
+    pk = [claim("pk1@example.com"), claim("pk2@example.com")]
+    in_ = [claim(f"in{i}@example.com") for i in range(3)]
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id,
+                                             batch_size=2)
+    assert (result.allocated, result.waitlisted) == (in_, pk)
+    assert [(c, s, r) for c, s, r, _c in claim_states(session, program)] == [
+        (first, "allocated", None),
+        *[(c, "waitlisted", "country_quota_reached") for c in pk],
+        *[(c, "allocated", None) for c in in_]]
+    assert all(c.decided_at is not None and c.decided_at >= c.requested_at for c in
+               session.exec(select(Claim).where(Claim.id.in_(pk))).all())
+    verified(app, program)
