@@ -20,6 +20,7 @@ from tests.unit.services.scenarios import (
     stocked_program,
     verified,
 )
+from wellness_perks import dispatch
 from wellness_perks.db import get_session
 from wellness_perks.models import (
     AuditEvent,
@@ -452,4 +453,35 @@ def test_a_country_full_when_the_batch_starts_waits_and_the_others_are_served(
         *[(c, "allocated", None) for c in in_]]
     assert all(c.decided_at is not None and c.decided_at >= c.requested_at for c in
                session.exec(select(Claim).where(Claim.id.in_(pk))).all())
+    verified(app, program)
+
+
+def test_a_country_the_batch_fills_waitlists_its_next_pending_claim_once(
+        app, factory, session, smtp_server, monkeypatch):
+    """PK's creators wait for codes; a new PK claim arrives; codes come (their allocation task
+    not run yet). The batch serves the first PK claim, filling PK: the new claim behind it is
+    waitlisted (dated) for its country and reported once; the one already waiting is not
+    reported as newly waitlisted."""
+    program, claim_ids = stocked_program(app, factory, session, quota=10, creators=3, codes=0,
+                                         country_quotas={"PK": 1})
+    session.execute(sa.delete(Claim).where(Claim.id == claim_ids[2]))
+    session.commit()
+    with app.app_context():
+        allocation.allocate_program(get_session(), program_id=program.id)  # no codes yet
+    creator = session.exec(select(Creator).where(Creator.email == "creator002@example.com")).one()
+    late = Claim(program_id=program.id, creator_id=creator.id, country="PK")
+    session.add(late)
+    session.commit()
+    late_id = late.id
+    with monkeypatch.context() as patched:
+        patched.setattr(dispatch, "allocate_program", lambda program_id: None)
+        factory.codes(program, ["HS-MORE-0001", "HS-MORE-0002"])
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id)
+    assert (result.allocated, result.waitlisted) == ([claim_ids[0]], [late_id])
+    assert [(c, s, r) for c, s, r, _c in claim_states(session, program)] == [
+        (claim_ids[0], "allocated", None), (claim_ids[1], "waitlisted", "country_quota_reached"),
+        (late_id, "waitlisted", "country_quota_reached")]
+    waited = session.get(Claim, late_id, populate_existing=True)
+    assert waited.decided_at is not None and waited.decided_at >= waited.requested_at
     verified(app, program)
