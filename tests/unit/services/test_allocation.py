@@ -485,3 +485,37 @@ def test_a_country_the_batch_fills_waitlists_its_next_pending_claim_once(
     waited = session.get(Claim, late_id, populate_existing=True)
     assert waited.decided_at is not None and waited.decided_at >= waited.requested_at
     verified(app, program)
+
+
+def test_a_batch_reports_every_claim_it_waitlists_for_a_country(app, factory, session,
+                                                               smtp_server):
+    """BR is full when the batch starts, PK fills during it: the batch waitlists BR's new claim
+    at once, PK's claim behind the one it serves, and PK's claim beyond the batch, and
+    reports all three."""
+    program = factory.program(quota=10, country_quotas={"PK": 1, "BR": 1})
+    factory.creators(program, ["br0@example.com", "br1@example.com"], country="BR")
+    factory.creators(program, [f"pk{i}@example.com" for i in range(3)])
+    factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(10)])
+    creators = {c.email: c for c in session.exec(select(Creator)).all()}
+
+    def claim(email):
+        row = Claim(program_id=program.id, creator_id=creators[email].id,
+                    country=creators[email].country)
+        session.add(row)
+        session.commit()
+        return row.id
+
+    br0 = claim("br0@example.com")
+    with app.app_context():
+        allocation.allocate_program(get_session(), program_id=program.id)  # BR now full
+    br1 = claim("br1@example.com")
+    pk0, pk1, pk2 = (claim(f"pk{i}@example.com") for i in range(3))
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id,
+                                             batch_size=2)
+    assert (result.allocated, result.waitlisted) == ([pk0], [br1, pk1, pk2])
+    assert [(c, s, r) for c, s, r, _c in claim_states(session, program)] == [
+        (br0, "allocated", None), (br1, "waitlisted", "country_quota_reached"),
+        (pk0, "allocated", None), (pk1, "waitlisted", "country_quota_reached"),
+        (pk2, "waitlisted", "country_quota_reached")]
+    verified(app, program)
