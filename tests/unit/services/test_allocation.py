@@ -519,3 +519,22 @@ def test_a_batch_reports_every_claim_it_waitlists_for_a_country(app, factory, se
         (pk0, "allocated", None), (pk1, "waitlisted", "country_quota_reached"),
         (pk2, "waitlisted", "country_quota_reached")]
     verified(app, program)
+
+
+def test_a_country_filled_before_the_stock_ran_out_keeps_its_creators_waiting_for_it(
+        app, factory, session, smtp_server):
+    """One code: PK's first creator takes it and fills PK; the IN creator behind finds no code.
+    PK's next creator, never reached, waits (dated) for their country, not for codes."""
+    program, claim_ids = stocked_program(
+        app, factory, session, quota=10, creators=3, codes=1, countries=("PK", "IN"),
+        country_quotas={"PK": 1})
+    pk0, in1, pk2 = claim_ids
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id)
+    assert (result.allocated, sorted(result.waitlisted)) == ([pk0], [in1, pk2])
+    assert [(c, s, r) for c, s, r, _c in claim_states(session, program)] == [
+        (pk0, "allocated", None), (in1, "waitlisted", "out_of_stock"),
+        (pk2, "waitlisted", "country_quota_reached")]
+    waited = session.get(Claim, pk2, populate_existing=True)
+    assert waited.decided_at is not None and waited.decided_at >= waited.requested_at
+    verified(app, program)
