@@ -539,3 +539,16 @@ def test_a_country_filled_before_the_stock_ran_out_keeps_its_creators_waiting_fo
     waited = session.get(Claim, pk2, populate_existing=True)
     assert waited.decided_at is not None and waited.decided_at >= waited.requested_at
     verified(app, program)
+
+
+def test_a_run_stops_at_the_batch_that_runs_out_of_codes(app, factory, session, smtp_server):
+    """Batches of two, one code: the first batch serves one claim and finds no code for the
+    next; the run stops there (another batch would find no code either), the third claim
+    waitlisted with it."""
+    program, claim_ids = stocked_program(app, factory, session, quota=10, creators=3, codes=1)
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id,
+                                             batch_size=2)
+    assert (result.allocated, result.waitlisted) == (claim_ids[:1], claim_ids[1:])
+    assert [(s, r) for _id, s, r, _c in claim_states(session, program)] == [
+        ("allocated", None), ("waitlisted", "out_of_stock"), ("waitlisted", "out_of_stock")]
