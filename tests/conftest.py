@@ -48,8 +48,9 @@ def pytest_collection_modifyitems(config, items):
     ordered the rest by backend, so that the other process shares out the unit tests while
     they run instead of their running alone at the end."""
     integration = [item for item in items if item.get_closest_marker("integration") is not None]
-    for item in integration:
-        item.add_marker(pytest.mark.xdist_group("integration"))
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in integration:
+            item.add_marker(pytest.mark.xdist_group("integration"))
     yield
     chosen = set(map(id, integration))
     items[:] = integration + [item for item in items if id(item) not in chosen]

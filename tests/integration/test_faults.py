@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from harness.broker import RedisServer
 from harness.waiting import wait_for
-from tests.helpers import redemption_code, service_missing
+from tests.helpers import POSTGRES, redemption_code, service_missing
 from tests.integration.conftest import Stack, require_stack_services, running_stack
 from tests.integration.test_launch_day import (
     REDEEM_URL,
@@ -432,3 +432,66 @@ def test_smtp_refusing_then_451_longer_than_the_old_retry_window(faults, tmp_pat
     assert_each_code_mailed_once(faults, slug, emails)
     verify(faults, slug)
     print(f"\nprovider incident: every mail {seconds:.1f} s after the server accepted")
+
+
+# --------------------------------------------------------------------------- the database away
+
+DATABASE_AWAY_SECONDS = 20
+
+
+def _database_allows_connections(st: Stack, allowed: bool) -> None:
+    """The stack's database takes new connections or refuses them all (``ALLOW_CONNECTIONS``,
+    run as the server's admin); refusing, it also ends every connection it has."""
+    name = st.database_url.rsplit("/", 1)[1]
+    with POSTGRES.connect() as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+        if not allowed:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s", (name,))
+    if st.engine is not None:  # the test's own pool held connections that are gone now
+        st.engine.dispose()
+
+
+def test_database_refusing_connections_for_20_s(faults, tmp_path):
+    """The database refuses every connection for 20 s (its connections ended, new ones
+    refused) while 30 signed-in creators keep claiming: every claim is answered 503 and
+    recorded nowhere, and the web, the workers and beat live through it. Once the database
+    takes connections again, the same creators claim again: every claim is served, every code
+    mailed once, verify clean. Timing (printed): from the database's return to the last mail,
+    a few seconds; the test allows 60."""
+    slug = "dbaway"
+    emails = emails_for(slug, 30)
+    set_up_program(faults, tmp_path, slug, quota=30, codes=30,
+                   creators=[(e, "PK") for e in emails])
+    browsers = sign_in(faults, slug, emails)
+    processes = {w.name: w.pid for w in faults.workers()}
+
+    answers: Counter = Counter()
+    _database_allows_connections(faults, False)
+    try:
+        away_until = time.monotonic() + DATABASE_AWAY_SECONDS
+        for browser in itertools.cycle(browsers.values()):
+            if time.monotonic() >= away_until:
+                break
+            response = browser.http.post(faults.url(f"/programs/{slug}/claim"),
+                                         data={"csrf_token": browser.csrf_token},
+                                         allow_redirects=False, timeout=30)
+            answers[response.status_code] += 1
+    finally:
+        _database_allows_connections(faults, True)
+    back = time.monotonic()
+
+    assert set(answers) == {503} and answers[503] >= len(browsers), answers
+    assert claims(faults, slug) == []  # none half-recorded
+    claim_all(faults, slug, browsers.values())
+    wait_all_sent(faults, slug, 30, timeout=60)
+    seconds = time.monotonic() - back
+
+    for worker in faults.workers():
+        worker.ensure_running()
+    assert {w.name: w.pid for w in faults.workers()} == processes  # none died, none replaced
+    assert faults.services["gunicorn"].running and faults.services["beat"].running
+    assert_each_code_mailed_once(faults, slug, emails)
+    verify(faults, slug)
+    print(f"\ndatabase away {DATABASE_AWAY_SECONDS} s: {answers[503]} claims answered 503; "
+          f"every claim served and mailed {seconds:.1f} s after it came back")
