@@ -242,6 +242,11 @@ class Config:
         self.OUTBOX_DIR = _env("OUTBOX_DIR", str(instance / "outbox"))
         self.HELP_EMAIL = _env("HELP_EMAIL", "help@localhost")
         self.LOGIN_TOKEN_MAX_AGE = _env_int("LOGIN_TOKEN_MAX_AGE", 15 * 60)
+        # The sign-in link of an invitation or reminder mail works (once) for this many seconds.
+        self.INVITE_LINK_MAX_AGE = _env_int("INVITE_LINK_MAX_AGE", 7 * 24 * 3600)
+        if self.INVITE_LINK_MAX_AGE < 60:
+            raise RuntimeError("environment variable INVITE_LINK_MAX_AGE must be 60 (seconds) "
+                               f"or more, got {self.INVITE_LINK_MAX_AGE}")
         # The largest request body taken, in bytes; a larger one is answered 413 unread.
         self.MAX_CONTENT_LENGTH = _env_int("MAX_CONTENT_LENGTH", 64 * 1024)
         # The same for the console's uploads of codes and eligibility lists (a million codes

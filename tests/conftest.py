@@ -51,6 +51,10 @@ def pytest_collection_modifyitems(config, items):
     if config.pluginmanager.hasplugin("xdist"):
         for item in integration:
             item.add_marker(pytest.mark.xdist_group("integration"))
+        # A module whose tests share a costly module fixture (a grown database) builds it once.
+        for item in items:
+            if item.get_closest_marker("one_process") is not None:
+                item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     yield
     chosen = set(map(id, integration))
     items[:] = integration + [item for item in items if id(item) not in chosen]

@@ -152,15 +152,22 @@ class SignInLink:
 
 
 def _payload(token: str) -> tuple[int, int]:
-    """(creator id, link number) of a well-signed, fresh token; SignInLinkError otherwise."""
-    max_age = current_app.config["LOGIN_TOKEN_MAX_AGE"]
+    """(creator id, link number) of a well-signed, fresh token: a sign-in link's, fresh for
+    LOGIN_TOKEN_MAX_AGE, or an invitation's, fresh for INVITE_LINK_MAX_AGE; SignInLinkError
+    otherwise."""
+    config = current_app.config
     try:
-        creator_id, nonce = tokens.parse_sign_in_token(token, max_age=max_age)
+        return tokens.parse_sign_in_token(token, max_age=config["LOGIN_TOKEN_MAX_AGE"])
+    except SignatureExpired as exc:
+        raise SignInLinkExpired() from exc
+    except BadData:
+        pass  # not a sign-in link's token: an invitation's, or none of ours
+    try:
+        return tokens.parse_invitation_token(token, max_age=config["INVITE_LINK_MAX_AGE"])
     except SignatureExpired as exc:
         raise SignInLinkExpired() from exc
     except BadData as exc:
         raise SignInLinkInvalid() from exc
-    return creator_id, nonce
 
 
 def _refusal(creator: Creator | None, nonce: int) -> SignInLinkError:

@@ -4,6 +4,10 @@ salt of its own (a token of one kind is never taken for another):
 - the sign-in token names a creator and the number of their newest sign-in link
   (``login_nonce``). Asking for a link and using one bump the number, so only the newest link
   works, and once (``auth.redeem_sign_in_token``);
+- the invitation token is a sign-in token of an invitation or reminder mail: the same payload
+  and the same once-and-newest rule, under a salt of its own, so that it may live
+  INVITE_LINK_MAX_AGE (days: an invitation is read when its creator finds it) where a link the
+  creator just asked for lives LOGIN_TOKEN_MAX_AGE (minutes);
 - the opt-out token names a creator and a program whose invitation mails they want no more
   (``invitations.opt_out``). It never expires: the link of an old invitation still works."""
 
@@ -15,6 +19,7 @@ from itsdangerous import BadPayload, BadSignature, URLSafeSerializer, URLSafeTim
 from ..models import Creator
 
 SIGN_IN_SALT = "wellness-perks.sign-in"
+INVITATION_SALT = "wellness-perks.invitation"
 OPT_OUT_SALT = "wellness-perks.opt-out"
 # A token minted here is about 80 characters of URL-safe base64 and dots; anything else (longer,
 # or with another character) is not one, and is refused before any decoding.
@@ -23,13 +28,18 @@ _TOKEN_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 MAX_ID = 2**31 - 1  # the largest id and counter the INTEGER columns hold (PostgreSQL)
 
 
-def serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=SIGN_IN_SALT)
+def serializer(salt: str = SIGN_IN_SALT) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=salt)
 
 
 def mint_sign_in_token(creator: Creator) -> str:
     """A signed token naming the creator and their current nonce; minted at mail-send time."""
     return serializer().dumps({"c": creator.id, "n": creator.login_nonce})
+
+
+def mint_invitation_token(creator: Creator) -> str:
+    """The sign-in token of an invitation mail (the same payload, the invitation's salt)."""
+    return serializer(INVITATION_SALT).dumps({"c": creator.id, "n": creator.login_nonce})
 
 
 def _well_formed(token: str) -> None:
@@ -76,6 +86,16 @@ def parse_sign_in_token(token: str, *, max_age: int) -> tuple[int, int]:
     and another BadData for anything else: text that is not a token, a forged or damaged one,
     a signed one whose payload is not two integers in the databases' range.
     """
+    return _creator_and_counter(token, salt=SIGN_IN_SALT, max_age=max_age)
+
+
+def parse_invitation_token(token: str, *, max_age: int) -> tuple[int, int]:
+    """The (creator id, sign-in counter) an invitation token minted here names; raises as
+    ``parse_sign_in_token`` does (a sign-in token is not an invitation token, nor the reverse)."""
+    return _creator_and_counter(token, salt=INVITATION_SALT, max_age=max_age)
+
+
+def _creator_and_counter(token: str, *, salt: str, max_age: int) -> tuple[int, int]:
     _well_formed(token)
-    payload = serializer().loads(token, max_age=max_age)
+    payload = serializer(salt).loads(token, max_age=max_age)
     return _two_ids(payload, ("c", "n"), (MAX_ID, MAX_ID))

@@ -36,6 +36,16 @@ from wellness_perks.models import (
 from wellness_perks.services import allocation, programs
 
 
+def _claim_as_made(session, program, email: str) -> int:
+    """A pending claim of the listed creator with this address, in their country, committed
+    (as the claim request stores it, without triggering allocation); its id."""
+    creator = session.exec(select(Creator).where(Creator.email == email)).one()
+    row = Claim(program_id=program.id, creator_id=creator.id, country=creator.country)
+    session.add(row)
+    session.commit()
+    return row.id
+
+
 def test_parallel_allocation_respects_quota_and_serves_claims_in_order(
         app, factory, session, smtp_server):
     program, claim_ids = stocked_program(app, factory, session, quota=25, creators=40, codes=30)
@@ -297,13 +307,9 @@ def test_allocation_decides_only_its_own_programs_claims(app, factory, session, 
     they are when this program's quota is reached and its line waitlisted."""
     other = factory.program(slug="calm-1y", quota=5)
     factory.creators(other, ["other0@example.com", "other1@example.com"])
-    creator_of = dict(session.exec(select(Creator.email, Creator.id)).all())
 
     def claim(email):
-        row = Claim(program_id=other.id, creator_id=creator_of[email], country="PK")
-        session.add(row)
-        session.commit()
-        return row.id
+        return _claim_as_made(session, other, email)
 
     waiting = claim("other0@example.com")
     with app.app_context():
@@ -429,14 +435,9 @@ def test_a_country_full_when_the_batch_starts_waits_and_the_others_are_served(
     factory.creators(program, ["in0@example.com", "in1@example.com", "in2@example.com"],
                      country="IN")
     factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(10)])
-    creators = {c.email: c for c in session.exec(select(Creator)).all()}
 
     def claim(email):
-        row = Claim(program_id=program.id, creator_id=creators[email].id,
-                    country=creators[email].country)
-        session.add(row)
-        session.commit()
-        return row.id
+        return _claim_as_made(session, program, email)
 
     first = claim("pk0@example.com")
     with app.app_context():
@@ -496,14 +497,9 @@ def test_a_batch_reports_every_claim_it_waitlists_for_a_country(app, factory, se
     factory.creators(program, ["br0@example.com", "br1@example.com"], country="BR")
     factory.creators(program, [f"pk{i}@example.com" for i in range(3)])
     factory.codes(program, [f"HS-CODE-{i:04d}" for i in range(10)])
-    creators = {c.email: c for c in session.exec(select(Creator)).all()}
 
     def claim(email):
-        row = Claim(program_id=program.id, creator_id=creators[email].id,
-                    country=creators[email].country)
-        session.add(row)
-        session.commit()
-        return row.id
+        return _claim_as_made(session, program, email)
 
     br0 = claim("br0@example.com")
     with app.app_context():

@@ -46,14 +46,15 @@ def _ayesha(session) -> Creator:
     return creator
 
 
-def _token(app, creator, minted_ago: int = 0, monkeypatch=None) -> str:
+def _token(app, creator, minted_ago: int = 0, monkeypatch=None,
+           mint=tokens.mint_sign_in_token) -> str:
     with app.app_context():
         if not minted_ago:
-            return tokens.mint_sign_in_token(creator)
+            return mint(creator)
         real_time = time.time
         with monkeypatch.context() as patch:
             patch.setattr(itsdangerous.timed.time, "time", lambda: real_time() - minted_ago)
-            return tokens.mint_sign_in_token(creator)
+            return mint(creator)
 
 
 def _redeem(app, token: str) -> Creator:
@@ -146,6 +147,49 @@ def test_an_expired_link_is_refused(app, program, session, monkeypatch):
     assert _ayesha(session).login_nonce == nonce  # nothing spent
     assert _redeem(app, _token(app, creator, minted_ago=14 * 60,
                                monkeypatch=monkeypatch)).id == creator.id
+
+
+def test_an_invitations_link_works_for_days_once_and_while_it_is_the_newest(
+        app, program, session, monkeypatch):
+    """An invitation is read when its creator finds it: its link lives INVITE_LINK_MAX_AGE
+    (7 days), not a sign-in link's 15 minutes; it is spent like any sign-in link."""
+    assert app.config["INVITE_LINK_MAX_AGE"] == 7 * 24 * 3600
+    creator = _ayesha(session)
+    week = 7 * 24 * 3600
+    nonce = creator.login_nonce
+    with pytest.raises(auth.SignInLinkExpired):
+        _redeem(app, _token(app, creator, minted_ago=week + 60, monkeypatch=monkeypatch,
+                            mint=tokens.mint_invitation_token))
+    assert _ayesha(session).login_nonce == nonce  # nothing spent
+    invitation = _token(app, creator, minted_ago=week - 3600, monkeypatch=monkeypatch,
+                        mint=tokens.mint_invitation_token)
+    assert _redeem(app, invitation).id == creator.id
+    with pytest.raises(auth.SignInLinkUsed):
+        _redeem(app, invitation)
+    # A newer link asked for since supersedes an invitation's, as any older link.
+    creator = _ayesha(session)
+    older = _token(app, creator, minted_ago=60, monkeypatch=monkeypatch,
+                   mint=tokens.mint_invitation_token)
+    with app.app_context():
+        auth.request_sign_in(get_session(), email="ayesha@example.com")
+    with pytest.raises(auth.SignInLinkSuperseded):
+        _redeem(app, older)
+
+
+def test_a_sign_in_link_is_not_an_invitations_nor_the_reverse(app, program, session):
+    """Each kind is signed under its own salt: a sign-in link's token checked as an
+    invitation's fails, and so does the reverse (an old sign-in link cannot pass for an
+    invitation to live seven days)."""
+    creator = _ayesha(session)
+    with app.app_context():
+        sign_in, invitation = (tokens.mint_sign_in_token(creator),
+                               tokens.mint_invitation_token(creator))
+        with pytest.raises(itsdangerous.BadSignature):
+            tokens.parse_invitation_token(sign_in, max_age=3600)
+        with pytest.raises(itsdangerous.BadSignature):
+            tokens.parse_sign_in_token(invitation, max_age=3600)
+        assert tokens.parse_invitation_token(invitation, max_age=3600) == (
+            creator.id, creator.login_nonce)
 
 
 @pytest.mark.parametrize("forge", [

@@ -31,6 +31,8 @@ MAILS = (
     "ANALYZE",
 )
 
+pytestmark = pytest.mark.one_process  # one grown database per module
+
 
 @pytest.fixture(scope="module")
 def grown_engine():

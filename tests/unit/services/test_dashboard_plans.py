@@ -22,6 +22,8 @@ from wellness_perks.db import make_engine
 from wellness_perks.migrate import upgrade
 from wellness_perks.services import dashboard, programs, stock
 
+pytestmark = pytest.mark.one_process  # one grown database per module
+
 NOW = datetime.now(UTC)
 
 _FILL = {

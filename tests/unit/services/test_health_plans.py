@@ -32,6 +32,8 @@ GROW = (
     "1, now(), now(), CASE WHEN g %% 40000 = 3 THEN now() END FROM generate_series(1, 100000) g",
     "ANALYZE",
 )
+
+pytestmark = pytest.mark.one_process  # one grown database per module
 STATEMENTS = ("_PENDING", "_PROGRAMS", "_MAILS_BY_STATUS", "_FIRST_RETRY_DUE", "_FIRST_NEW_DUE",
               "_FIRST_LEASE", "_POSSIBLY_SENT")
 

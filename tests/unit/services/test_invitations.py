@@ -98,6 +98,10 @@ def test_the_invitations_sign_in_link_signs_in_and_lands_on_the_program(app, cli
     link = sign_in_link(message)
     assert f"/login/{link.rsplit('/login/', 1)[1]}?next=/programs/{program.slug}" in (
         text_body(message))
+    # An invitation's link lives days (INVITE_LINK_MAX_AGE), which a sign-in link does not.
+    assert "The link works once, for 7 days." in text_body(message)
+    with app.app_context():
+        tokens.parse_invitation_token(link.rsplit("/login/", 1)[1], max_age=3600)
     path = link.replace("http://localhost", "") + f"?next=/programs/{program.slug}"
     page = client.get(path)
     # The confirm page carries the landing in its form, as a browser posts it.

@@ -27,6 +27,8 @@ from wellness_perks.models import Creator
 from wellness_perks.services import allocation, claims, imports, programs, stock
 from wellness_perks.services.mail import queue
 
+pytestmark = pytest.mark.one_process  # one grown database per module
+
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 

@@ -69,14 +69,14 @@ def _content(outbound, creator, code, batch, program) -> tuple[str, str, str]:
                     "minutes": config["LOGIN_TOKEN_MAX_AGE"] // 60}
         template = "email/sign_in"
     elif outbound.kind in INVITATION_KINDS:
-        # The sign-in link of a sign-in mail, minted the same way (``tokens``), that lands on
-        # the program's page.
-        token = tokens.mint_sign_in_token(creator)
+        # A sign-in link (``tokens``: an invitation's, which lives days, not minutes) that
+        # lands on the program's page.
+        token = tokens.mint_invitation_token(creator)
         context |= {
             "program": program,
             "link": f"{config['BASE_URL']}/login/{token}?next=/programs/{program.slug}",
             "login_url": f"{config['BASE_URL']}/login",
-            "minutes": config["LOGIN_TOKEN_MAX_AGE"] // 60,
+            "minutes": config["INVITE_LINK_MAX_AGE"] // 60,
             "reminder": outbound.kind == MailKind.reminder,
             "opt_out_link": opt_out_url(creator.id, program.id),
             "help_email": program.support_email or config["HELP_EMAIL"],
