@@ -253,13 +253,12 @@ def create_manager(session: Session, *, email: str, password: str, actor: str,
     if role not in MANAGER_ROLES:
         raise InvalidInput(f"role must be one of {', '.join(MANAGER_ROLES)}", field="role",
                            code="manager_role_unknown")
-    check_password_rules(password)
+    hashed = password_hash(password)  # checks the rules; hashed before the write lock
     with write_transaction(session):
         if session.exec(select(Manager.id).where(Manager.email == normalised)).first():
             raise Conflict(f"a manager with email {normalised} already exists",
                            code="manager_exists")
-        manager = Manager(email=normalised, password_hash=password_hash(password),
-                          role=role)
+        manager = Manager(email=normalised, password_hash=hashed, role=role)
         session.add(manager)
         session.flush()
         audit.record(session, audit.event(actor=actor, action="manager.created",

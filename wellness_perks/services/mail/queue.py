@@ -51,7 +51,7 @@ from ..emails import normalise_email
 from ..errors import Conflict, NoCodeHeld, ResendTooSoon
 from . import transport
 from .mime import HeaderInjection
-from .render import render
+from .render import INVITATION_KINDS, render
 from .transport import Outgoing, PermanentMailError
 
 MAX_ERROR_LENGTH = 1000
@@ -470,9 +470,6 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
         for outbound_id in ids:
             log_event("mail.cancelled", outbound_id=outbound_id)  # pragma: no mutate
     return outgoing
-
-
-INVITATION_KINDS = (MailKind.invitation.value, MailKind.reminder.value)
 
 
 def _invitations_no_longer_wanted(session: Session, mails: list[OutboundEmail]) -> set[int]:
