@@ -166,6 +166,7 @@ class _Lease:
         self.engine = engine
         self.held = dict(held)  # outbound id -> attempts: the lease is this attempt's
         self.every = max(current_app.config["MAIL_SENDING_TIMEOUT_SECONDS"] / 3, 0.01)
+        self.retry_every = self.every / 10
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._renew_until_stopped, daemon=True,
@@ -188,7 +189,9 @@ class _Lease:
             self.held.pop(outbound_id, None)
 
     def _renew_until_stopped(self) -> None:
-        while not self.stopped.wait(self.every):
+        wait = self.every
+        while not self.stopped.wait(wait):
+            wait = self.every
             with self.lock:
                 held = list(self.held.items())
             if not held:
@@ -197,9 +200,14 @@ class _Lease:
                 with self.engine.begin() as connection:
                     renewed = set(connection.execute(_RENEW_LEASES, {
                         "b_held": held, "b_now": datetime.now(UTC)}).scalars())
-            except Exception as exc:  # noqa: BLE001 - the database is away: the next beat tries
+            except Exception as exc:  # noqa: BLE001 - the database is away: try again soon
+                # A renewal that failed is tried again within a tenth of a beat, on a new
+                # connection (the failed one is discarded), not a whole beat later: two
+                # failed beats in a row (the database cut twice) would leave the lease
+                # two thirds old, and the sweeper would take back messages still being sent.
                 log_event("mail.lease_not_renewed", logging.WARNING, messages=len(held),
                           error=type(exc).__name__)
+                wait = self.retry_every
                 continue
             with self.lock:
                 for outbound_id, _attempts in held:

@@ -229,6 +229,52 @@ def test_a_slow_message_keeps_its_batchs_lease(app_config, stocked, session, smt
     assert len(set(_leases(session, stocked))) > 1  # renewed for those left after the first
 
 
+def test_a_failed_lease_renewal_is_tried_again_within_a_tenth_of_a_beat(app, stocked,
+                                                                         session):
+    """The database was away at a renewal (the database cut twice in a row would make two
+    failed beats, the lease then two thirds old): the next try comes a tenth of a beat later,
+    on a new connection, and renews the lease; then the beat is a third of the timeout again."""
+    import threading
+
+    from wellness_perks.services.mail.queue import _Lease
+
+    session.execute(sa.update(OutboundEmail).values(status="sending", attempts=1))
+    session.commit()
+    before = set(_leases(session, stocked))
+    engine = app.extensions["db_engine"]
+    waits: list[float] = []
+    renewed = threading.Event()
+
+    class Away:  # the engine as a renewal sees it: away once, then back
+        failures = 1
+
+        def begin(self):
+            if self.failures:
+                self.failures -= 1
+                raise sa.exc.OperationalError("UPDATE", {}, Exception("connection ended"))
+            if waits.count(lease.every) >= 1 and lease.retry_every in waits:
+                renewed.set()
+            return engine.begin()
+
+    class Beats(threading.Event):
+        def wait(self, timeout=None):
+            waits.append(timeout)
+            if renewed.is_set() and len(waits) > 3:
+                return True  # stop once renewed and the beat asked again
+            return super().wait(0.001)
+
+    with app.app_context():
+        lease = _Lease(Away(), {i: 1 for i in stocked})
+    lease.stopped = Beats()
+    lease.thread.start()
+    lease.thread.join(timeout=30)
+    assert not lease.thread.is_alive()
+    assert waits[:3] == [lease.every, lease.retry_every, lease.every]
+    assert lease.retry_every == lease.every / 10
+    assert set(_leases(session, stocked)).isdisjoint(before)  # renewed, all of them
+    assert all(lease.holds(i) for i in stocked)
+
+
 def test_the_outcome_is_kept_until_the_database_answers(app, backend, stocked, session,
                                                         smtp_server):
     """The database ends every connection of the app right after the server took a message
