@@ -38,6 +38,9 @@ VERIFY_SELECTION = ["-k", "not postgresql or (held and two) or (assigned and twi
 # the next: a path SQLite, with no UPDATE in a WITH, never takes).
 QUEUE_SELECTION = ["-k", "not postgresql or also_checks or writes_a_batch or taken_back"]
 
+# ... and for a sign-in whose connection the server cut (SQLite has no server to cut it).
+AUTH_SELECTION = ["-k", "not postgresql or connection_being_cut"]
+
 # module -> (the file mutated, the tests that cover its rules: pytest arguments)
 MODULES: dict[str, tuple[str, list[str]]] = {
     "verify": (f"{SERVICES}/verify.py", [f"{UNIT}/test_verify.py", *VERIFY_SELECTION]),
@@ -46,7 +49,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                     *SQLITE]),
     "queue": (f"{SERVICES}/mail/queue.py", [f"{UNIT}/mail/test_queue.py", *QUEUE_SELECTION]),
     "auth": (f"{SERVICES}/auth.py",
-             [f"{UNIT}/test_auth.py", "tests/unit/web/test_auth.py", *SQLITE]),
+             [f"{UNIT}/test_auth.py", f"{UNIT}/test_managers.py", "tests/unit/web/test_auth.py",
+              "tests/unit/web/test_sessions.py", "tests/unit/web/console/test_sign_in.py",
+              *AUTH_SELECTION]),
     "sweeper": (f"{SERVICES}/sweeper.py", [f"{UNIT}/test_sweeper.py", *SQLITE]),
     "claims": (f"{SERVICES}/claims.py", [f"{UNIT}/test_claims.py", *SQLITE]),
     "codes": (f"{SERVICES}/codes.py", [f"{UNIT}/test_codes.py", *SQLITE]),

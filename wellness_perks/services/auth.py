@@ -92,9 +92,11 @@ def request_sign_in(session: Session, *, email: str) -> int | None:
                 kind=MailKind.sign_in, to_email=creator.email, creator_id=creator.id,
                 locale=creator.locale, now=datetime.now(UTC))])
     if outbound_id is None:
-        log_event("sign_in.requested", known=False)
+        log_event("sign_in.requested", known=False)  # pragma: no mutate
         return None
+    # pragma: no mutate start (the log line only)
     log_event("sign_in.requested", known=True, creator_id=creator.id, outbound_id=outbound_id)
+    # pragma: no mutate end
     dispatch.send_email(outbound_id)
     return outbound_id
 
@@ -133,7 +135,7 @@ def end_sessions(session: Session, *, creator_id: int) -> None:
         session.execute(sa.update(Creator).where(Creator.id == creator_id)
                         .values(session_version=Creator.session_version + 1)
                         .execution_options(synchronize_session=False))
-    log_event("sign_in.sessions_ended", creator_id=creator_id)
+    log_event("sign_in.sessions_ended", creator_id=creator_id)  # pragma: no mutate
 
 
 def get_creator(session: Session, *, creator_id: int) -> Creator:
@@ -204,7 +206,7 @@ def redeem_sign_in_token(session: Session, *, token: str) -> Creator:
     once_more_if_disconnected(session, lambda: _spend_link(session, creator_id, nonce))
     creator = once_more_if_disconnected(
         session, lambda: session.get(Creator, creator_id, populate_existing=True))
-    log_event("sign_in.completed", creator_id=creator.id)
+    log_event("sign_in.completed", creator_id=creator.id)  # pragma: no mutate
     return creator
 
 
@@ -361,7 +363,7 @@ def end_manager_sessions(session: Session, *, manager_id: int) -> None:
         session.execute(sa.update(Manager).where(Manager.id == manager_id)
                         .values(session_version=Manager.session_version + 1)
                         .execution_options(synchronize_session=False))
-    log_event("manager.sessions_ended", manager_id=manager_id)
+    log_event("manager.sessions_ended", manager_id=manager_id)  # pragma: no mutate
 
 
 _SIGNED_IN_MANAGER = (

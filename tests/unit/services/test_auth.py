@@ -214,6 +214,44 @@ def test_a_forged_link_is_refused(app, program, session, forge):
     assert _ayesha(session).login_nonce == nonce
 
 
+def test_a_creator_is_found_by_id(app, program, session):
+    creator = _ayesha(session)
+    with app.app_context():
+        assert auth.get_creator(get_session(), creator_id=creator.id).email == creator.email
+
+
+def test_a_session_names_its_creator_while_its_version_holds(app, program, session):
+    """Who a session names, in full, while the creator's sessions have not been ended; None
+    once they have, and None for a creator who is no longer there (forgotten)."""
+    creator = _ayesha(session)
+    session.execute(sa.update(Creator).where(Creator.id == creator.id)
+                    .values(handle="ayesha_writes", locale="ur"))
+    session.commit()
+    with app.app_context():
+        named = auth.signed_in_creator(get_session(), creator_id=creator.id,
+                                       session_version=creator.session_version)
+        assert named == auth.SignedInCreator(creator.id, "ayesha@example.com", "ayesha_writes",
+                                             "ur", creator.session_version)
+        assert auth.signed_in_creator(get_session(), creator_id=creator.id,
+                                      session_version=creator.session_version + 1) is None
+        assert auth.signed_in_creator(get_session(), creator_id=424242,
+                                      session_version=creator.session_version) is None
+        auth.end_sessions(get_session(), creator_id=creator.id)
+        assert auth.signed_in_creator(get_session(), creator_id=creator.id,
+                                      session_version=creator.session_version) is None
+
+
+def test_ending_a_creators_sessions_ends_no_one_elses(app, program, session):
+    ayesha = _ayesha(session)
+    ayesha_id, version = ayesha.id, ayesha.session_version
+    [bilal] = _fresh(session, select(Creator).where(Creator.email == "bilal@example.com"))
+    with app.app_context():
+        auth.end_sessions(get_session(), creator_id=ayesha_id)
+        assert auth.signed_in_creator(get_session(), creator_id=bilal.id,
+                                      session_version=bilal.session_version) is not None
+    assert _ayesha(session).session_version != version
+
+
 def test_the_creator_signed_in_is_read_afresh_in_a_session_that_held_it(app, program,
                                                                           session):
     """The app's sessions keep what they loaded across commits: the creator returned carries
@@ -261,20 +299,39 @@ def test_create_manager_stores_a_hash_not_the_password(app, session):
         "manager", manager.id, {"email": "boss@example.com", "role": "manager"})
 
 
-@pytest.mark.parametrize(("email", "password", "message", "field"), [
-    ("boss@example.com", "elevenchars", "password must be at least 12 characters", "password"),
-    ("boss@example.com", "", "password must be at least 12 characters", "password"),
-    ("not-an-email", PASSWORD, "not a valid email address", "email"),
-    ("boss@", PASSWORD, "not a valid email address", "email"),
-    ("", PASSWORD, "email address is empty", "email"),
+@pytest.mark.parametrize(("email", "password", "role", "message", "field", "code"), [
+    ("boss@example.com", "elevenchars", "manager", "password must be at least 12 characters",
+     "password", "password_too_short"),
+    ("boss@example.com", "", "manager", "password must be at least 12 characters", "password",
+     "password_too_short"),
+    ("not-an-email", PASSWORD, "manager", "not a valid email address", "email",
+     "email_invalid"),
+    ("boss@", PASSWORD, "manager", "not a valid email address", "email", "email_invalid"),
+    ("", PASSWORD, "manager", "email address is empty", "email", "email_empty"),
+    ("boss@example.com", PASSWORD, "owner", "role must be one of viewer, manager, admin",
+     "role", "manager_role_unknown"),
 ])
-def test_create_manager_refuses_bad_input(app, session, email, password, message, field):
+def test_create_manager_refuses_bad_input(app, session, email, password, role, message, field,
+                                          code):
     with app.app_context(), pytest.raises(InvalidInput) as refused:
-        auth.create_manager(get_session(), email=email, password=password, actor="test")
+        auth.create_manager(get_session(), email=email, password=password, actor="test",
+                            role=role)
     assert str(refused.value).startswith(message), str(refused.value)
-    assert refused.value.field == field
+    assert (refused.value.field, refused.value.code) == (field, code)
     assert _count(session, Manager) == 0
     assert _count(session, AuditEvent) == 0
+
+
+@pytest.mark.parametrize("role", ["viewer", "admin"])
+def test_a_manager_is_created_with_the_role_asked_for(app, session, role):
+    with app.app_context():
+        auth.create_manager(get_session(), email="boss@example.com", password=PASSWORD,
+                            actor="test", role=role)
+    [manager] = _fresh(session, select(Manager))
+    assert manager.role == role
+    [event] = _fresh(session, select(AuditEvent))
+    assert (event.action, json.loads(event.detail) if isinstance(event.detail, str)
+            else event.detail) == ("manager.created", {"email": "boss@example.com", "role": role})
 
 
 def test_a_password_of_twelve_characters_is_long_enough(app, session):
@@ -290,9 +347,10 @@ def test_create_manager_refuses_a_duplicate_whatever_the_case(app, session):
                             actor="test")
     [before] = _fresh(session, select(Manager))
     with app.app_context(), pytest.raises(
-            Conflict, match="^a manager with email boss@example.com already exists$"):
+            Conflict, match="^a manager with email boss@example.com already exists$") as refused:
         auth.create_manager(get_session(), email="BOSS@example.com",
                             password="another password!", actor="test")
+    assert refused.value.code == "manager_exists"
     [after] = _fresh(session, select(Manager))
     assert (after.id, after.password_hash) == (before.id, before.password_hash)
     assert _count(session, AuditEvent) == 1
