@@ -27,7 +27,7 @@ from flask_login import LoginManager, UserMixin, current_user, login_url, login_
 from flask_wtf import CSRFProtect
 
 from ..db import get_session
-from ..models import MANAGER_ROLES
+from ..models import MANAGER_ROLES, role_includes
 from ..services import auth, two_factor
 from .errors import error_response, wants_json
 
@@ -99,7 +99,7 @@ class ManagerUser(UserMixin):
 
     def can(self, role: str) -> bool:
         """Whether their role includes ``role`` (viewer < manager < admin)."""
-        return MANAGER_ROLES.index(self.role) >= MANAGER_ROLES.index(role)
+        return role_includes(self.role, role)
 
     @classmethod
     def load(cls, manager_id: int, session_version: int) -> ManagerUser | None:
