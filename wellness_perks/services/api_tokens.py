@@ -149,8 +149,9 @@ def create(session: Session, *, name: str, role: str, created_by: int,
             sa.select(Manager.email, Manager.role, Manager.disabled_at)
             .where(Manager.id == created_by).with_for_update(read=True)).first()
         if creator is None or creator.role != ManagerRole.admin or creator.disabled_at:
-            raise NotAnAdmin(f"manager #{created_by} is not an active admin: only admins make "
-                             "API tokens")
+            who = creator.email if creator is not None else f"manager #{created_by}"
+            raise NotAnAdmin(f"{who} is not an active admin: only active admins make API "
+                             "tokens")
         row = ApiToken(name=name, role=role, prefix=prefix, secret_hash=digest(token),
                        created_by=created_by, created_at=now, expires_at=expires_at)
         session.add(row)
