@@ -8,6 +8,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 
 from tests.conftest import MANAGER_PASSWORD
@@ -108,10 +109,23 @@ def test_authenticate_names_the_holder_and_notes_the_use(db, admin):
     assert _stored(db)[0].last_used_at == NOW + timedelta(seconds=5)
 
 
-def test_last_used_moves_at_most_once_a_minute(db, admin):
+def test_last_used_moves_at_most_once_a_minute(app, db, admin):
     token = _create(db, admin).token
     api_tokens.authenticate(db, token, now=NOW)
-    api_tokens.authenticate(db, token, now=NOW + timedelta(seconds=59))
+    statements: list[str] = []
+    engine = app.extensions["db_engine"]
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        api_tokens.authenticate(db, token, now=NOW + timedelta(seconds=59))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    # Within the minute a use is one read: no write, no write lock.
+    assert [s.split()[0].upper() for s in statements if s.split()[0].upper() != "BEGIN"] == [
+        "SELECT"], statements
     assert _stored(db)[0].last_used_at == NOW
     api_tokens.authenticate(db, token, now=NOW + timedelta(seconds=60))
     assert _stored(db)[0].last_used_at == NOW + timedelta(seconds=60)
