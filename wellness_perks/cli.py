@@ -21,6 +21,7 @@ from sqlmodel import select
 from .db import get_session
 from .models import MANAGER_ROLES, Manager
 from .services import (
+    api_tokens,
     auth,
     code_cipher,
     codes,
@@ -116,6 +117,83 @@ def set_password_command(email: str, password_stdin: bool) -> None:
     except DomainError as exc:
         _fail(str(exc))
     click.echo(f"password of {address} set; their sessions have ended")
+
+
+@click.command("create-api-token")
+@click.option("--name", required=True, help="What uses it, e.g. 'nightly report'.")
+@click.option("--role", type=click.Choice(MANAGER_ROLES), required=True,
+              help="What it may do, as a manager of that role (give a script the least).")
+@click.option("--by", "by_email", required=True, metavar="ADMIN_EMAIL",
+              help="The admin who makes it (an active admin's address).")
+@click.option("--expires-days", type=click.IntRange(min=1, max=api_tokens.MAX_EXPIRES_DAYS),
+              help="Expires after this many days (default: never).")
+@with_appcontext
+def create_api_token_command(name: str, role: str, by_email: str,
+                             expires_days: int | None) -> None:
+    """Make an API token for scripts (/api/v1); the token is printed once, alone on
+    standard output, and never again (only its hash is kept)."""
+    try:
+        admin = managers.find_by_email(get_session(), by_email)
+        created = api_tokens.create(get_session(), name=name, role=role,
+                                    created_by=admin.manager_id,
+                                    expires_in_days=expires_days, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    row = created.row
+    until = f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""
+    click.echo(f"{row.role} token {row.name!r} made, prefix {row.prefix}{until}; copy it now, "
+               "it will not be shown again:", err=True)
+    click.echo(created.token)
+
+
+@click.command("list-api-tokens")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@with_appcontext
+def list_api_tokens_command(as_json: bool) -> None:
+    """Every API token (never the token itself): name, role, prefix, who made it, when, its
+    last use, expiry and state."""
+    now = datetime.now(UTC)
+    listed = api_tokens.list_tokens(get_session())
+
+    def when(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    if as_json:
+        click.echo(json.dumps([{
+            "name": t.name, "role": t.role, "prefix": t.prefix, "created_by": t.created_by,
+            "created_at": when(t.created_at), "last_used_at": when(t.last_used_at),
+            "expires_at": when(t.expires_at), "revoked_at": when(t.revoked_at),
+            "revoked_by": t.revoked_by, "state": t.state(now).value} for t in listed],
+            indent=2))
+        return
+    if not listed:
+        click.echo("no API token yet: create-api-token makes one")
+        return
+
+    def short(value: datetime | None) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value else "never"
+
+    header = ("prefix", "name", "role", "state", "made by", "made", "last used", "expires")
+    rows = [(t.prefix, t.name, t.role, t.state(now).value, t.created_by, short(t.created_at),
+             short(t.last_used_at), short(t.expires_at)) for t in listed]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                   .rstrip())
+
+
+@click.command("revoke-api-token")
+@click.argument("prefix")
+@with_appcontext
+def revoke_api_token_command(prefix: str) -> None:
+    """Revoke the API token of this prefix (list-api-tokens shows it): it stops working at
+    once."""
+    try:
+        revoked = api_tokens.revoke(get_session(), prefix=prefix.strip().lower(),
+                                    revoked_by=None, actor=CLI_ACTOR)
+    except DomainError as exc:
+        _fail(str(exc))
+    click.echo(f"token {prefix} revoked" if revoked else f"token {prefix} was already revoked")
 
 
 @click.command("create-program")
@@ -780,6 +858,9 @@ COMMANDS = (
     init_db_command,
     create_manager_command,
     set_password_command,
+    create_api_token_command,
+    list_api_tokens_command,
+    revoke_api_token_command,
     create_program_command,
     set_quota_command,
     pause_command,

@@ -250,6 +250,12 @@ class ManagerRole(enum.StrEnum):
 MANAGER_ROLES: tuple[str, ...] = tuple(role.value for role in ManagerRole)
 
 
+def role_includes(role: str, needed: str) -> bool:
+    """Whether ``role`` includes ``needed`` (viewer < manager < admin): the one check of a
+    console session's role and of an API token's."""
+    return MANAGER_ROLES.index(role) >= MANAGER_ROLES.index(needed)
+
+
 class Manager(SQLModel, table=True):
     __table_args__ = (
         sa.CheckConstraint("role IN ('viewer', 'manager', 'admin')", name="ck_manager_role"),
@@ -292,6 +298,36 @@ class ManagerRecoveryCode(SQLModel, table=True):
     code_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     used_at: datetime | None = Field(default=None, sa_column=_ts())
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for scripts (``/api/v1``), made by an admin with one of the managers'
+    roles. The token itself is never stored: only its public ``prefix`` (shown in lists, and
+    how a presented token is found) and the SHA-256 of the whole token (random, 256 bits: no
+    slow hash is needed to keep it unguessable). Revoked or past ``expires_at``, it names no
+    one."""
+
+    __table_args__ = (
+        sa.CheckConstraint("role IN ('viewer', 'manager', 'admin')", name="ck_apitoken_role"),
+        sa.CheckConstraint("revoked_by IS NULL OR revoked_at IS NOT NULL",
+                           name="ck_apitoken_revoked_by"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    role: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    prefix: str = Field(sa_column=sa.Column(sa.String(16), nullable=False, unique=True))
+    secret_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    created_by: int = Field(sa_column=sa.Column(sa.ForeignKey("manager.id"), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=_ts())
+    # Moved at most once a minute (API_TOKEN_USE_RESOLUTION): a script's every request does
+    # not write.
+    last_used_at: datetime | None = Field(default=None, sa_column=_ts())
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts())
+    # The admin who revoked it (None: revoked from the command line).
+    revoked_by: int | None = Field(default=None, sa_column=sa.Column(
+        sa.ForeignKey("manager.id"), nullable=True))
 
 
 class CodeBatch(SQLModel, table=True):

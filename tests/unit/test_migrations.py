@@ -109,7 +109,8 @@ def test_the_models_declare_the_checks_the_invariants_rest_on():
         ("codebatch", "ck_codebatch_stock_positive"),
         ("stagedupload", "ck_stagedupload_kind"), ("importjob", "ck_importjob_kind"),
         ("importjob", "ck_importjob_state"),
-        ("invitation", "ck_invitation_reminder_mail")}
+        ("invitation", "ck_invitation_reminder_mail"),
+        ("apitoken", "ck_apitoken_role"), ("apitoken", "ck_apitoken_revoked_by")}
 
 
 def test_upgrade_to_0012_counts_each_batchs_codes_in_stock(empty_database):

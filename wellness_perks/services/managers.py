@@ -74,6 +74,16 @@ def get_manager(session: Session, manager_id: int) -> ManagerRow:
     return _row(row)
 
 
+def find_by_email(session: Session, email: str) -> ManagerRow:
+    """The account at ``email`` (as typed: it is normalised), or ManagerNotFound."""
+    normalised = normalise_email(email)
+    row = session.execute(sa.select(*_COLUMNS).where(Manager.email == normalised)).first()
+    session.rollback()
+    if row is None:
+        raise ManagerNotFound(f"no manager with email {normalised}")
+    return _row(row)
+
+
 def create(session: Session, *, email: str, role: str, password: str | None,
            actor: str) -> tuple[Manager, str | None]:
     """A new account; with no password given, one is generated and returned (to show once)."""

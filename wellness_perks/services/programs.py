@@ -464,7 +464,8 @@ def program_summaries(session: Session, *, now: datetime | None = None) -> list[
         by_state = {state: row[state] for state in (s.value for s in ClaimState)}
         listed.append({
             "program": row["slug"], "name": row["name"],
-            "window": window_state(row["opens_at"], row["closes_at"], now).value,
+            "window": window_state(row["opens_at"], row["closes_at"], now,
+                                   row["claims_paused_at"]).value,
             "opens_at": row["opens_at"].isoformat() if row["opens_at"] else None,
             "closes_at": row["closes_at"].isoformat() if row["closes_at"] else None,
             "quota": row["quota"], "allocated": row["allocated"],
@@ -490,7 +491,8 @@ def _claims_in(state: ClaimState) -> sa.Label:
 
 _ALL_PROGRAMS = (
     sa.select(_program.slug, _program.name, _program.quota, _program.opens_at,
-              _program.closes_at, _program.allocated_count.label("allocated"),
+              _program.closes_at, _program.claims_paused_at,
+              _program.allocated_count.label("allocated"),
               _program.in_stock_count.label("in_stock"),
               *(_claims_in(s) for s in ClaimState if s != ClaimState.allocated))
     .order_by(_program.slug)

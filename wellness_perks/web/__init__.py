@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from . import auth, console, errors, headers, hygiene, i18n, limits, ops, portal, security
+from . import api, auth, console, errors, headers, hygiene, i18n, limits, ops, portal, security
 from .security import csrf, login_manager
 
 # Each surface, and whether its POSTs carry a CSRF token (form posts from our own pages do).
@@ -17,6 +17,7 @@ SURFACES: tuple[tuple[Blueprint, bool], ...] = (
     (portal.bp, True),
     (console.bp, True),
     (ops.bp, True),
+    (api.bp, False),  # bearer tokens only: no cookie is an API credential
 )
 
 

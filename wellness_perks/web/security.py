@@ -27,8 +27,9 @@ from flask_login import LoginManager, UserMixin, current_user, login_url, login_
 from flask_wtf import CSRFProtect
 
 from ..db import get_session
-from ..models import MANAGER_ROLES
-from ..services import auth, two_factor
+from ..models import MANAGER_ROLES, role_includes
+from ..services import api_tokens, auth, two_factor
+from . import limits
 from .errors import error_response, wants_json
 
 csrf = CSRFProtect()
@@ -99,7 +100,7 @@ class ManagerUser(UserMixin):
 
     def can(self, role: str) -> bool:
         """Whether their role includes ``role`` (viewer < manager < admin)."""
-        return MANAGER_ROLES.index(self.role) >= MANAGER_ROLES.index(role)
+        return role_includes(self.role, role)
 
     @classmethod
     def load(cls, manager_id: int, session_version: int) -> ManagerUser | None:
@@ -244,6 +245,48 @@ def role_required(role: str, *, enrolling: bool = False):
 
 
 ENROLL_VIEW = "console.two_factor_setup"
+
+
+# --------------------------------------------------------------------------- API tokens
+
+API_REALM = "wellness-perks"
+
+
+def _api_refusal(status: int, code: str, error: str | None = None):
+    """A JSON refusal with the ``WWW-Authenticate`` challenge of RFC 6750."""
+    challenge = f'Bearer realm="{API_REALM}"' + (f', error="{error}"' if error else "")
+    body, status = error_response(status, code)
+    return body, status, {"WWW-Authenticate": challenge}
+
+
+def token_role_required(role: str):
+    """An API view: the request's bearer token (``Authorization: Bearer wpt_…``) must name a
+    holder whose role includes ``role``, the console's check (``role_includes``). No token:
+    401 ``api_token_required``; a token that names no one (unknown, wrong, revoked, expired):
+    401 ``api_token_invalid``; a lesser role: 403. The session cookie counts for nothing here
+    (which is why the API needs no CSRF token). Each request with a token counts toward
+    RATELIMIT_API_TOKEN before any work. The holder is ``g.api_token``."""
+    if role not in MANAGER_ROLES:
+        raise ValueError(f"unknown role {role!r}")
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            presented = limits.api_token_of_request()
+            if presented is None:
+                return _api_refusal(401, "api_token_required")
+            limits.hit("api_token", presented)
+            holder = api_tokens.authenticate(get_session(), presented)
+            if holder is None:
+                return _api_refusal(401, "api_token_invalid", "invalid_token")
+            if not role_includes(holder.role, role):
+                return _api_refusal(403, "api_token_role_too_low", "insufficient_scope")
+            g.api_token = holder
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
 # --------------------------------------------------------------------------- half a sign-in

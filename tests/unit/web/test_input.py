@@ -18,7 +18,7 @@ from tests.helpers import csrf_token, sign_in_link
 from wellness_perks import create_app, web
 from wellness_perks.db import get_session, new_session
 from wellness_perks.models import AuditEvent, Claim, ImportJob, Program
-from wellness_perks.services import auth, claims, invitations, managers, programs
+from wellness_perks.services import api_tokens, auth, claims, invitations, managers, programs
 
 TWENTY_MB = 20 * 1024 * 1024
 
@@ -206,8 +206,12 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
         "file": (io.BytesIO(b"HS-AAAA-0003\nnot a code!\n"), "codes.txt")})
     report_path = staged.headers["Location"]  # a report with an invalid row: skip_invalid
     upload_token = report_path.rsplit("/", 1)[1]
+    with app.app_context(), new_session() as db:  # a token, so its list has a revoke button
+        api_tokens.create(db, name="script", role="viewer", created_by=console.manager_id,
+                          actor="test")
     forms += [(console, action, fields) for action, fields in _post_forms(console, [
         "/manage/", "/manage/managers", "/manage/managers/new", "/manage/programs/new",
+        "/manage/api-tokens", "/manage/api-tokens/new",
         *(f"/manage/programs/{slug}/edit"
           for slug in ("headspace-6m", "calm-1y", "quiet-1m")),
         batches, "/manage/programs/headspace-6m/creators/upload", report_path,
@@ -232,11 +236,14 @@ def test_every_post_form_answers_400_for_a_file_in_any_field(
     # Every POST route of the pages is tried (a new form is covered the day it appears).
     covered = {re.sub(r"^/manage/managers/\d+/", "/manage/managers/<int:manager_id>/",
                       re.sub(r"/creators/\d+/", "/creators/<int:creator_id>/",
-                             re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
-                             .replace(link_path, "/login/<token>")
-                             .replace(opt_out_path, "/opt-out/<token>")
-                             .replace(upload_token, "<token>")
-                             .replace(f"/claims/{held.id}/", "/claims/<int:claim_id>/")))
+                             re.sub(r"^/manage/api-tokens/\d+/",
+                                    "/manage/api-tokens/<int:token_id>/",
+                                    re.sub("headspace-6m|calm-1y|quiet-1m", "<slug>", action)
+                                    .replace(link_path, "/login/<token>")
+                                    .replace(opt_out_path, "/opt-out/<token>")
+                                    .replace(upload_token, "<token>")
+                                    .replace(f"/claims/{held.id}/",
+                                             "/claims/<int:claim_id>/"))))
                for _, action, _ in forms}
     assert covered == _form_rules(app), "a POST route no page's form reaches"
     mails_before = len(smtp_server.messages)

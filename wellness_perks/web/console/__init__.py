@@ -5,7 +5,7 @@ then with a second factor where they have one (an admin must: ``two_factor``); e
 says the least role it needs (``role_required``: viewer < manager < admin).
 """
 
-from . import managers, support  # noqa: F401 - their routes join the blueprint
+from . import api_tokens, managers, support  # noqa: F401 - their routes join the blueprint
 from .views import bp
 
 __all__ = ["bp"]

@@ -20,6 +20,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, Optional, Regexp
 
 from ...models import MANAGER_ROLES
+from ...services.api_tokens import MAX_NAME_LENGTH as MAX_TOKEN_NAME_LENGTH
 from ...services.codes import MAX_REASON_LENGTH, MAX_REVEAL_REASON_LENGTH
 from ...services.imports import MAX_BATCH_NAME_LENGTH
 from ..forms import Form
@@ -196,6 +197,30 @@ class NewManagerForm(Form):
         validators=[Optional(), Length(min=12, max=1000, message="password_too_short")],
         render_kw={"autocomplete": "new-password"},
     )
+
+
+class NewApiTokenForm(Form):
+    """An API token to make: what uses it, its role, and in how many days it expires (empty:
+    never). The service checks each again."""
+
+    name = StringField(
+        "name",
+        validators=[DataRequired("api_token_name_required"),
+                    Length(max=MAX_TOKEN_NAME_LENGTH, message="api_token_name_too_long")],
+        render_kw={"autocomplete": "off"},
+    )
+    role = SelectField("role", choices=list(MANAGER_ROLES),
+                       default="viewer", invalid_choice_message="manager_role_unknown",
+                       validators=[DataRequired("manager_role_unknown")])
+    expires_days = StringField(
+        "expires_days",
+        validators=[Optional(), Regexp(r"^\s*\d{1,4}\s*$", message="api_token_expiry_invalid")],
+        render_kw={"inputmode": "numeric"},
+    )
+
+    def expires_in_days(self) -> int | None:
+        value = (self.expires_days.data or "").strip()
+        return int(value) if value else None
 
 
 class CreatorsUploadForm(Form):

@@ -30,6 +30,11 @@ CONSOLE_ROUTES = [
     ("post", "/manage/managers/{id}/disable", "admin"),
     ("post", "/manage/managers/{id}/enable", "admin"),
     ("post", "/manage/managers/{id}/reset-two-factor", "admin"),
+    ("get", "/manage/api-tokens", "admin"),
+    ("get", "/manage/api-tokens/new", "admin"),
+    ("post", "/manage/api-tokens/new", "admin"),
+    # An API token that does not exist is found by nobody let in (404).
+    ("post", "/manage/api-tokens/{api_token}/revoke", "admin"),
     ("get", "/manage/programs/{slug}", "viewer"),
     ("get", "/manage/programs/new", "admin"),
     ("post", "/manage/programs/new", "admin"),
@@ -93,7 +98,8 @@ def test_the_list_of_routes_is_every_console_route(app):
     rules = {(method.lower(), rule.rule.replace("<int:manager_id>", "{id}")
               .replace("<slug>", "{slug}").replace("<token>", "{token}")
               .replace("<int:job_id>", "{job}").replace("<int:claim_id>", "{claim}")
-              .replace("<int:creator_id>", "{creator}"))
+              .replace("<int:creator_id>", "{creator}")
+              .replace("<int:token_id>", "{api_token}"))
              for rule in app.url_map.iter_rules() if rule.rule.startswith("/manage/")
              for method in rule.methods - {"HEAD", "OPTIONS"}}
     sign_in = {("get", "/manage/login"), ("post", "/manage/login"), ("post", "/manage/logout"),
@@ -105,9 +111,10 @@ def test_the_list_of_routes_is_every_console_route(app):
 @pytest.mark.parametrize("method, path, role", CONSOLE_ROUTES)
 def test_every_console_route_checks_the_role(app, factory, signed_in, manager_client, lead,
                                              method, path, role):
-    found_by_owner = "{token}" in path or "{job}" in path or "{claim}" in path
+    found_by_owner = ("{token}" in path or "{job}" in path or "{claim}" in path
+                      or "{api_token}" in path)
     path = path.format(id=lead, slug="headspace-6m", token="no-such-upload", job=999999,
-                       claim=999999, creator=1)
+                       claim=999999, creator=1, api_token=999999)
     anonymous = app.test_client()
     response = _request(anonymous, method, path)
     assert response.status_code == 302
