@@ -39,6 +39,28 @@ hypothesis_settings.load_profile("wellness-perks")
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="wellness-perks-hypothesis-"))
 
 
+def _run_surfaces_on_sqlite_only(config, items) -> None:
+    """A module marked ``sqlite_only`` tests a surface (pages, headers, forms, roles, the CLI's
+    wording) whose behaviour is the same on both databases: its PostgreSQL twins are deselected
+    (and counted as such), since the services it calls are tested on both. A test of it marked
+    ``both_backends`` keeps them; ``ALL_BACKENDS=1`` keeps every twin."""
+    if os.environ.get("ALL_BACKENDS") == "1":
+        return
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgresql = callspec is not None and callspec.params.get("database_url") == \
+            "postgresql"
+        if (on_postgresql and item.get_closest_marker("sqlite_only") is not None
+                and item.get_closest_marker("both_backends") is None):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """`make test` runs the suite in two processes (pytest-xdist, ``--dist loadgroup``); the
@@ -47,6 +69,7 @@ def pytest_collection_modifyitems(config, items):
     deadlines. They are marked before xdist reads the marks, and put first once pytest has
     ordered the rest by backend, so that the other process shares out the unit tests while
     they run instead of their running alone at the end."""
+    _run_surfaces_on_sqlite_only(config, items)
     integration = [item for item in items if item.get_closest_marker("integration") is not None]
     if config.pluginmanager.hasplugin("xdist"):
         for item in integration:

@@ -39,6 +39,10 @@ from wellness_perks.models import (
 from wellness_perks.services.code_cipher import CodeCipher
 from wellness_perks.services.verify import Violation
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 CREATORS_SAMPLE = DATA / "creators-sample.csv"
 CREATORS_WITH_ERRORS = DATA / "creators-with-errors.csv"
@@ -791,6 +795,7 @@ def test_verify_command_shows_mails_possibly_sent_twice(runner, app, factory, se
 
 
 # One corruption of each invariant (tests/unit/services/test_verify.py has one per message).
+@pytest.mark.both_backends
 @pytest.mark.parametrize("name", [
     "I1 held code voided", "I2 country counter behind", "I3 two claims by one creator",
     "I4 refused without a reason", "I5 failed without an error", "I4 allocated without a code"])

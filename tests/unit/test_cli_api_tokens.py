@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlmodel import select
 
 from tests.conftest import MANAGER_PASSWORD
 from wellness_perks.db import get_session
 from wellness_perks.models import ApiToken, AuditEvent
 from wellness_perks.services import api_tokens, auth
+
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
 
 BOSS = "boss@platform.example"
 

@@ -10,6 +10,10 @@ from tests.helpers import TEST_SECRET_KEY
 from wellness_perks.models import Creator
 from wellness_perks.services import tokens
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 
 def test_a_token_names_the_creator_and_their_sign_in_counter(app):
     creator = Creator(id=7, email="ayesha@example.com", handle="@ayesha", country="PK",

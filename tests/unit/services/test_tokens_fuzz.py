@@ -14,6 +14,10 @@ from hypothesis import strategies as st
 from wellness_perks.db import get_session
 from wellness_perks.services import auth, tokens
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 EXAMPLES = {"sqlite": 300, "postgresql": 100}
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),

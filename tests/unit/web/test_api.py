@@ -16,6 +16,10 @@ from wellness_perks.db import get_session, new_session
 from wellness_perks.models import ApiToken
 from wellness_perks.services import api_tokens, auth, programs
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 PROGRAMS = "/api/v1/programs"
 
 

@@ -14,6 +14,10 @@ from tests.helpers import csrf_token, sign_in_link, use_sign_in_link
 from wellness_perks.models import Claim, Creator, OutboundEmail
 from wellness_perks.services.tokens import mint_sign_in_token
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 
 @pytest.fixture
 def program(factory):

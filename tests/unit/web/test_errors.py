@@ -10,6 +10,10 @@ from tests.helpers import csrf_token
 from wellness_perks import create_app, web
 from wellness_perks.services.errors import Conflict
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 
 def _api_blueprint(name: str) -> Blueprint:
     """A surface under /api/ like the token-authenticated API to come."""

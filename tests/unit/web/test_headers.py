@@ -12,6 +12,10 @@ from flask import Blueprint
 from tests.helpers import csrf_token
 from wellness_perks import create_app, web
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 EXPECTED = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",

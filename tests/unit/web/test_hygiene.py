@@ -8,6 +8,10 @@ from sqlmodel import select
 from tests.helpers import csrf_token
 from wellness_perks.models import Claim
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 
 @pytest.mark.parametrize("path", ["/programs/headspace%00-6m", "/programs/a%01b",
                                   "/programs/a%7fb/claim", "/login/abc%00def", "/me%0a"])

@@ -20,6 +20,10 @@ from wellness_perks.db import get_session, new_session
 from wellness_perks.models import AuditEvent, Claim, ImportJob, Program
 from wellness_perks.services import api_tokens, auth, claims, invitations, managers, programs
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 TWENTY_MB = 20 * 1024 * 1024
 
 

@@ -15,6 +15,10 @@ from tests.helpers import REDIS_URL, csrf_token, redis_available, service_missin
 from wellness_perks import create_app, web
 from wellness_perks.web import limits
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 AYESHA = "ayesha@example.com"
 
 

@@ -16,6 +16,10 @@ from tests.unit.services.scenarios import lost_claims
 from wellness_perks import create_app
 from wellness_perks.models import MailStatus, OutboundEmail
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 TOKEN = "an-operator-token-of-some-length"
 REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}

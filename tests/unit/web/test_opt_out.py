@@ -13,6 +13,10 @@ from wellness_perks.db import get_session
 from wellness_perks.models import Invitation
 from wellness_perks.services import invitations, tokens
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 SLUG = "headspace-6m"
 
 

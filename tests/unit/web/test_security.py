@@ -12,6 +12,10 @@ from wellness_perks import create_app, web
 from wellness_perks.models import Claim, Creator
 from wellness_perks.web.security import CreatorUser, kind_required, load_user
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 
 def test_a_session_names_its_user_by_kind_id_and_session_version(app, factory, session):
     program = factory.program()

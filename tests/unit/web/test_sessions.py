@@ -12,6 +12,10 @@ from wellness_perks.db import get_session
 from wellness_perks.services import privacy
 from wellness_perks.web import security
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 AYESHA = "ayesha@example.com"
 CODE = "HS-SECRET-0001"
 PROGRAM_PAGE = "/programs/headspace-6m"

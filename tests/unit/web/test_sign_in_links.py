@@ -17,6 +17,10 @@ from sqlmodel import select
 from tests.helpers import csrf_token, sign_in_link, use_sign_in_link
 from wellness_perks.models import Creator
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 AYESHA = "ayesha@example.com"
 BILAL = "bilal@example.com"
 

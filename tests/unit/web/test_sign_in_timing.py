@@ -13,6 +13,10 @@ from wellness_perks import create_app
 from wellness_perks.db import get_session
 from wellness_perks.services import auth
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 LISTED = "ayesha@example.com"
 UNLISTED = "nobody@example.com"
 

@@ -31,6 +31,10 @@ from wellness_perks.db import get_session
 from wellness_perks.models import OutboundEmail
 from wellness_perks.services import mail
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 HOST = "127.0.0.1"
 USER, PASSWORD = "perks-relay-user", "relay-password-never-in-clear"
 

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from sqlmodel import select
 
 from tests.helpers import csrf_token
 from wellness_perks.models import ApiToken, AuditEvent
+
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
 
 NEW = "/manage/api-tokens/new"
 PROGRAMS = "/api/v1/programs"

@@ -14,6 +14,10 @@ from wellness_perks.db import new_session
 from wellness_perks.models import AuditEvent, Manager
 from wellness_perks.services import auth
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 LEAD = "lead@platform.example"
 
 # Every console page and action a signed-in manager reaches, and the least role it needs.

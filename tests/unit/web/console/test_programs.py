@@ -15,6 +15,10 @@ from sqlmodel import select
 from tests.helpers import csrf_token
 from wellness_perks.models import AuditEvent, Claim, CountryQuota, Manager, Program
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 SLUG = "headspace-6m"
 EDIT = f"/manage/programs/{SLUG}/edit"
 NEW = "/manage/programs/new"

@@ -17,6 +17,10 @@ from wellness_perks.models import AuditEvent, Manager
 from wellness_perks.services import auth
 from wellness_perks.web.security import ManagerUser, role_required
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 LEAD = "lead@platform.example"
 
 

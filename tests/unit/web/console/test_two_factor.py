@@ -25,6 +25,10 @@ from wellness_perks.models import AuditEvent, Manager
 from wellness_perks.services import auth, two_factor
 from wellness_perks.web import security
 
+# The surface's own behaviour, the same on both databases: run on SQLite only (the services'
+# tests run on both; tests/conftest.py).
+pytestmark = pytest.mark.sqlite_only
+
 LEAD = "lead@platform.example"
 ADMIN = "admin@platform.example"
 CODE_PAGE = "/manage/login/code"
