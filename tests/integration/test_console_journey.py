@@ -1,14 +1,21 @@
 """A manager's journey through the console in a real browser (Playwright driving Debian's
 Chromium, ``/usr/bin/chromium``): sign in with a password and a TOTP code, upload a code batch
-with a bad row, read the report, fix the file, commit, watch the import's progress bar, see the
-dashboard change (the waiting claims served, their mails sent to a real SMTP server), export the
-claims. Each console page on the way passes axe-core's checks (the copy bundled by
-``axe-playwright-python``: nothing is fetched).
+with a bad row, read the report, fix the file, commit, watch the import's progress bar move (and
+stay through a reload), see the dashboard change (the waiting claims served, their mails sent to
+a real SMTP server), export the claims. Each console page on the way passes axe-core's checks
+(the copy bundled by ``axe-playwright-python``: nothing is fetched).
 
-The app is served by a werkzeug server thread on the unit tests' migrated SQLite database, with
-tasks run in-process. Screenshots go to a temporary folder; with
-``SAVE_SCREENSHOTS=docs/screenshots`` the dashboard and the upload report are written there too
-(the README shows them).
+The console is deployed as an operator runs it: gunicorn and a Celery worker (every queue) on
+PostgreSQL and Redis, a file of ``IMPORT_IN_BACKGROUND_ROWS`` rows or more imported by the worker
+(the ``imports`` queue), its progress written as it goes. The batch is one of 40,000 codes, so
+that the bar has steps to show; while the test watches, a transaction of its own holds the
+program's row, as an edit of the program would: the import writes its codes and its progress,
+and waits at its last write (the program's stock counter) until the test lets it go. The
+program, the creators, their claims and the manager are made in the test's process through the
+services, on the same database and keys.
+
+Screenshots go to a temporary folder; with ``SAVE_SCREENSHOTS=docs/screenshots`` the dashboard
+and the upload report are written there too (the README shows them).
 
 Without ``/usr/bin/chromium`` the test is skipped with the reason (``apt-get install -y
 chromium``), and fails under REQUIRE_SERVICES=1, as a missing service does.
@@ -16,22 +23,33 @@ chromium``), and fails under REQUIRE_SERVICES=1, as a missing service does.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from axe_playwright_python.sync_playwright import Axe
+from flask import Flask
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect, sync_playwright
-from werkzeug.serving import make_server
 
-from tests.conftest import MANAGER_PASSWORD, enroll_two_factor, totp_code
+from harness.waiting import wait_for
+from tests.conftest import MANAGER_PASSWORD, Factory, enroll_two_factor, totp_code
 from tests.helpers import redemption_code, service_missing
+from tests.integration.conftest import (
+    Stack,
+    _claim_redis_database,
+    _release_redis,
+    require_stack_services,
+    running_stack,
+)
+from wellness_perks import create_app
 from wellness_perks.db import new_session
+from wellness_perks.migrate import upgrade
 from wellness_perks.models import Creator
 from wellness_perks.services import auth, claims
 from wellness_perks.services.codes import mask_code
@@ -45,9 +63,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SLUG = "mindful-6m"
 MANAGER = "lead@platform.example"
 WAITING = [f"creator{i}@example.com" for i in range(1, 4)]
-GOOD_CODES = [f"MM-JUNE-{n:04d}" for n in range(1, 9)]
-BAD_ROW = "MM JUNE 0005!"  # a space and a "!": not a code of the program's format
+# Enough rows for the import to read its file in several steps (64 KiB each) over more than a
+# second (how often it writes its progress) on a fast machine.
+ROWS = 40_000
+GOOD_CODES = [f"MM-JUNE-{n:05d}" for n in range(1, ROWS + 1)]
+BAD_ROW = "MM JUNE 00005!"  # a space and a "!": not a code of the program's format
 STEP_TIMEOUT_MS = 10_000
+IMPORT_TIMEOUT = 60  # seconds for the worker to take the import and show it under way
 
 pytestmark = pytest.mark.integration
 
@@ -57,21 +79,52 @@ def require_chromium() -> None:
         service_missing("Chromium", f"{CHROMIUM} is missing: apt-get install -y chromium")
 
 
-@pytest.fixture
-def console(app) -> Iterator[str]:
-    """The app on a free local port, served by a thread; its base URL."""
-    # Any file goes through the imports task (in-process here), as a large one does.
-    app.config["IMPORT_IN_BACKGROUND_ROWS"] = 1
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="console-journey",
-                              daemon=True)
-    thread.start()
+@pytest.fixture(scope="module")
+def stack(mail_catcher, tmp_path_factory) -> Iterator[Stack]:
+    """gunicorn and a Celery worker on every queue, on a fresh PostgreSQL database (migrated)
+    and a Redis database of the test's own; a committed file of 1,000 rows or more is imported
+    by the worker."""
+    require_chromium()  # before anything is started for nothing
+    require_stack_services()
+    broker_url, redis_client = _claim_redis_database()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with running_stack(mail_catcher, tmp_path_factory.mktemp("journey"),
+                           broker_url=broker_url, web_workers=1, workers=[("celery", 1)],
+                           settings={"IMPORT_IN_BACKGROUND_ROWS": "1000"}) as st:
+            upgrade(st.database_url)
+            yield st
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+        _release_redis(redis_client)
+
+
+@pytest.fixture
+def setup_app(stack, tmp_path) -> Iterator[Flask]:
+    """The app in the test's process, on the stack's database and keys, to make what the
+    journey starts from through the services (its tasks in-process: nothing is in stock yet)."""
+    app = create_app({
+        "TESTING": True, "DATABASE_URL": stack.database_url, "CELERY_BROKER_URL": "",
+        "SECRET_KEY": stack.env["SECRET_KEY"],
+        "CODE_ENCRYPTION_KEY": stack.env["CODE_ENCRYPTION_KEY"],
+        "INSTANCE_PATH": str(tmp_path / "instance"), "SMTP_HOST": "",
+    })
+    yield app
+    app.extensions["db_engine"].dispose()
+
+
+@contextlib.contextmanager
+def program_row_held(stack: Stack, slug: str) -> Iterator[None]:
+    """The program's row locked by an open transaction, as an edit of the program holds it:
+    an import meanwhile writes its codes and its progress, and waits to raise the program's
+    stock counter (its last write, just before its commit) until the transaction ends."""
+    with stack.db() as conn:
+        transaction = conn.begin()
+        try:
+            held = conn.execute(sa.text("UPDATE program SET name = name WHERE slug = :slug"),
+                                {"slug": slug}).rowcount
+            assert held == 1
+            yield
+        finally:
+            transaction.rollback()
 
 
 @pytest.fixture
@@ -139,19 +192,44 @@ def _claims_cell(page: Page, state: str):
     return page.locator(f"#claims-{state} td")
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+_READ_BAR = """() => {
+  const bar = document.getElementById("import-progress");
+  const state = document.getElementById("import-state");
+  return bar && state ? [state.textContent, Number(bar.getAttribute("value")),
+                         Number(bar.getAttribute("max"))] : null;
+}"""
+
+
+def _bar(page: Page) -> tuple[str, int, int] | None:
+    """What the import's page shows now: its state's words, the bar's value and its end; None
+    while the page is being loaded again (it reloads itself while the import runs)."""
+    try:
+        shown = page.evaluate(_READ_BAR)
+    except PlaywrightError:  # the document went away under the read: the next poll sees the new
+        return None
+    return tuple(shown) if shown else None
+
+
+def _watch_bar(page: Page, shows: Callable[[str, int, int], bool], what: str) -> tuple:
+    """Poll the page (with a deadline) until its bar ``shows(state, value, end)``; that."""
+    return wait_for(lambda: (bar := _bar(page)) is not None and shows(*bar) and bar,
+                    timeout=IMPORT_TIMEOUT, interval=0.05, what=what)
+
+
 def test_a_manager_uploads_a_batch_and_sees_the_waiting_claims_served(
-        browser_page, app, factory, smtp_server, console, screenshots):
+        browser_page, stack, setup_app, mail_catcher, screenshots):
+    factory = Factory(setup_app)
     program = factory.program(slug=SLUG, name="Mindful Minutes · 6 months", quota=10)
     factory.creators(program, WAITING)
-    with app.app_context(), new_session() as session:
+    with setup_app.app_context(), new_session() as session:
         manager_id = auth.create_manager(session, email=MANAGER, password=MANAGER_PASSWORD,
                                          role="manager", actor="test").id
         creator_ids = session.execute(sa.select(Creator.id).order_by(Creator.email)).scalars()
         for creator_id in creator_ids.all():  # no stock yet: each claim waits
             claims.request_claim(session, program=SLUG, creator_id=creator_id)
-    secret = enroll_two_factor(app, manager_id)
+    secret = enroll_two_factor(setup_app, manager_id)
     page = browser_page
+    console = stack.base_url
 
     # Sign in: the password, then the authenticator's code (its next step: this one is spent).
     page.goto(f"{console}/manage/programs/{SLUG}")
@@ -182,18 +260,30 @@ def test_a_manager_uploads_a_batch_and_sees_the_waiting_claims_served(
     expect(page.get_by_text("1 rows are invalid: fix the file")).to_be_visible()
     assert_accessible(page)
     screenshots(page, "upload-report")
-    page.get_by_role("button", name="Commit: import 8 rows").click()
+    commit = page.get_by_role("button", name=f"Commit: import {ROWS:,} rows")
+    commit.click()
     expect(page.get_by_role("alert")).to_contain_text("invalid")
 
-    # Fixed, uploaded again: nothing wrong, committed, and the progress bar fills.
+    # Fixed, uploaded again: nothing wrong, committed; the worker imports it.
     page.get_by_role("link", name="Code batches").click()
     _upload(page, GOOD_CODES)
     expect(page.get_by_role("table", name="Invalid rows")).to_have_count(0)
-    page.get_by_role("button", name="Commit: import 8 rows").click()
-    expect(page.get_by_role("heading", name="Import of june-codes.txt")).to_be_visible()
     progress = page.get_by_label("Rows done")
-    expect(progress).to_have_attribute("max", "8")
-    expect(progress).to_have_attribute("value", "8")  # polled: the page reloads until done
+    with program_row_held(stack, SLUG):
+        commit.click()
+        expect(page.get_by_role("heading", name="Import of june-codes.txt")).to_be_visible()
+        expect(progress).to_have_attribute("max", str(ROWS))
+        # The page reloads itself while the import runs: its bar moves off zero, short of the end.
+        _state, moved, _end = _watch_bar(
+            page, lambda state, value, end: state == "importing" and 0 < value < end,
+            "the progress bar to stand between its ends")
+        screenshots(page, "import-running")
+        # A reload mid-import (the manager's own): the bar is there again, as far or further.
+        page.reload()
+        state, value, end = _watch_bar(page, lambda *_: True, "the reloaded import page")
+        assert (state, end) == ("importing", ROWS) and moved <= value <= ROWS
+    # The program's row is free: the import raises the stock, commits, and the page says so.
+    expect(progress).to_have_attribute("value", str(ROWS))  # polled: the page reloads until done
     expect(page.locator("#import-state")).to_have_text("done")
     assert_accessible(page)
     screenshots(page, "import")
@@ -201,11 +291,11 @@ def test_a_manager_uploads_a_batch_and_sees_the_waiting_claims_served(
     # The dashboard after: the waiting claims were served from the new stock and mailed.
     page.get_by_role("link", name="Programs").click()
     page.get_by_role("link", name="Mindful Minutes · 6 months").click()
-    mails = {address: smtp_server.wait_for_mail(address, count=1)[-1] for address in WAITING}
+    mails = {address: mail_catcher.wait_for_mail(address, count=1)[-1] for address in WAITING}
     page.reload()
     expect(_claims_cell(page, "waitlisted")).to_have_text("0")
     expect(_claims_cell(page, "mailed")).to_have_text("3")
-    expect(page.get_by_text("Codes in stock 5")).to_be_visible()
+    expect(page.get_by_text(f"Codes in stock {ROWS - 3:,}")).to_be_visible()
     assert_accessible(page)
     screenshots(page, "dashboard")
 
