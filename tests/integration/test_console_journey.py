@@ -5,14 +5,15 @@ stay through a reload), see the dashboard change (the waiting claims served, the
 a real SMTP server), export the claims. Each console page on the way passes axe-core's checks
 (the copy bundled by ``axe-playwright-python``: nothing is fetched).
 
-The console is deployed as an operator runs it: gunicorn and a Celery worker (every queue) on
-PostgreSQL and Redis, a file of ``IMPORT_IN_BACKGROUND_ROWS`` rows or more imported by the worker
-(the ``imports`` queue), its progress written as it goes. The batch is one of 40,000 codes, so
-that the bar has steps to show; while the test watches, a transaction of its own holds the
-program's row, as an edit of the program would: the import writes its codes and its progress,
-and waits at its last write (the program's stock counter) until the test lets it go. The
-program, the creators, their claims and the manager are made in the test's process through the
-services, on the same database and keys.
+The app is served by a werkzeug server thread on the unit tests' migrated PostgreSQL database,
+its tasks published to Redis for a real ``celery worker`` process (every queue, the app's
+settings): a file of ``IMPORT_IN_BACKGROUND_ROWS`` rows or more is imported by the worker (the
+``imports`` queue), its progress written as it goes. The batch is one of 40,000 codes, so that
+the bar has steps to show; while the test watches, a transaction of its own holds the program's
+row, as an edit of the program would: the import writes its codes and its progress, and waits
+at its last write (the program's stock counter) until the test lets it go. What the journey
+starts from (the program, the creators, their waiting claims, the manager) is made in the
+test's process through the services.
 
 Screenshots go to a temporary folder; with ``SAVE_SCREENSHOTS=docs/screenshots`` the dashboard
 and the upload report are written there too (the README shows them).
@@ -27,6 +28,7 @@ import contextlib
 import csv
 import io
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,20 +38,26 @@ from axe_playwright_python.sync_playwright import Axe
 from flask import Flask
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect, sync_playwright
+from werkzeug.serving import make_server
 
+from harness.stack import product_env
 from harness.waiting import wait_for
 from tests.conftest import MANAGER_PASSWORD, Factory, enroll_two_factor, totp_code
-from tests.helpers import redemption_code, service_missing
+from tests.helpers import (
+    CODE_ENCRYPTION_KEY,
+    TEST_SECRET_KEY,
+    redemption_code,
+    service_missing,
+)
 from tests.integration.conftest import (
+    APP_SETTINGS,
     Stack,
     _claim_redis_database,
     _release_redis,
     require_stack_services,
-    running_stack,
 )
 from wellness_perks import create_app
 from wellness_perks.db import new_session
-from wellness_perks.migrate import upgrade
 from wellness_perks.models import Creator
 from wellness_perks.services import auth, claims
 from wellness_perks.services.codes import mask_code
@@ -69,6 +77,7 @@ ROWS = 40_000
 GOOD_CODES = [f"MM-JUNE-{n:05d}" for n in range(1, ROWS + 1)]
 BAD_ROW = "MM JUNE 00005!"  # a space and a "!": not a code of the program's format
 STEP_TIMEOUT_MS = 10_000
+WORKER = "celery"
 IMPORT_TIMEOUT = 60  # seconds for the worker to take the import and show it under way
 
 pytestmark = pytest.mark.integration
@@ -80,35 +89,70 @@ def require_chromium() -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(mail_catcher, tmp_path_factory) -> Iterator[Stack]:
-    """gunicorn and a Celery worker on every queue, on a fresh PostgreSQL database (migrated)
-    and a Redis database of the test's own; a committed file of 1,000 rows or more is imported
-    by the worker."""
+def broker_url() -> Iterator[str]:
+    """A Redis database of the test's own."""
     require_chromium()  # before anything is started for nothing
     require_stack_services()
-    broker_url, redis_client = _claim_redis_database()
-    try:
-        with running_stack(mail_catcher, tmp_path_factory.mktemp("journey"),
-                           broker_url=broker_url, web_workers=1, workers=[("celery", 1)],
-                           settings={"IMPORT_IN_BACKGROUND_ROWS": "1000"}) as st:
-            upgrade(st.database_url)
-            yield st
-    finally:
-        _release_redis(redis_client)
+    url, client = _claim_redis_database()
+    yield url
+    _release_redis(client)
 
 
 @pytest.fixture
-def setup_app(stack, tmp_path) -> Iterator[Flask]:
-    """The app in the test's process, on the stack's database and keys, to make what the
-    journey starts from through the services (its tasks in-process: nothing is in stock yet)."""
-    app = create_app({
-        "TESTING": True, "DATABASE_URL": stack.database_url, "CELERY_BROKER_URL": "",
-        "SECRET_KEY": stack.env["SECRET_KEY"],
-        "CODE_ENCRYPTION_KEY": stack.env["CODE_ENCRYPTION_KEY"],
-        "INSTANCE_PATH": str(tmp_path / "instance"), "SMTP_HOST": "",
-    })
+def app_config(app_config, broker_url) -> dict:
+    """The unit tests' settings, with the broker: the app's tasks go to the worker process,
+    which imports a committed file of 1,000 rows or more."""
+    return app_config | {"CELERY_BROKER_URL": broker_url, "IMPORT_IN_BACKGROUND_ROWS": 1000}
+
+
+@pytest.fixture
+def worker(app, smtp_server, broker_url, tmp_path) -> Iterator[Stack]:
+    """``celery -A worker worker`` (every queue) as an operator starts it, with the app's
+    database, keys, upload folder, broker and SMTP server. Started, not waited for: it boots
+    while the journey signs in and uploads (the test waits for it before its commit)."""
+    config = app.config
+    env = product_env(database_url=config["DATABASE_URL"], broker_url=broker_url,
+                      smtp_port=smtp_server.port, base_url=config["BASE_URL"],
+                      mail_from=config["MAIL_FROM"], workdir=tmp_path / "worker",
+                      blocked=APP_SETTINGS) | {
+        "SECRET_KEY": TEST_SECRET_KEY, "CODE_ENCRYPTION_KEY": CODE_ENCRYPTION_KEY,
+        "UPLOAD_DIR": config["UPLOAD_DIR"], "IMPORT_IN_BACKGROUND_ROWS": "1000"}
+    st = Stack(env=env, tmp=tmp_path, base_url=config["BASE_URL"],
+               database_url=config["DATABASE_URL"], mail=smtp_server)
+    st.start_worker(WORKER, 1, wait=False)
+    try:
+        yield st
+        # Nothing is left for it to finish: killed, not stopped gracefully (seconds a run).
+        for service in st.services.values():
+            service.kill()
+    finally:
+        st.stop_all()
+        if st.engine is not None:
+            st.engine.dispose()
+
+
+@pytest.fixture
+def setup_app(app_config) -> Iterator[Flask]:
+    """The app on the same database with its tasks in-process, to make what the journey starts
+    from through the services (the claims are waitlisted at once: nothing is in stock)."""
+    app = create_app(app_config | {"CELERY_BROKER_URL": ""})
     yield app
     app.extensions["db_engine"].dispose()
+
+
+@pytest.fixture
+def console(app) -> Iterator[str]:
+    """The app on a free local port, served by a thread; its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="console-journey",
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
 
 
 @contextlib.contextmanager
@@ -202,7 +246,7 @@ _READ_BAR = """() => {
 
 def _bar(page: Page) -> tuple[str, int, int] | None:
     """What the import's page shows now: its state's words, the bar's value and its end; None
-    while the page is being loaded again (it reloads itself while the import runs)."""
+    while the page is being loaded again (it is once the import is over)."""
     try:
         shown = page.evaluate(_READ_BAR)
     except PlaywrightError:  # the document went away under the read: the next poll sees the new
@@ -216,8 +260,9 @@ def _watch_bar(page: Page, shows: Callable[[str, int, int], bool], what: str) ->
                     timeout=IMPORT_TIMEOUT, interval=0.05, what=what)
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_manager_uploads_a_batch_and_sees_the_waiting_claims_served(
-        browser_page, stack, setup_app, mail_catcher, screenshots):
+        worker, browser_page, setup_app, console, smtp_server, screenshots):
     factory = Factory(setup_app)
     program = factory.program(slug=SLUG, name="Mindful Minutes · 6 months", quota=10)
     factory.creators(program, WAITING)
@@ -229,7 +274,6 @@ def test_a_manager_uploads_a_batch_and_sees_the_waiting_claims_served(
             claims.request_claim(session, program=SLUG, creator_id=creator_id)
     secret = enroll_two_factor(setup_app, manager_id)
     page = browser_page
-    console = stack.base_url
 
     # Sign in: the password, then the authenticator's code (its next step: this one is spent).
     page.goto(f"{console}/manage/programs/{SLUG}")
@@ -269,21 +313,23 @@ def test_a_manager_uploads_a_batch_and_sees_the_waiting_claims_served(
     _upload(page, GOOD_CODES)
     expect(page.get_by_role("table", name="Invalid rows")).to_have_count(0)
     progress = page.get_by_label("Rows done")
-    with program_row_held(stack, SLUG):
+    worker.wait_worker_ready(worker.services[WORKER], timeout=60)
+    with program_row_held(worker, SLUG):
         commit.click()
         expect(page.get_by_role("heading", name="Import of june-codes.txt")).to_be_visible()
         expect(progress).to_have_attribute("max", str(ROWS))
-        # The page reloads itself while the import runs: its bar moves off zero, short of the end.
+        # The page follows the import in place: its bar moves off zero, short of the end.
         _state, moved, _end = _watch_bar(
             page, lambda state, value, end: state == "importing" and 0 < value < end,
             "the progress bar to stand between its ends")
         screenshots(page, "import-running")
+        assert_accessible(page)  # nothing reloads it on a timer (axe-core's meta-refresh)
         # A reload mid-import (the manager's own): the bar is there again, as far or further.
         page.reload()
         state, value, end = _watch_bar(page, lambda *_: True, "the reloaded import page")
         assert (state, end) == ("importing", ROWS) and moved <= value <= ROWS
     # The program's row is free: the import raises the stock, commits, and the page says so.
-    expect(progress).to_have_attribute("value", str(ROWS))  # polled: the page reloads until done
+    expect(progress).to_have_attribute("value", str(ROWS))
     expect(page.locator("#import-state")).to_have_text("done")
     assert_accessible(page)
     screenshots(page, "import")
@@ -291,7 +337,7 @@ def test_a_manager_uploads_a_batch_and_sees_the_waiting_claims_served(
     # The dashboard after: the waiting claims were served from the new stock and mailed.
     page.get_by_role("link", name="Programs").click()
     page.get_by_role("link", name="Mindful Minutes · 6 months").click()
-    mails = {address: mail_catcher.wait_for_mail(address, count=1)[-1] for address in WAITING}
+    mails = {address: smtp_server.wait_for_mail(address, count=1)[-1] for address in WAITING}
     page.reload()
     expect(_claims_cell(page, "waitlisted")).to_have_text("0")
     expect(_claims_cell(page, "mailed")).to_have_text("3")

@@ -127,7 +127,8 @@ def test_a_batch_is_reported_then_committed(app, program, manager, session, capl
     assert JOB_RE.search(job_path)
     job_page = manager.get(job_path)
     assert "done" in job_page.text and 'value="3"' in job_page.text
-    assert 'http-equiv="refresh"' not in job_page.text  # over: no more reloading
+    assert 'data-running="no"' in job_page.text  # over: nothing more to follow
+    assert "import-progress.js" not in job_page.text
     assert _codes(session, program.id) == 3
     [batch] = session.exec(select(CodeBatch)).all()
     assert (batch.name, batch.source_filename, batch.code_count) == ("June", "batch.txt", 3)
@@ -262,14 +263,20 @@ def test_a_large_upload_is_imported_by_a_task_with_its_progress(
     assert '"background": true' in audit.detail
 
 
-def test_a_running_import_shows_its_progress_and_reloads(app, program, manager, session):
+def test_a_running_import_shows_its_progress_and_follows_it(app, program, manager, session):
+    """A running import's page carries the script that shows its progress in place, never a
+    timed reload (axe-core's meta-refresh: a page reloading on a timer fails WCAG 2.2.1)."""
     report_path, _ = _staged(manager, BATCHES, _codes_file(GOOD))
     _post(manager, report_path, "commit")
     [job] = session.exec(select(ImportJob)).all()
     session.execute(sa.update(ImportJob).values(state="running", rows_done=2))
     session.commit()
     page = manager.get(f"/manage/programs/{SLUG}/imports/{job.id}").text
-    assert 'http-equiv="refresh"' in page and 'value="2"' in page and "importing" in page
+    assert 'data-running="yes"' in page and 'value="2"' in page and "importing" in page
+    assert '<script src="/static/import-progress.js" defer></script>' in page
+    assert 'http-equiv="refresh"' not in page
+    with manager.get("/static/import-progress.js") as script:
+        assert script.status_code == 200 and "import-progress-block" in script.text
 
 
 def test_a_job_whose_file_is_gone_fails_and_imports_nothing(app, program, manager, session):
@@ -303,7 +310,7 @@ def test_a_job_whose_worker_died_shows_its_restart_then_its_reason_once_given_up
                                                 heartbeat_at=long_ago))
     session.commit()
     text = manager.get(page).text
-    assert f"(attempt {attempts - 1})" in text and 'http-equiv="refresh"' in text
+    assert f"(attempt {attempts - 1})" in text and 'data-running="yes"' in text
     held = []
     monkeypatch.setattr(dispatch, "import_upload", held.append)  # handed out, not yet run
     with app.app_context():
@@ -317,7 +324,7 @@ def test_a_job_whose_worker_died_shows_its_restart_then_its_reason_once_given_up
     text = unescape(manager.get(page).text)
     assert re.search(r'id="import-state">failed: nothing was imported<', text)
     assert "interrupted each time it was started" in text and "import-restarted" not in text
-    assert 'http-equiv="refresh"' not in text
+    assert 'data-running="no"' in text
     assert _codes(session, program.id) == 0 and held == [job.id]
 
 
