@@ -234,12 +234,9 @@ def require_stack_services(redis: bool = True) -> None:
 @contextlib.contextmanager
 def running_stack(mail: SmtpServer, tmp: Path, *, broker_url: str,
                   settings: dict[str, str] | None = None, web_workers: int = 2,
-                  workers: Iterable[tuple[str, int]] = (),
-                  wait_workers: bool = True) -> Iterator[Stack]:
+                  workers: Iterable[tuple[str, int]] = ()) -> Iterator[Stack]:
     """A fresh PostgreSQL database, the settings, gunicorn answering, and the named Celery
-    workers (name, concurrency) ready; everything stopped and dropped on exit. With
-    ``wait_workers`` false the workers are only started: the test waits for them
-    (``wait_worker_ready``) when it needs them, and does something else while they boot.
+    workers (name, concurrency) ready; everything stopped and dropped on exit.
 
     The schema and data are left to the test (through the real CLI): the processes don't touch
     the database until they get work.
@@ -259,7 +256,7 @@ def running_stack(mail: SmtpServer, tmp: Path, *, broker_url: str,
         web = st.start_gunicorn(port, "-w", str(web_workers))
         started = [st.start_worker(name, concurrency, wait=False) for name, concurrency in workers]
         wait_http(web, st.url("/login"), timeout=30)
-        for worker in started if wait_workers else ():
+        for worker in started:
             st.wait_worker_ready(worker, timeout=60)
         yield st
     finally:
