@@ -267,6 +267,15 @@ class Config:
         if self.IMPORT_MAX_ATTEMPTS < 1 or self.IMPORT_STALE_AFTER_SECONDS < 1:
             raise RuntimeError("environment variables IMPORT_MAX_ATTEMPTS and "
                                "IMPORT_STALE_AFTER_SECONDS must be at least 1")
+        # How often, at most, a running import writes how far it got, and so its heartbeat: a
+        # livelier progress bar against more (short) writes; under half the staleness above,
+        # or a live import would be taken for a dead one.
+        self.IMPORT_PROGRESS_SECONDS = _env_float("IMPORT_PROGRESS_SECONDS", 1.0)
+        if not 0 < self.IMPORT_PROGRESS_SECONDS < self.IMPORT_STALE_AFTER_SECONDS / 2:
+            raise RuntimeError(
+                "environment variable IMPORT_PROGRESS_SECONDS must be more than 0 and less than "
+                f"half of IMPORT_STALE_AFTER_SECONDS ({self.IMPORT_STALE_AFTER_SECONDS}), got "
+                f"{self.IMPORT_PROGRESS_SECONDS:g}")
         # A signed-in session ends after this long without a request, and this long after
         # its sign-in, whatever its use.
         self.SESSION_IDLE_MINUTES = _env_int("SESSION_IDLE_MINUTES", 30)

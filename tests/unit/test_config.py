@@ -34,6 +34,27 @@ def test_worker_niceness_defaults_to_the_webs(monkeypatch, tmp_path):
     assert Config().WORKER_NICENESS == 10
 
 
+@pytest.mark.parametrize("raw", ["0", "-1", "150", "300"])
+def test_an_import_progress_interval_out_of_range_is_refused(monkeypatch, tmp_path, raw):
+    """Progress is the heartbeat: written less than twice per IMPORT_STALE_AFTER_SECONDS (300
+    by default), a live import would be taken for a dead one."""
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.delenv("IMPORT_STALE_AFTER_SECONDS", raising=False)
+    monkeypatch.setenv("IMPORT_PROGRESS_SECONDS", raw)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "IMPORT_PROGRESS_SECONDS must be more than 0 and less than half of "
+            f"IMPORT_STALE_AFTER_SECONDS (300), got {float(raw):g}")):
+        Config()
+
+
+def test_the_import_progress_interval_defaults_to_a_second(monkeypatch, tmp_path):
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.delenv("IMPORT_PROGRESS_SECONDS", raising=False)
+    assert Config().IMPORT_PROGRESS_SECONDS == 1.0
+    monkeypatch.setenv("IMPORT_PROGRESS_SECONDS", "0.1")
+    assert Config().IMPORT_PROGRESS_SECONDS == 0.1
+
+
 def test_the_resend_interval_defaults_to_ten_minutes_and_is_never_negative(monkeypatch,
                                                                             tmp_path):
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))

@@ -48,8 +48,6 @@ from .errors import DomainError, InvalidInput, NotFound
 
 COPY_CHUNK = 1024 * 1024
 MAX_FILENAME_LENGTH = 200
-# A running import writes its progress at most this often (a separate, short transaction).
-PROGRESS_EVERY_SECONDS = 1.0
 
 STAGED = "upload.staged"
 COMMITTED = "upload.committed"
@@ -308,7 +306,8 @@ def run_import_job(session: Session, *, job_id: int) -> ImportJob:
     program = session.get(Program, job.program_id)
     stored_name, program_id, attempt = job.stored_name, job.program_id, job.attempts
     rows_total = job.rows_total
-    progress = _ProgressWriter(session.get_bind(), job)
+    progress = _ProgressWriter(session.get_bind(), job,
+                               every=current_app.config["IMPORT_PROGRESS_SECONDS"])
     outcome: dict = {}
 
     def done(report: imports.ImportReport) -> None:
@@ -364,23 +363,25 @@ def run_import_job(session: Session, *, job_id: int) -> ImportJob:
 
 class _ProgressWriter:
     """The importers' progress (bytes read) as the job's ``rows_done``, and the run's heartbeat
-    (``heartbeat_at``): the rows in proportion to the bytes, written at most every
-    ``PROGRESS_EVERY_SECONDS`` in a transaction of its own, so that the console sees it while
+    (``heartbeat_at``): the rows in proportion to the bytes, written at most ``every`` seconds
+    (``IMPORT_PROGRESS_SECONDS``) in a transaction of its own, so that the console sees it while
     the import's transaction is open, and only while the job is this run's. SQLite has one
     writer at a time (the import): there, progress shows when the import ends, and the sweeper,
     which must write to take a job back, waits for the import to end, and finds it done."""
 
-    def __init__(self, bind: sa.Engine | sa.Connection, job: ImportJob) -> None:
+    def __init__(self, bind: sa.Engine | sa.Connection, job: ImportJob, *,
+                 every: float) -> None:
         self._engine = bind.engine if isinstance(bind, sa.Connection) else bind
         self._job_id = job.id
         self._attempt = job.attempts
         self._rows = job.rows_total
         self._size = max(job.size_bytes, 1)
         self._enabled = self._engine.dialect.name != "sqlite"
+        self._every = every
         self._written_at = time.monotonic()
 
     def __call__(self, bytes_read: int) -> None:
-        if not self._enabled or time.monotonic() - self._written_at < PROGRESS_EVERY_SECONDS:
+        if not self._enabled or time.monotonic() - self._written_at < self._every:
             return
         self._written_at = time.monotonic()
         rows_done = min(self._rows, self._rows * bytes_read // self._size)

@@ -273,6 +273,35 @@ def test_a_run_that_lost_its_job_to_another_writes_nothing(app, program, session
     _imported_once(session, program, ROWS)
 
 
+@pytest.mark.parametrize(("every", "moves"), [(1e-9, True), (3600.0, False)])
+def test_a_running_import_writes_its_progress_as_often_as_the_setting_says(
+        app, program, session, backend, monkeypatch, every, moves):
+    """IMPORT_PROGRESS_SECONDS bounds how often the job's row says how far it got (rows in
+    proportion to the bytes read): at next to nothing, each read of the file (64 KiB) writes
+    it, and the bar climbs; at longer than the import, no read does."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer, the import: its progress shows when it ends")
+    job = _background_job(app, program, monkeypatch)
+    app.config["IMPORT_PROGRESS_SECONDS"] = every
+    written = []
+    write = import_jobs._ProgressWriter.__call__
+
+    def watched(writer, bytes_read):
+        write(writer, bytes_read)
+        with writer._engine.connect() as conn:  # what the console reads meanwhile
+            written.append(conn.execute(sa.select(ImportJob.rows_done)
+                                        .where(ImportJob.id == job.id)).scalar_one())
+    monkeypatch.setattr(import_jobs._ProgressWriter, "__call__", watched)
+    with app.app_context():
+        assert import_jobs.run_import_job(get_session(), job_id=job.id).state == "done"
+    assert len(written) >= 4  # the file's reads
+    if moves:
+        assert written == sorted(written) and 0 < written[0] and written[-1] == ROWS
+        assert len(set(written)) == len(written)
+    else:
+        assert set(written) == {0}
+
+
 def test_an_eligibility_list_whose_worker_died_is_run_again_once(app, program, session,
                                                                  monkeypatch):
     """The same for a list: the re-run puts each creator on the list once, none twice."""
