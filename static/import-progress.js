@@ -18,29 +18,40 @@
     if (state.textContent !== freshState) {
       state.textContent = freshState; // in a status region: read out when it changes
     }
-    document.getElementById("import-progress-block").replaceChildren(
-      ...fresh.getElementById("import-progress-block").childNodes);
+    const block = document.getElementById("import-progress-block");
+    const freshBlock = fresh.getElementById("import-progress-block");
+    if (block.innerHTML !== freshBlock.innerHTML) { // nothing swapped for nothing
+      block.replaceChildren(...freshBlock.childNodes);
+    }
+  };
+
+  // The page as the server shows it now; null when there was none to be had (the network or
+  // the server, for a moment: it is asked again), undefined for an answer that is an error.
+  const fetchPage = async () => {
+    try {
+      const response = await fetch(window.location.href, { cache: "no-store" });
+      if (response.status >= 500) {
+        return null;
+      }
+      if (!response.ok) {
+        return undefined;
+      }
+      return new DOMParser().parseFromString(await response.text(), "text/html");
+    } catch (error) {
+      return null;
+    }
   };
 
   const follow = async () => {
-    let response;
-    try {
-      response = await fetch(window.location.href, { cache: "no-store" });
-    } catch (error) {
-      window.setTimeout(follow, EVERY_MS); // the network, for a moment: ask again
-      return;
+    const fresh = await fetchPage();
+    if (fresh !== null) {
+      const freshPage = fresh && fresh.getElementById("import-job");
+      if (!freshPage || freshPage.dataset.running !== "yes") {
+        window.location.reload(); // over, or another page (the session ended): shown whole
+        return;
+      }
+      show(fresh);
     }
-    if (response.status >= 500) {
-      window.setTimeout(follow, EVERY_MS);
-      return;
-    }
-    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
-    const freshPage = fresh.getElementById("import-job");
-    if (!response.ok || !freshPage || freshPage.dataset.running !== "yes") {
-      window.location.reload();
-      return;
-    }
-    show(fresh);
     window.setTimeout(follow, EVERY_MS);
   };
 
