@@ -9,7 +9,7 @@ The app is served by a werkzeug server thread on the unit tests' migrated Postgr
 its tasks published to Redis for a real ``celery worker`` process (every queue, the app's
 settings): a file of ``IMPORT_IN_BACKGROUND_ROWS`` rows or more is imported by the worker (the
 ``imports`` queue), its progress written as it goes (every tenth of a second:
-``IMPORT_PROGRESS_SECONDS``). The batch is one of 20,000 codes, so that the bar has steps to
+``IMPORT_PROGRESS_SECONDS``). The batch is one of 10,000 codes, so that the bar has steps to
 show; while the test watches, a transaction of its own holds the program's row, as an edit of
 the program would: the import writes its codes and its progress, and waits at its last write
 (the program's stock counter) until the test lets it go. What the journey starts from (the
@@ -73,12 +73,14 @@ SLUG = "mindful-6m"
 MANAGER = "lead@platform.example"
 WAITING = [f"creator{i}@example.com" for i in range(1, 4)]
 # The import writes how far it got every tenth of a second (IMPORT_PROGRESS_SECONDS), as it
-# reads its file, 64 KiB at a time: 20,000 codes are five reads over about a second here, and
-# still give a step strictly between the ends on a machine several times faster.
-ROWS = 20_000
+# reads its file, 64 KiB at a time: 10,000 codes of 31 characters are five reads over about
+# half a second here, and still give a step strictly between the ends on a machine several
+# times faster.
+ROWS = 10_000
 SETTINGS = {"IMPORT_IN_BACKGROUND_ROWS": 1000, "IMPORT_PROGRESS_SECONDS": 0.1}
-GOOD_CODES = [f"MM-JUNE-{n:05d}" for n in range(1, ROWS + 1)]
-BAD_ROW = "MM JUNE 00005!"  # a space and a "!": not a code of the program's format
+GOOD_CODES = [f"MINDFUL-MINUTES-2026-JUNE-{n:05d}" for n in range(1, ROWS + 1)]
+# Spaces and a "!": not a code of the program's format.
+BAD_ROW = "MINDFUL MINUTES 2026 JUNE 00005!"
 STEP_TIMEOUT_MS = 10_000
 WORKER = "celery"
 IMPORT_TIMEOUT = 60  # seconds for the worker to take the import and show it under way
