@@ -356,6 +356,78 @@ def test_create_manager_refuses_a_duplicate_whatever_the_case(app, session):
     assert _count(session, AuditEvent) == 1
 
 
+# --------------------------------------------------------------------------- a manager's sign-in
+
+
+def _boss(app, session, **values) -> Manager:
+    with app.app_context():
+        auth.create_manager(get_session(), email="boss@example.com", password=PASSWORD,
+                            actor="test", role="admin")
+    if values:
+        session.execute(sa.update(Manager).values(**values))
+        session.commit()
+    [boss] = _fresh(session, select(Manager))
+    return boss
+
+
+@pytest.mark.parametrize("two_factor", [False, True])
+def test_a_manager_is_named_in_full_at_each_step_of_a_sign_in(app, session, two_factor):
+    """The password names the manager (and asks for a code when two-factor is on, enrolment
+    for an admin without it); the sign-in then begins their session, and the session names
+    them while its version holds."""
+    boss = _boss(app, session, **({"totp_enabled_at": sa.func.now()} if two_factor else {}))
+    expected = auth.SignedInManager(boss.id, "boss@example.com", "admin", boss.session_version,
+                                    two_factor)
+    with app.app_context():
+        checked = auth.check_manager_password(get_session(), email="Boss@Example.com",
+                                              password=PASSWORD)
+        assert checked == expected
+        assert checked.second_step == ("code" if two_factor else "enroll")
+        assert auth.record_manager_sign_in(get_session(), manager_id=boss.id,
+                                           session_version=boss.session_version) == expected
+        assert auth.signed_in_manager(get_session(), manager_id=boss.id,
+                                      session_version=boss.session_version) == expected
+        assert auth.signed_in_manager(get_session(), manager_id=boss.id,
+                                      session_version=boss.session_version + 1) is None
+
+
+@pytest.mark.parametrize(("method", "detail"), [
+    (None, None), ("password", None), ("totp", {"second_factor": "totp"}),
+    ("recovery_code", {"second_factor": "recovery_code"})])
+def test_a_managers_sign_in_is_audited_with_its_last_step(app, session, method, detail):
+    boss = _boss(app, session)
+    with app.app_context():
+        kwargs = {} if method is None else {"method": method}
+        auth.record_manager_sign_in(get_session(), manager_id=boss.id,
+                                    session_version=boss.session_version, **kwargs)
+    [event] = _fresh(session, select(AuditEvent).where(AuditEvent.action == "manager.signed_in"))
+    assert (event.actor, event.object_id) == (f"manager:{boss.id}", boss.id)
+    stored = json.loads(event.detail) if isinstance(event.detail, str) else event.detail
+    assert stored == detail
+    assert _fresh(session, select(Manager.last_login_at))[0] is not None
+
+
+@pytest.mark.parametrize("change", ["disabled", "sessions ended", "unknown"])
+def test_a_sign_in_is_not_begun_for_an_account_changed_since_its_password(app, session, change):
+    """Disabled, or its sessions ended, between the password and the last step (or no such
+    manager): no session begins, nothing is recorded."""
+    boss = _boss(app, session)
+    manager_id = boss.id
+    if change == "disabled":
+        session.execute(sa.update(Manager).values(disabled_at=sa.func.now()))
+        session.commit()
+    elif change == "sessions ended":
+        with app.app_context():
+            auth.end_manager_sessions(get_session(), manager_id=boss.id)
+    else:
+        manager_id = boss.id + 1
+    with app.app_context(), pytest.raises(auth.PasswordRejected):
+        auth.record_manager_sign_in(get_session(), manager_id=manager_id,
+                                    session_version=boss.session_version)
+    assert not _fresh(session, select(AuditEvent).where(AuditEvent.action == "manager.signed_in"))
+    assert _fresh(session, select(Manager.last_login_at)) == [None]
+
+
 # --------------------------------------------------------------------------- newest link only
 
 
@@ -430,6 +502,18 @@ def _cut_the_pooled_connection(app) -> None:
     with outsider.begin() as conn:
         assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
     outsider.dispose()
+
+
+def test_a_managers_page_survives_its_connection_being_cut(app, session, backend):
+    if backend != "postgresql":
+        pytest.skip("SQLite has no server to cut a connection")
+    boss = _boss(app, session)
+    session.close()
+    with app.app_context():
+        _cut_the_pooled_connection(app)
+        named = auth.signed_in_manager(get_session(), manager_id=boss.id,
+                                       session_version=boss.session_version)
+    assert named is not None and named.email == "boss@example.com"
 
 
 @pytest.mark.parametrize("step", ["open the link", "press its button", "a signed-in page"])
