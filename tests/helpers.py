@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from html.parser import HTMLParser
 
 import pytest
 import sqlalchemy as sa
@@ -180,3 +181,78 @@ def code_fingerprint(value: str, keys: str = CODE_ENCRYPTION_KEY) -> bytes:
 def code_values(session, statement) -> list[str]:
     """The codes ``statement`` selects (one column: ``Code.value_encrypted``), in clear."""
     return [code_value(token) for token in session.exec(statement).all()]
+
+
+FOLLOW_SCRIPT = "/static/follow-progress.js"
+
+
+@dataclass
+class FollowedBlock:
+    """A page's block that static/follow-progress.js follows: the ``<div>`` with
+    ``data-follow-ms``, whether its run is under way, and the ids of its ``data-follow-part``s
+    (None for a part without one: the script could not find it again)."""
+
+    id: str | None
+    every_ms: str
+    running: str | None
+    parts: list[str | None] = field(default_factory=list)
+    live_parts: list[str | None] = field(default_factory=list)  # the parts read out (role=status)
+
+
+class _FollowedBlockFinder(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.block: FollowedBlock | None = None
+        self._divs = 0  # open <div>s inside the block (0: outside it, or it closed)
+        self._live = 0  # open elements with role=status, counted as <div>s are (by tag)
+        self._live_tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if self.block is None and tag == "div" and "data-follow-ms" in attributes:
+            self.block = FollowedBlock(attributes.get("id"), attributes["data-follow-ms"],
+                                       attributes.get("data-running"))
+            self._divs = 1
+            return
+        if not self._divs:
+            return
+        self._divs += tag == "div"
+        live = attributes.get("role") == "status" or bool(self._live_tags)
+        if attributes.get("role") == "status":
+            self._live_tags.append(tag)
+        if "data-follow-part" in attributes:
+            self.block.parts.append(attributes.get("id"))
+            if live:
+                self.block.live_parts.append(attributes.get("id"))
+
+    def handle_endtag(self, tag):
+        if self._divs:
+            self._divs -= tag == "div"
+            if self._live_tags and self._live_tags[-1] == tag:
+                self._live_tags.pop()
+
+
+def followed_block(html: str) -> FollowedBlock | None:
+    finder = _FollowedBlockFinder()
+    finder.feed(html)
+    return finder.block
+
+
+def assert_followed_in_place(client, html: str) -> FollowedBlock:
+    """The page follows its run in place, as static/follow-progress.js reads it: the script
+    referenced (served from /static: the CSP allows no other), no reload on a timer (axe-core's
+    meta-refresh, WCAG 2.2.1), a running block with an id and parts that each have one, the state
+    in a status region, and a line for a reader without scripts. The script reads those names."""
+    assert f'<script src="{FOLLOW_SCRIPT}" defer></script>' in html
+    assert 'http-equiv="refresh"' not in html
+    block = followed_block(html)
+    assert block is not None, "no block with data-follow-ms on the page"
+    assert block.id and block.running == "yes" and int(block.every_ms) >= 500
+    assert block.parts and None not in block.parts and len(set(block.parts)) == len(block.parts)
+    assert block.live_parts, "no followed part in a status region: the state is not read out"
+    assert re.search(r"<noscript><p[^>]*>Reload the page[^<]*</p></noscript>", html)
+    with client.get(FOLLOW_SCRIPT) as script:
+        assert script.status_code == 200
+        for name in ("data-follow-ms", "data-running", "data-follow-part"):
+            assert name in script.text, f"the script does not read {name}"
+    return block

@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 import pytest
 from flask import Blueprint
 
-from tests.helpers import csrf_token
-from wellness_perks import create_app, web
+from tests.helpers import FOLLOW_SCRIPT, csrf_token
+from wellness_perks import create_app, dispatch, web
 
 # The surface's own behaviour, the same on both databases: run on SQLite only (the services'
 # tests run on both; tests/conftest.py).
@@ -101,6 +101,26 @@ def test_portal_pages_carry_every_header_and_no_inline_code(creator_with_a_code)
     signed_out = client.post("/logout", data={"csrf_token": csrf_token(client.get("/").text)})
     assert signed_out.status_code == 302
     assert_protected(signed_out)
+
+
+def test_a_page_following_its_run_takes_its_script_from_static_only(manager_client, factory,
+                                                                    monkeypatch):
+    """The invitations page with a send under way follows it by static/follow-progress.js
+    (script-src 'self'): no inline script or handler for the policy to allow."""
+    program = factory.program(slug="headspace-6m")
+    factory.creators(program, ["ayesha@example.com"])
+    monkeypatch.setattr(dispatch, "send_emails", lambda ids: None)  # the mail waits its turn
+    browser = manager_client("manager")
+    path = "/manage/programs/headspace-6m/invitations"
+    browser.post(path, data={"csrf_token": csrf_token(browser.get(path).text),
+                             "kind": "invitation"})
+    page = browser.get(path)
+    assert page.status_code == 200 and FOLLOW_SCRIPT in page.text
+    assert_protected(page)
+    assert_no_inline_code(page.text)
+    with browser.get(FOLLOW_SCRIPT) as script:
+        assert script.status_code == 200 and script.mimetype == "text/javascript"
+        assert_protected(script)
 
 
 def _crashing_app(app_config):

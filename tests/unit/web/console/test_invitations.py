@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from tests.helpers import csrf_token
+from tests.helpers import FOLLOW_SCRIPT, assert_followed_in_place, csrf_token, followed_block
 from wellness_perks import dispatch
 from wellness_perks.db import get_session
 from wellness_perks.models import AuditEvent, Creator, Invitation, OutboundEmail
@@ -100,17 +100,32 @@ def test_the_counts_are_the_databases(manager_client, program, session, app):
         "AND reminded_at IS NOT NULL", p) == 2
     assert _count(page, "count-reminders_due") == 0
     assert _count(page, "mails-reminder") == 0  # none waiting: both sent
-    assert "reloads every 5 seconds" not in page
+    assert followed_block(page).running == "no" and FOLLOW_SCRIPT not in page  # nothing going
+    assert "follows the mails going out" not in page and "<noscript>" not in page
 
 
-def test_the_page_shows_the_progress_of_a_send(manager_client, program, monkeypatch):
+def test_the_page_follows_the_progress_of_a_send_in_place(manager_client, program, monkeypatch,
+                                                          session):
+    """While mails go out the page carries the script that follows the send in place (its
+    counts, its progress, read out), never a timed reload (axe-core's meta-refresh: a page
+    reloading on a timer fails WCAG 2.2.1); what the script fetches again shows the new counts."""
     monkeypatch.setattr(dispatch, "send_emails", lambda ids: None)  # the mails wait their turn
     browser = manager_client("manager")
     _press(browser, "invitation")
     page = browser.get(PAGE).text
-    assert '<meta http-equiv="refresh" content="5">' in page
+    block = assert_followed_in_place(browser, page)
+    assert block.id == "invitations-run"
+    assert block.parts == ["as-of", "counts-body", "mails-body", "progress"]
+    assert block.live_parts == ["progress"]
     assert _count(page, "mails-invitation") == len(EMAILS)  # waiting to go
     assert f"Sending: 0 of {len(EMAILS)} mails sent so far." in page
+    first = session.exec(select(OutboundEmail.id).order_by(OutboundEmail.id)).first()
+    session.execute(sa.update(OutboundEmail).where(OutboundEmail.id == first)
+                    .values(status="sent"))
+    session.commit()
+    page = browser.get(PAGE).text  # as the script fetches it: still running, one more sent
+    assert followed_block(page).running == "yes"
+    assert f"Sending: 1 of {len(EMAILS)} mails sent so far." in page
 
 
 def test_no_send_once_the_window_has_closed(manager_client, factory, session):

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from celery.signals import task_prerun
 from sqlmodel import select
 
-from tests.helpers import csrf_token
+from tests.helpers import FOLLOW_SCRIPT, assert_followed_in_place, csrf_token, followed_block
 from wellness_perks import dispatch
 from wellness_perks.db import get_session
 from wellness_perks.models import (
@@ -128,7 +128,7 @@ def test_a_batch_is_reported_then_committed(app, program, manager, session, capl
     job_page = manager.get(job_path)
     assert "done" in job_page.text and 'value="3"' in job_page.text
     assert 'data-running="no"' in job_page.text  # over: nothing more to follow
-    assert "import-progress.js" not in job_page.text
+    assert followed_block(job_page.text).running == "no" and FOLLOW_SCRIPT not in job_page.text
     assert _codes(session, program.id) == 3
     [batch] = session.exec(select(CodeBatch)).all()
     assert (batch.name, batch.source_filename, batch.code_count) == ("June", "batch.txt", 3)
@@ -273,10 +273,9 @@ def test_a_running_import_shows_its_progress_and_follows_it(app, program, manage
     session.commit()
     page = manager.get(f"/manage/programs/{SLUG}/imports/{job.id}").text
     assert 'data-running="yes"' in page and 'value="2"' in page and "importing" in page
-    assert '<script src="/static/import-progress.js" defer></script>' in page
-    assert 'http-equiv="refresh"' not in page
-    with manager.get("/static/import-progress.js") as script:
-        assert script.status_code == 200 and "import-progress-block" in script.text
+    block = assert_followed_in_place(manager, page)
+    assert (block.id, block.parts) == ("import-job", ["import-state", "import-progress-block"])
+    assert block.live_parts == ["import-state"]  # the state is read out, not every step
 
 
 def test_a_job_whose_file_is_gone_fails_and_imports_nothing(app, program, manager, session):
