@@ -114,6 +114,9 @@ def text_direction(locale: str) -> str:
 DEFAULT_CODE_PATTERN = r"[A-Za-z0-9-]{4,64}"
 # The predicate of the partial index of the waiting line.
 WAITING = "state IN ('pending', 'waitlisted')"
+# The predicate of the partial index of the mails not sent (nor cancelled): the outbox sends
+# and forgets, so it holds few rows however many mails went out.
+UNDELIVERED = "status IN ('queued', 'sending', 'failed')"
 
 
 def window_state(opens_at: datetime | None, closes_at: datetime | None,
@@ -447,6 +450,12 @@ class OutboundEmail(SQLModel, table=True):
         # have neither claim nor code: NULLs don't collide).
         sa.UniqueConstraint("claim_id", "code_id", "kind", name="uq_outbound_claim_code_kind"),
         sa.Index("ix_outbound_status", "status", "next_attempt_at"),
+        # The delivery page's failed and overdue mails, a page at a time in id order: a walk of
+        # one status's entries from the page's keyset that stops at the page, never a read and
+        # sort of every mail in that state. Partial: a mail recorded sent adds no entry, and
+        # the index holds the mails still owed or failed only.
+        sa.Index("ix_outbound_undelivered", "status", "id",
+                 postgresql_where=sa.text(UNDELIVERED), sqlite_where=sa.text(UNDELIVERED)),
         # The few mails marked possibly sent, counted by health without walking the outbox.
         sa.Index("ix_outbound_possibly_sent", "claim_id",
                  postgresql_where=sa.text("possibly_sent_at IS NOT NULL"),

@@ -344,29 +344,44 @@ class UndeliveredPage:
 
 def undelivered_statement(*, program_id: int, show: Undelivered, after_id: int, limit: int,
                           cutoff: datetime, lease: timedelta) -> sa.Select:
-    """One page of the program's failed or overdue code mails, by id after ``after_id``. Every
-    branch starts with the mail's status, so it is a range of ix_outbound_status (status,
-    next_attempt_at), bounded by the mails not sent: never a walk of the outbox."""
+    """One page of the program's failed or overdue code mails, by id after ``after_id``.
+
+    Each status is read on its own, in id order from ``after_id`` on ix_outbound_undelivered
+    (status, id), and stops at the page: a UNION ALL of one branch per status (failed; or
+    queued and sending), each with the page's limit, merged by id. Never a walk of the outbox
+    by id (the mails sought are few and the newest, at the walk's far end), nor a read and
+    sort of every mail of the status: the keyset is the row (status, id), which the primary
+    key cannot serve, so that walk is never planned."""
     mail = OutboundEmail.__table__.c
-    if show == Undelivered.failed:
-        condition = mail.status == sa.literal_column(f"'{MailStatus.failed.value}'")
-    else:
-        queued = sa.literal_column(f"'{MailStatus.queued.value}'")
-        condition = sa.or_(
-            sa.and_(mail.status == queued, mail.next_attempt_at < cutoff),
-            sa.and_(mail.status == queued, mail.next_attempt_at.is_(None),
-                    mail.created_at < cutoff),
-            sa.and_(mail.status == sa.literal_column(f"'{MailStatus.sending.value}'"),
-                    mail.sending_started_at < cutoff - lease))
     claim = Claim.__table__.c
-    return (sa.select(mail.id, mail.claim_id, mail.kind, mail.to_email, mail.status,
-                      mail.attempts, mail.last_error, mail.created_at, mail.next_attempt_at,
-                      mail.sending_started_at)
-            .select_from(OutboundEmail.__table__.join(Claim.__table__,
-                                                      claim.id == mail.claim_id))
-            .where(condition, claim.program_id == program_id, mail.id > after_id,
-                   mail.kind.in_(_CODE_MAIL_KINDS))
-            .order_by(mail.id).limit(limit + 1))
+
+    def status(value: MailStatus):
+        # A literal, not a parameter: the partial index's predicate is proved from it.
+        literal = sa.literal_column(f"'{value.value}'")
+        return sa.and_(mail.status == literal,
+                       sa.tuple_(mail.status, mail.id) > sa.tuple_(literal, after_id))
+
+    if show == Undelivered.failed:
+        branches = [status(MailStatus.failed)]
+    else:
+        branches = [
+            sa.and_(status(MailStatus.queued),
+                    sa.or_(mail.next_attempt_at < cutoff,
+                           sa.and_(mail.next_attempt_at.is_(None), mail.created_at < cutoff))),
+            sa.and_(status(MailStatus.sending), mail.sending_started_at < cutoff - lease)]
+    columns = (mail.id, mail.claim_id, mail.kind, mail.to_email, mail.status, mail.attempts,
+               mail.last_error, mail.created_at, mail.next_attempt_at, mail.sending_started_at)
+    pages = [
+        sa.select(*columns)
+        .select_from(OutboundEmail.__table__.join(Claim.__table__, claim.id == mail.claim_id))
+        .where(condition, claim.program_id == program_id, mail.kind.in_(_CODE_MAIL_KINDS))
+        .order_by(mail.id).limit(limit + 1)
+        for condition in branches]
+    if len(pages) == 1:
+        return pages[0]
+    # Each branch a subquery of its own: SQLite allows no ORDER BY or LIMIT in a UNION's arms.
+    merged = sa.union_all(*(sa.select(page.subquery()) for page in pages)).subquery()
+    return sa.select(merged).order_by(merged.c.id).limit(limit + 1)
 
 
 def undelivered_mails(session: Session, *, program_id: int, show: Undelivered,
