@@ -106,17 +106,20 @@ def create_manager_command(email: str, role: str, password: str) -> None:
 @with_appcontext
 def set_password_command(email: str, password_stdin: bool) -> None:
     """Give a console account a new password (at least 12 characters) and end its sessions;
-    its second factor stays."""
+    its second factor stays, and a lockout of wrong passwords ends."""
     if password_stdin:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     else:
         password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
     try:
-        address = managers.set_password(get_session(), email=email, password=password,
-                                        actor=CLI_ACTOR)
+        done = managers.set_password(get_session(), email=email, password=password,
+                                     actor=CLI_ACTOR)
     except DomainError as exc:
         _fail(str(exc))
-    click.echo(f"password of {address} set; their sessions have ended")
+    click.echo(f"password of {done.email} set; their sessions have ended")
+    if done.failures_forgotten:
+        click.echo(f"{done.failures_forgotten} wrong password(s) forgotten: "
+                   "the address's sign-in lockout has ended")
 
 
 @click.command("create-api-token")
