@@ -796,15 +796,21 @@ def seed_demo_command() -> None:
 @click.option("--since", help="Only mails created at or after this time (ISO 8601; no zone: UTC).")
 @with_appcontext
 def resend_failed_command(slug: str, since: str | None) -> None:
-    """Send again the code mails of a program that failed (not those whose code was voided
-    since, nor those of a forgotten creator)."""
+    """Send again the mails of a program that failed: its code mails (not those whose code was
+    voided since) and its invitations and reminders (those whose creator has claimed or opted
+    out since are cancelled instead); never those of a forgotten creator."""
     since_at = _parse_when(since, "--since")
     program = _program(slug)
-    ids = mail.resend_failed(get_session(), program_id=program.id, actor=CLI_ACTOR, since=since_at)
-    if ids:
-        click.echo(f"{len(ids)} failed code mail{'s' if len(ids) != 1 else ''} queued again")
+    done = mail.resend_failed(get_session(), program_id=program.id, actor=CLI_ACTOR,
+                              since=since_at)
+    queued = len(done.mail_ids)
+    if queued:
+        click.echo(f"{queued} failed mail{'s' if queued != 1 else ''} queued again")
     else:
-        click.echo("no failed code mail to send again")
+        click.echo("no failed mail to send again")
+    if done.cancelled:
+        click.echo(f"{len(done.cancelled)} failed invitation(s) or reminder(s) cancelled, "
+                   "not sent: their creator has claimed or opted out since")
 
 
 def _send_invitations(slug: str, kind: str, after_days: int | None = None) -> None:

@@ -923,15 +923,15 @@ def test_resend_failed_sends_a_programs_failed_code_mails_again(
     bad = _run(runner, "resend-failed", SLUG, "--since", "yesterday")
     assert bad.exit_code == 1 and "--since 'yesterday'" in bad.output
     later = _run(runner, "resend-failed", SLUG, "--since", "2999-01-01")
-    assert later.exit_code == 0 and later.output.strip() == "no failed code mail to send again"
+    assert later.exit_code == 0 and later.output.strip() == "no failed mail to send again"
     result = _run(runner, "resend-failed", SLUG)
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "2 failed code mails queued again"
+    assert result.output.strip() == "2 failed mails queued again"
     assert len(smtp_server.to("p1@example.com", "code")) == 1
     assert len(smtp_server.to("p2@example.com", "code")) == 1
     assert "HS-CODE" not in result.output
     again = _run(runner, "resend-failed", SLUG)
-    assert again.output.strip() == "no failed code mail to send again"
+    assert again.output.strip() == "no failed mail to send again"
     assert _run(runner, "verify", SLUG).exit_code == 0
 
 
