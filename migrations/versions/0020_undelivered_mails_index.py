@@ -1,5 +1,5 @@
-"""a program's failed or overdue code mails are read in id order, per status, from a partial
-index of the mails not sent
+"""every code mail names its program, and a program's failed or overdue mails are read in id
+order, per status, from a partial index of the mails not sent
 
 Revision ID: 0020
 Revises: 0018
@@ -21,9 +21,15 @@ UNDELIVERED = sa.text("status IN ('queued', 'sending', 'failed')")
 
 
 def upgrade() -> None:
-    op.create_index("ix_outbound_undelivered", "outboundemail", ["status", "id"],
+    # A code mail's program is its claim's: written with the mail from now on, filled in here
+    # for the mails before (one statement; SQLite and PostgreSQL alike).
+    op.execute("UPDATE outboundemail SET program_id = (SELECT claim.program_id FROM claim "
+               "WHERE claim.id = outboundemail.claim_id) "
+               "WHERE program_id IS NULL AND claim_id IS NOT NULL")
+    op.create_index("ix_outbound_undelivered", "outboundemail", ["program_id", "status", "id"],
                     postgresql_where=UNDELIVERED, sqlite_where=UNDELIVERED)
 
 
 def downgrade() -> None:
     op.drop_index("ix_outbound_undelivered", table_name="outboundemail")
+    op.execute("UPDATE outboundemail SET program_id = NULL WHERE claim_id IS NOT NULL")

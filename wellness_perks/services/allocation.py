@@ -216,7 +216,8 @@ def _assign(conn: sa.Connection, program_id: int, pairs: list[_Pair],
                      {"b_program": program_id, "b_country": country, "b_count": n})
     outbound_ids = owe(conn, [
         owed(kind=MailKind.redemption, to_email=p.email, creator_id=p.creator_id,
-             claim_id=p.claim_id, code_id=p.code_id, locale=p.locale, now=now) for p in pairs])
+             claim_id=p.claim_id, code_id=p.code_id, locale=p.locale, now=now,
+             program_id=program_id) for p in pairs])
     audit.record(conn, *(
         audit.event(actor="system", action="claim.allocated", object_type="claim",
                     object_id=p.claim_id, program_id=program_id, detail={"code_id": p.code_id},

@@ -85,7 +85,7 @@ def owed(*, kind: MailKind, to_email: str, creator_id: int, now: datetime,
          claim_id: int | None = None, code_id: int | None = None,
          locale: str = DEFAULT_LOCALE, program_id: int | None = None) -> dict:
     """The row of a mail we now owe, for ``owe`` (``program_id``: the program an invitation
-    or a reminder invites to)."""
+    or a reminder invites to, or a code mail's claim's)."""
     return {"kind": kind.value, "to_email": to_email, "creator_id": creator_id,
             "claim_id": claim_id, "code_id": code_id, "locale": locale,
             "program_id": program_id,
