@@ -2,7 +2,7 @@
 order, per status, from a partial index of the mails not sent
 
 Revision ID: 0020
-Revises: 0018
+Revises: 0019
 Create Date: 2026-12-07
 """
 
@@ -12,8 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0020"
-# Another branch adds 0019: the merger points this at it.
-down_revision = "0018"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 

@@ -21,12 +21,15 @@ MAILS = (
     "CASE WHEN g %% 20000 = 3 THEN 'queued' WHEN g %% 30000 = 5 THEN 'failed' ELSE 'sent' END, "
     "1, now() - interval '1 day', now(), CASE WHEN g %% 40000 = 3 THEN now() - interval '1 day' "
     "END FROM generate_series(1, 100000) g",
-    # A backlog, as a launch leaves one while mail is held: the newest mails, still queued
-    # (never tried) and overdue, on the claims of every program. A walk of the outbox by id
-    # would read every mail sent before reaching them.
+    # A backlog, as a launch leaves one while mail is held or refused: the newest mails, half
+    # still queued (never tried) and overdue, half failed, on the claims of every program. A
+    # walk of the outbox by id would read every mail sent before reaching them; a read of
+    # every mail of a status, every program's.
     "INSERT INTO outboundemail (kind, to_email, claim_id, program_id, status, attempts, "
-    "created_at) SELECT 'reissue', 'c' || g || '@example.com', g, 1 + g %% 3, 'queued', 0, "
-    "now() - interval '1 hour' FROM generate_series(1, 3000) g",
+    "last_error, created_at) SELECT 'reissue', 'c' || g || '@example.com', g, 1 + g %% 3, "
+    "CASE WHEN g %% 2 = 0 THEN 'failed' ELSE 'queued' END, 0, "
+    "CASE WHEN g %% 2 = 0 THEN '550 mailbox unavailable' END, now() - interval '1 hour' "
+    "FROM generate_series(1, 6000) g",
     "INSERT INTO auditevent (at, actor, action, object_type, object_id, program_id) "
     "SELECT now() - g * interval '1 s', 'manager:' || (g %% 7), "
     "CASE WHEN g %% 3 = 0 THEN 'mail.resent' ELSE 'code.revealed' END, 'code', g, 1 + g %% 3 "
