@@ -86,9 +86,9 @@ def _fill(codes: int, claims: int) -> list[str]:
         "FROM generate_series(1, 5000) g",
         "INSERT INTO codeassignment (code_id, claim_id, program_id, assigned_at) "
         f"SELECT g, g, 1, now() FROM generate_series(1, {allocated}) g",
-        "INSERT INTO outboundemail (kind, to_email, creator_id, claim_id, code_id, locale, "
-        "status, attempts, last_error, created_at, sent_at) SELECT 'redemption', "
-        "'c' || g || '@example.com', g, g, g, 'en', CASE WHEN g % 500 = 0 THEN 'failed' "
+        "INSERT INTO outboundemail (kind, to_email, creator_id, claim_id, code_id, program_id, "
+        "locale, status, attempts, last_error, created_at, sent_at) SELECT 'redemption', "
+        "'c' || g || '@example.com', g, g, g, 1, 'en', CASE WHEN g % 500 = 0 THEN 'failed' "
         "WHEN g % 500 = 1 THEN 'queued' ELSE 'sent' END, 1, CASE WHEN g % 500 = 0 THEN "
         "'550 mailbox unavailable' END, now(), CASE WHEN g % 500 > 1 THEN now() END "
         f"FROM generate_series(1, {allocated}) g",

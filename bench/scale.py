@@ -98,9 +98,9 @@ UPDATE code SET status = 'assigned', assigned_at = now()
 INSERT INTO codeassignment (code_id, claim_id, program_id, assigned_at)
   SELECT cl.code_id, cl.id, cl.program_id, now()
   FROM claim cl JOIN seeded s ON s.code_id = cl.code_id;
-INSERT INTO outboundemail (kind, to_email, creator_id, claim_id, code_id, status, attempts,
-                           message_id, created_at, sent_at)
-  SELECT 'redemption', s.email, s.creator_id, cl.id, cl.code_id, 'sent', 1,
+INSERT INTO outboundemail (kind, to_email, creator_id, claim_id, code_id, program_id, status,
+                           attempts, message_id, created_at, sent_at)
+  SELECT 'redemption', s.email, s.creator_id, cl.id, cl.code_id, cl.program_id, 'sent', 1,
          '<seeded.' || cl.id || '@bench.example>', now(), now()
   FROM claim cl JOIN seeded s ON s.code_id = cl.code_id;
 INSERT INTO auditevent (at, actor, action, object_type, object_id, program_id, detail)

@@ -106,17 +106,20 @@ def create_manager_command(email: str, role: str, password: str) -> None:
 @with_appcontext
 def set_password_command(email: str, password_stdin: bool) -> None:
     """Give a console account a new password (at least 12 characters) and end its sessions;
-    its second factor stays."""
+    its second factor stays, and a lockout of wrong passwords ends."""
     if password_stdin:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     else:
         password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
     try:
-        address = managers.set_password(get_session(), email=email, password=password,
-                                        actor=CLI_ACTOR)
+        done = managers.set_password(get_session(), email=email, password=password,
+                                     actor=CLI_ACTOR)
     except DomainError as exc:
         _fail(str(exc))
-    click.echo(f"password of {address} set; their sessions have ended")
+    click.echo(f"password of {done.email} set; their sessions have ended")
+    if done.failures_forgotten:
+        click.echo(f"{done.failures_forgotten} wrong password(s) forgotten: "
+                   "the address's sign-in lockout has ended")
 
 
 @click.command("create-api-token")
@@ -793,15 +796,21 @@ def seed_demo_command() -> None:
 @click.option("--since", help="Only mails created at or after this time (ISO 8601; no zone: UTC).")
 @with_appcontext
 def resend_failed_command(slug: str, since: str | None) -> None:
-    """Send again the code mails of a program that failed (not those whose code was voided
-    since, nor those of a forgotten creator)."""
+    """Send again the mails of a program that failed: its code mails (not those whose code was
+    voided since) and its invitations and reminders (those whose creator has claimed or opted
+    out since are cancelled instead); never those of a forgotten creator."""
     since_at = _parse_when(since, "--since")
     program = _program(slug)
-    ids = mail.resend_failed(get_session(), program_id=program.id, actor=CLI_ACTOR, since=since_at)
-    if ids:
-        click.echo(f"{len(ids)} failed code mail{'s' if len(ids) != 1 else ''} queued again")
+    done = mail.resend_failed(get_session(), program_id=program.id, actor=CLI_ACTOR,
+                              since=since_at)
+    queued = len(done.mail_ids)
+    if queued:
+        click.echo(f"{queued} failed mail{'s' if queued != 1 else ''} queued again")
     else:
-        click.echo("no failed code mail to send again")
+        click.echo("no failed mail to send again")
+    if done.cancelled:
+        click.echo(f"{len(done.cancelled)} failed invitation(s) or reminder(s) cancelled, "
+                   "not sent: their creator has claimed or opted out since")
 
 
 def _send_invitations(slug: str, kind: str, after_days: int | None = None) -> None:

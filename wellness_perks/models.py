@@ -114,6 +114,9 @@ def text_direction(locale: str) -> str:
 DEFAULT_CODE_PATTERN = r"[A-Za-z0-9-]{4,64}"
 # The predicate of the partial index of the waiting line.
 WAITING = "state IN ('pending', 'waitlisted')"
+# The predicate of the partial index of the mails not sent (nor cancelled): the outbox sends
+# and forgets, so it holds few rows however many mails went out.
+UNDELIVERED = "status IN ('queued', 'sending', 'failed')"
 
 
 def window_state(opens_at: datetime | None, closes_at: datetime | None,
@@ -447,13 +450,20 @@ class OutboundEmail(SQLModel, table=True):
         # have neither claim nor code: NULLs don't collide).
         sa.UniqueConstraint("claim_id", "code_id", "kind", name="uq_outbound_claim_code_kind"),
         sa.Index("ix_outbound_status", "status", "next_attempt_at"),
+        # The delivery page's failed and overdue mails of a program, a page at a time in id
+        # order: a walk of the program's entries of one status from the page's keyset that
+        # stops at the page, never a read and sort of every mail in that state, nor a walk of
+        # other programs' backlogs. Partial: a mail recorded sent adds no entry, and the index
+        # holds the mails still owed or failed only.
+        sa.Index("ix_outbound_undelivered", "program_id", "status", "id",
+                 postgresql_where=sa.text(UNDELIVERED), sqlite_where=sa.text(UNDELIVERED)),
         # The few mails marked possibly sent, counted by health without walking the outbox.
         sa.Index("ix_outbound_possibly_sent", "claim_id",
                  postgresql_where=sa.text("possibly_sent_at IS NOT NULL"),
                  sqlite_where=sa.text("possibly_sent_at IS NOT NULL")),
         # A program's invitation and reminder mails counted by status (the console's
-        # invitations page, reloaded while they go out): partial, so it holds those mails
-        # only, and the count never walks the outbox however many code mails it holds.
+        # invitations page, reloaded while they go out): a range of the program's mails of
+        # those kinds, never a walk of the outbox (partial: no sign-in mail).
         sa.Index("ix_outbound_program_kind_status", "program_id", "kind", "status",
                  postgresql_where=sa.text("program_id IS NOT NULL"),
                  sqlite_where=sa.text("program_id IS NOT NULL")),
@@ -465,8 +475,9 @@ class OutboundEmail(SQLModel, table=True):
     creator_id: int | None = Field(default=None, foreign_key="creator.id", index=True)
     claim_id: int | None = Field(default=None, foreign_key="claim.id")
     code_id: int | None = Field(default=None, foreign_key="code.id")
-    # The program an invitation or a reminder invites to (a code mail's program is its
-    # claim's; a sign-in mail has none).
+    # The program the mail is about: the one an invitation or a reminder invites to, or a code
+    # mail's claim's (written with the mail; migration 0020 filled it in for the code mails
+    # before it; ``verify`` checks it, I5). A sign-in mail has none.
     program_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     # The language the mail is rendered in: its creator's when it was owed.
     locale: str = Field(default=DEFAULT_LOCALE, sa_column=sa.Column(

@@ -923,16 +923,37 @@ def test_resend_failed_sends_a_programs_failed_code_mails_again(
     bad = _run(runner, "resend-failed", SLUG, "--since", "yesterday")
     assert bad.exit_code == 1 and "--since 'yesterday'" in bad.output
     later = _run(runner, "resend-failed", SLUG, "--since", "2999-01-01")
-    assert later.exit_code == 0 and later.output.strip() == "no failed code mail to send again"
+    assert later.exit_code == 0 and later.output.strip() == "no failed mail to send again"
     result = _run(runner, "resend-failed", SLUG)
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "2 failed code mails queued again"
+    assert result.output.strip() == "2 failed mails queued again"
     assert len(smtp_server.to("p1@example.com", "code")) == 1
     assert len(smtp_server.to("p2@example.com", "code")) == 1
     assert "HS-CODE" not in result.output
     again = _run(runner, "resend-failed", SLUG)
-    assert again.output.strip() == "no failed code mail to send again"
+    assert again.output.strip() == "no failed mail to send again"
     assert _run(runner, "verify", SLUG).exit_code == 0
+
+
+def test_resend_failed_says_which_invitations_it_cancelled(runner, app, factory, smtp_server):
+    """A failed invitation to a creator who has claimed since is cancelled, and said so."""
+    program = factory.program()
+    factory.creators(program, ["p1@example.com", "p2@example.com"])
+    smtp_server.refuse_with = "550 5.7.1 relay refused for now"
+    _ok(_run(runner, "invite", SLUG))
+    smtp_server.refuse_with = None
+    from wellness_perks.db import get_session
+    from wellness_perks.services import claims
+    with app.app_context():
+        claims.request_claim(get_session(), program=program, creator_id=1)
+    result = _run(runner, "resend-failed", SLUG)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "1 failed mail queued again",
+        "1 failed invitation(s) or reminder(s) cancelled, not sent: their creator has claimed "
+        "or opted out since"]
+    assert len(smtp_server.to("p2@example.com", "invited")) == 1
+    assert smtp_server.to("p1@example.com", "invited") == []
 
 
 def test_invite_and_remind_send_each_mail_once(runner, app, factory, session, smtp_server):

@@ -211,7 +211,9 @@ def test_upgrade_from_0001_keeps_a_programs_rows(empty_database):
         assert rows("SELECT id, state, code_id, country FROM claim ORDER BY id") == [
             (1, "allocated", 1, "PK"), (2, "pending", None, "GB")]
         assert rows("SELECT code_id, claim_id, program_id FROM codeassignment") == [(1, 1, 1)]
-        assert rows("SELECT claim_id, code_id, status FROM outboundemail") == [(1, 1, "sent")]
+        # ... and names its claim's program (0020).
+        assert rows("SELECT claim_id, code_id, status, program_id FROM outboundemail") == [
+            (1, 1, "sent", 1)]
         assert rows("SELECT count(*) FROM eligibility") == [(2,)]
         assert rows("SELECT count(*) FROM auditevent WHERE program_id = 1") == [(1,)]
         if engine.dialect.name == "sqlite":

@@ -19,7 +19,8 @@ one transaction per batch:
    creator is no longer on the program's list is refused (``removed_from_list``): the batch's
    query reads the list with the claims (one join on ``uq_eligibility``), under the program
    lock that a removal holds too, so a claim recorded after its creator's removal looked for
-   it is never served.
+   it is never served; and so does the waitlisting of the pending claims when no room is left
+   (a full quota or country quota), so such a claim is refused, never waitlisted first.
 6. After the commit, the batch's mails are handed to send tasks of ``MAIL_BATCH_SIZE``.
 
 The counters carry CHECK constraints (``allocated_count <= quota``, ``in_stock_count >= 0``):
@@ -120,24 +121,25 @@ def _allocate_batch(session: Session, program_id: int,
             country_room = {country: left for country, left in
                             conn.execute(_COUNTRY_ROOM, {"b_program": program_id})}
             if room <= 0:
-                result.waitlisted += _waitlist_pending(session, program_id, QUOTA, now)
+                _waitlist_pending(session, result, program_id, QUOTA, now)
                 _relabel_waitlist(session, program_id, QUOTA)
                 return result, False
             full = [country for country, left in country_room.items() if left <= 0]
             if full:
-                result.waitlisted += _waitlist_pending(session, program_id, COUNTRY_QUOTA, now,
-                                                       countries=full)
+                _waitlist_pending(session, result, program_id, COUNTRY_QUOTA, now,
+                                  countries=full)
                 _relabel_waitlist(session, program_id, COUNTRY_QUOTA, countries=full)
             claims = conn.execute(_WAITING_CLAIMS, {"b_program": program_id, "b_full": full,
                                                     "b_limit": batch_size}).all()
             if not claims:
                 return result, False
+            read = len(claims)
             # A creator taken off the list while their claim waited (or as it was recorded)
             # is never served: their claim is refused, and takes no code.
             off_list = [claim[0] for claim in claims if not claim.on_list]
             if off_list:
                 _refuse_off_list(conn, program_id, off_list, now)
-                result.refused = off_list
+                result.refused += off_list
                 claims = [claim for claim in claims if claim.on_list]
             code_ids = stock.next_available(conn, program_id, min(room, len(claims)))
 
@@ -174,17 +176,17 @@ def _allocate_batch(session: Session, program_id: int,
         filled = [country for country, left in country_room.items()
                   if left <= 0 and country not in full]
         if filled:
-            result.waitlisted += _waitlist_pending(session, program_id, COUNTRY_QUOTA, now,
-                                                   countries=filled)
+            _waitlist_pending(session, result, program_id, COUNTRY_QUOTA, now,
+                              countries=filled)
             _relabel_waitlist(session, program_id, COUNTRY_QUOTA, countries=filled)
         if exhausted is None and len(pairs) == room:
             exhausted = QUOTA
         if exhausted is not None:
             # Whoever else is pending waits too (the next trigger serves them in order).
-            result.waitlisted += _waitlist_pending(session, program_id, exhausted, now)
+            _waitlist_pending(session, result, program_id, exhausted, now)
             _relabel_waitlist(session, program_id, exhausted, except_countries=full + filled)
 
-    more = exhausted is None and len(claims) + len(result.refused) == batch_size
+    more = exhausted is None and read == batch_size
     return result, more
 
 
@@ -214,7 +216,8 @@ def _assign(conn: sa.Connection, program_id: int, pairs: list[_Pair],
                      {"b_program": program_id, "b_country": country, "b_count": n})
     outbound_ids = owe(conn, [
         owed(kind=MailKind.redemption, to_email=p.email, creator_id=p.creator_id,
-             claim_id=p.claim_id, code_id=p.code_id, locale=p.locale, now=now) for p in pairs])
+             claim_id=p.claim_id, code_id=p.code_id, locale=p.locale, now=now,
+             program_id=program_id) for p in pairs])
     audit.record(conn, *(
         audit.event(actor="system", action="claim.allocated", object_type="claim",
                     object_id=p.claim_id, program_id=program_id, detail={"code_id": p.code_id},
@@ -307,14 +310,26 @@ def _relabel_waitlist(session: Session, program_id: int, reason: ClaimReason, *,
     session.execute(query.values(reason=reason).execution_options(synchronize_session=False))
 
 
-def _waitlist_pending(session: Session, program_id: int, reason: ClaimReason, now: datetime,
-                      countries: list[str] | None = None) -> list[int]:
-    """Waitlist a program's pending claims (of these countries) at once: nothing can serve them."""
-    query = sa.select(Claim.id).where(Claim.program_id == program_id,
-                                      Claim.state == ClaimState.pending)
+def _waitlist_pending(session: Session, result: AllocationResult, program_id: int,
+                      reason: ClaimReason, now: datetime,
+                      countries: list[str] | None = None) -> None:
+    """Waitlist a program's pending claims (of these countries) at once: nothing can serve
+    them. Those of creators no longer on the list are refused instead (``removed_from_list``),
+    as a batch would: a full quota never puts them in line first."""
+    query = (sa.select(_claim.id, _eligibility.id.is_not(None).label("on_list"))
+             .outerjoin(Eligibility.__table__,
+                        sa.and_(_eligibility.program_id == _claim.program_id,
+                                _eligibility.creator_id == _claim.creator_id))
+             .where(_claim.program_id == program_id,
+                    _claim.state == ClaimState.pending.value))
     if countries is not None:
-        query = query.where(Claim.country.in_(countries))
-    claim_ids = session.execute(query.with_for_update()).scalars().all()
-    if claim_ids:
-        _waitlist(session, list(claim_ids), reason, now)
-    return list(claim_ids)
+        query = query.where(_claim.country.in_(countries))
+    rows = session.execute(query.order_by(_claim.id).with_for_update(of=Claim.__table__)).all()
+    off_list = [claim_id for claim_id, on_list in rows if not on_list]
+    waiting = [claim_id for claim_id, on_list in rows if on_list]
+    if off_list:
+        _refuse_off_list(session.connection(), program_id, off_list, now)
+        result.refused += off_list
+    if waiting:
+        _waitlist(session, waiting, reason, now)
+        result.waitlisted += waiting

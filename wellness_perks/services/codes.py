@@ -142,7 +142,8 @@ def _reissue(session: Session, program_id: int, claim: Claim, old: Code, reason:
         sa.select(Creator.email, Creator.locale).where(Creator.id == claim.creator_id)).one()
     [outbound_id] = owe(conn, [owed(kind=MailKind.reissue, to_email=to_email,
                                     creator_id=claim.creator_id, claim_id=claim.id,
-                                    code_id=new_code_id, locale=locale, now=now)])
+                                    code_id=new_code_id, locale=locale, now=now,
+                                    program_id=program_id)])
     audit.record(session, audit.event(
         actor=actor, action="claim.reissued", object_type="claim", object_id=claim.id,
         program_id=program_id,

@@ -7,7 +7,7 @@ demoting or disabling themself) is refused (``LastActiveAdmin``). The admins' ro
 before they are counted, so two admins demoting each other at once cannot both succeed.
 A change of role, a disable, a 2FA reset and a new password end the manager's sessions at
 once: they sign in again under what they are now (an admin-to-be is asked to enrol a second
-factor then).
+factor then). A new password also ends a lockout of wrong passwords.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlmodel import Session
 
 from ..db import write_transaction
@@ -166,10 +167,20 @@ def reset_two_factor(session: Session, *, manager_id: int, actor: str) -> None:
     auth.end_manager_sessions(session, manager_id=manager_id)
 
 
-def set_password(session: Session, *, email: str, password: str, actor: str) -> str:
+@dataclass(frozen=True)
+class PasswordSet:
+    email: str  # the address as stored
+    failures_forgotten: int  # the wrong passwords counted toward a lockout, now forgotten
+
+
+def set_password(session: Session, *, email: str, password: str, actor: str) -> PasswordSet:
     """Give the manager at ``email`` a new password (by the rules of a new account's) and end
     their sessions: whoever held the old one, or a session begun with it, is signed out. Their
-    second factor stays. Audited (without the password); the address as stored."""
+    second factor stays. Audited (without the password).
+
+    The wrong passwords counted for the address are forgotten too, and with them a lockout
+    (an admin resets the password of a manager who could not sign in): audited
+    (``manager.lockout_cleared``, with how many) when there were any."""
     normalised = normalise_email(email)
     new_hash = auth.password_hash(password)
     with write_transaction(session):
@@ -183,4 +194,18 @@ def set_password(session: Session, *, email: str, password: str, actor: str) -> 
         audit.record(session, audit.event(actor=actor, action="manager.password_set",
                                           object_type="manager", object_id=manager_id))
     log_event("manager.password_set", manager_id=manager_id)
-    return normalised
+    failures = _forget_password_failures(normalised)
+    if failures:
+        with write_transaction(session):
+            audit.record(session, audit.event(actor=actor, action="manager.lockout_cleared",
+                                              object_type="manager", object_id=manager_id,
+                                              detail={"failures": failures}))
+        log_event("manager.lockout_cleared", manager_id=manager_id, failures=failures)
+    return PasswordSet(normalised, failures)
+
+
+def _forget_password_failures(email: str) -> int:
+    """The web's failure counter of the address forgotten (the web registers how: a service
+    imports no surface); how many it held. None registered (an app without the web): 0."""
+    forget = current_app.extensions.get("forget_password_failures")
+    return forget(email) if forget is not None else 0

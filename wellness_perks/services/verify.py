@@ -8,7 +8,8 @@ I3 at most one claim per creator per program;
 I4 every accepted claim ends allocated, waitlisted or refused (with a reason); none stays
    pending longer than ``grace``;
 I5 every allocated claim's current code has a redemption mail (not cancelled) that is sent, or
-   failed with its error visible; none is overdue, none in a state the outbox does not know.
+   failed with its error visible; none is overdue, none in a state the outbox does not know;
+   each mail of a claim names the claim's program.
 
 ``owed_work`` lists, apart from the invariants, what the program still owes: its failed code
 mails (``resend-failed`` sends them again), its mails overdue and its claims pending for longer
@@ -192,6 +193,10 @@ def verify_program(session: Session, *, program_id: int, now: datetime | None = 
             sa.select(OutboundEmail).join(Claim, Claim.id == OutboundEmail.claim_id)
             .where(Claim.program_id == program_id)):
         refs = {"claim_id": mail.claim_id, "code_id": mail.code_id, "creator_id": mail.creator_id}
+        if mail.program_id != program_id:  # the delivery page finds a mail by its own program
+            named = "no program" if mail.program_id is None else f"program #{mail.program_id}"
+            out.append(Violation("I5", f"mail #{mail.id} names {named}, its claim is of "
+                                       f"program #{program_id}", **refs))
         if mail.status == MailStatus.failed and not mail.last_error:
             out.append(Violation("I5", f"mail #{mail.id} failed with no error recorded", **refs))
         elif mail.status == MailStatus.sent and mail.sent_at is None:
@@ -344,29 +349,42 @@ class UndeliveredPage:
 
 def undelivered_statement(*, program_id: int, show: Undelivered, after_id: int, limit: int,
                           cutoff: datetime, lease: timedelta) -> sa.Select:
-    """One page of the program's failed or overdue code mails, by id after ``after_id``. Every
-    branch starts with the mail's status, so it is a range of ix_outbound_status (status,
-    next_attempt_at), bounded by the mails not sent: never a walk of the outbox."""
+    """One page of the program's failed or overdue code mails, by id after ``after_id``.
+
+    Each status is read on its own, in id order from ``after_id`` on ix_outbound_undelivered
+    (program_id, status, id), and stops at the page: a UNION ALL of one branch per status
+    (failed; or queued and sending), each with the page's limit, merged by id. Never a walk of
+    the outbox by id (the mails sought are few and the newest, at the walk's far end), nor a
+    read and sort of every mail of the status, nor of other programs' backlogs: the keyset is
+    the row (status, id), which the primary key cannot serve, so that walk is never planned."""
     mail = OutboundEmail.__table__.c
+
+    def status(value: MailStatus):
+        # A literal, not a parameter: the partial index's predicate is proved from it.
+        literal = sa.literal_column(f"'{value.value}'")
+        return sa.and_(mail.status == literal,
+                       sa.tuple_(mail.status, mail.id) > sa.tuple_(literal, after_id))
+
     if show == Undelivered.failed:
-        condition = mail.status == sa.literal_column(f"'{MailStatus.failed.value}'")
+        branches = [status(MailStatus.failed)]
     else:
-        queued = sa.literal_column(f"'{MailStatus.queued.value}'")
-        condition = sa.or_(
-            sa.and_(mail.status == queued, mail.next_attempt_at < cutoff),
-            sa.and_(mail.status == queued, mail.next_attempt_at.is_(None),
-                    mail.created_at < cutoff),
-            sa.and_(mail.status == sa.literal_column(f"'{MailStatus.sending.value}'"),
-                    mail.sending_started_at < cutoff - lease))
-    claim = Claim.__table__.c
-    return (sa.select(mail.id, mail.claim_id, mail.kind, mail.to_email, mail.status,
-                      mail.attempts, mail.last_error, mail.created_at, mail.next_attempt_at,
-                      mail.sending_started_at)
-            .select_from(OutboundEmail.__table__.join(Claim.__table__,
-                                                      claim.id == mail.claim_id))
-            .where(condition, claim.program_id == program_id, mail.id > after_id,
-                   mail.kind.in_(_CODE_MAIL_KINDS))
-            .order_by(mail.id).limit(limit + 1))
+        branches = [
+            sa.and_(status(MailStatus.queued),
+                    sa.or_(mail.next_attempt_at < cutoff,
+                           sa.and_(mail.next_attempt_at.is_(None), mail.created_at < cutoff))),
+            sa.and_(status(MailStatus.sending), mail.sending_started_at < cutoff - lease)]
+    pages = [
+        sa.select(mail.id, mail.claim_id, mail.kind, mail.to_email, mail.status, mail.attempts,
+                  mail.last_error, mail.created_at, mail.next_attempt_at,
+                  mail.sending_started_at)
+        .where(mail.program_id == program_id, condition, mail.kind.in_(_CODE_MAIL_KINDS))
+        .order_by(mail.id).limit(limit + 1)
+        for condition in branches]
+    if len(pages) == 1:
+        return pages[0]
+    # Each branch a subquery of its own: SQLite allows no ORDER BY or LIMIT in a UNION's arms.
+    merged = sa.union_all(*(sa.select(page.subquery()) for page in pages)).subquery()
+    return sa.select(merged).order_by(merged.c.id).limit(limit + 1)
 
 
 def undelivered_mails(session: Session, *, program_id: int, show: Undelivered,

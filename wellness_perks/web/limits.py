@@ -7,8 +7,9 @@ Each limit is a setting (``RATELIMIT_*``, e.g. ``3 per 15 minutes``) and counts 
 - ``sign_in_per_ip``: sign-in requests from one client address;
 - ``claim_per_session``: claim POSTs of one signed-in session;
 - ``manager_password_failures``: failed passwords for one manager address; at the limit the
-  address is locked out until the window passes (``password_locked_out``,
-  ``record_password_failure``, ``clear_password_failures``);
+  address is locked out until the window passes, or until an admin sets the manager a new
+  password (``password_locked_out``, ``record_password_failure``, ``clear_password_failures``,
+  ``forget_password_failures``);
 - ``api_token``: requests made with one API token (``per_api_token``).
 
 Counters live in Redis when a broker is configured (``RATELIMIT_STORAGE_URI``, by default the
@@ -86,6 +87,9 @@ def init_app(app: Flask) -> None:
     app.extensions["limit_items"] = {name: parse(config[setting])
                                      for name, (setting, _code) in LIMITS.items()}
     app.register_error_handler(LimitReached, _limit_reached)
+    # For ``managers.set_password`` (a service, which imports no surface), as ``dispatch``
+    # finds the tasks: a new password set by an admin ends the address's lockout.
+    app.extensions["forget_password_failures"] = forget_password_failures
 
 
 def _without_route_checks(app: Flask, limiter: Limiter) -> None:
@@ -217,6 +221,24 @@ def record_password_failure(email: str) -> None:
         _strategy().hit(_item(name), *_ids(name, email))
     except Exception as exc:  # noqa: BLE001
         _store_failed(exc, name)
+
+
+def forget_password_failures(email: str) -> int:
+    """An admin set the manager a new password: the failures counted for the address, and the
+    lockout they started, are forgotten. How many were counted (at most the limit's; 0 with
+    the limits off, or when the store does not answer: that is logged)."""
+    if not _on():
+        return 0
+    name = "manager_password_failures"
+    item, ids = _item(name), _ids(name, email)
+    try:
+        failures = item.amount - _strategy().get_window_stats(item, *ids).remaining
+        if failures:
+            _strategy().clear(item, *ids)
+    except Exception as exc:  # noqa: BLE001
+        _store_failed(exc, name)
+        return 0
+    return failures
 
 
 def clear_password_failures(email: str) -> None:

@@ -302,6 +302,43 @@ def test_a_waiting_claim_of_a_creator_off_the_list_is_refused_and_the_line_moves
     verified(app, program)
 
 
+@pytest.mark.parametrize("full", ["quota", "country quota"])
+def test_a_claim_of_a_creator_off_the_list_is_refused_even_when_the_quota_is_full(
+        app, factory, session, smtp_server, full):
+    """With no room left (the quota, or the creator's country quota, reached), the pending
+    claims are waitlisted at once, without a batch: those of creators taken off the list are
+    refused (``removed_from_list``, audited), never waitlisted first; the others wait."""
+    options = {"quota": 1} if full == "quota" else {"quota": 5, "country_quotas": {"PK": 1}}
+    program, claim_ids = stocked_program(app, factory, session, creators=4, codes=5,
+                                         **options)
+    first, second, third, fourth = claim_ids
+    with app.app_context():
+        served = allocation.allocate_program(get_session(), program_id=program.id,
+                                             batch_size=1)
+    assert served.allocated == [first]
+    session.rollback()
+    for claim_id in (second, third, fourth):  # back in line, as claims made after the quota
+        session.get(Claim, claim_id).state = "pending"
+    session.execute(sa.delete(Eligibility).where(
+        Eligibility.program_id == program.id,
+        Eligibility.creator_id == session.get(Claim, third).creator_id))
+    session.commit()
+    with app.app_context():
+        result = allocation.allocate_program(get_session(), program_id=program.id)
+    reason = "quota_reached" if full == "quota" else "country_quota_reached"
+    assert (result.allocated, result.refused, result.waitlisted) == ([], [third],
+                                                                      [second, fourth])
+    assert [(s, r) for _id, s, r, _c in claim_states(session, program)] == [
+        ("allocated", None), ("waitlisted", reason), ("refused", "removed_from_list"),
+        ("waitlisted", reason)]
+    refused = session.get(Claim, third, populate_existing=True)
+    assert refused.code_id is None and refused.decided_at is not None
+    events = session.exec(select(AuditEvent).where(AuditEvent.action == "claim.refused")).all()
+    assert [(e.object_id, json.loads(e.detail)) for e in events] == [
+        (third, {"reason": "removed_from_list"})]
+    verified(app, program)
+
+
 def test_allocation_decides_only_its_own_programs_claims(app, factory, session, smtp_server):
     """Another program's claims, one waiting for codes and one not yet allocated, are left as
     they are when this program's quota is reached and its line waitlisted."""

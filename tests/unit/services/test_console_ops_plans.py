@@ -13,13 +13,23 @@ from tests.unit.services.test_health_plans import GROW, explain, migrated_pg_dat
 from wellness_perks.db import make_engine
 from wellness_perks.services import audit, verify
 
-# The health test's programs, creators and claims; its mails, each one a claim's.
+# The health test's programs, creators and claims; its mails, each one a claim's, of its program.
 MAILS = (
-    "INSERT INTO outboundemail (kind, to_email, claim_id, status, attempts, created_at, "
-    "sent_at, next_attempt_at) SELECT 'redemption', 'c' || g || '@example.com', g, "
+    "INSERT INTO outboundemail (kind, to_email, claim_id, program_id, status, attempts, "
+    "created_at, sent_at, next_attempt_at) SELECT 'redemption', 'c' || g || '@example.com', g, "
+    "1 + g %% 3, "
     "CASE WHEN g %% 20000 = 3 THEN 'queued' WHEN g %% 30000 = 5 THEN 'failed' ELSE 'sent' END, "
     "1, now() - interval '1 day', now(), CASE WHEN g %% 40000 = 3 THEN now() - interval '1 day' "
     "END FROM generate_series(1, 100000) g",
+    # A backlog, as a launch leaves one while mail is held or refused: the newest mails, half
+    # still queued (never tried) and overdue, half failed, on the claims of every program. A
+    # walk of the outbox by id would read every mail sent before reaching them; a read of
+    # every mail of a status, every program's.
+    "INSERT INTO outboundemail (kind, to_email, claim_id, program_id, status, attempts, "
+    "last_error, created_at) SELECT 'reissue', 'c' || g || '@example.com', g, 1 + g %% 3, "
+    "CASE WHEN g %% 2 = 0 THEN 'failed' ELSE 'queued' END, 0, "
+    "CASE WHEN g %% 2 = 0 THEN '550 mailbox unavailable' END, now() - interval '1 hour' "
+    "FROM generate_series(1, 6000) g",
     "INSERT INTO auditevent (at, actor, action, object_type, object_id, program_id) "
     "SELECT now() - g * interval '1 s', 'manager:' || (g %% 7), "
     "CASE WHEN g %% 3 = 0 THEN 'mail.resent' ELSE 'code.revealed' END, 'code', g, 1 + g %% 3 "
@@ -46,14 +56,39 @@ def grown_engine():
 
 
 @pytest.mark.parametrize("show", list(verify.Undelivered))
-@pytest.mark.parametrize("after_id", [0, 50000])
-def test_the_undelivered_lists_read_the_status_index(grown_engine, show, after_id):
+@pytest.mark.parametrize("after_id", [0, 50000, 100100])
+def test_the_undelivered_lists_walk_their_status_index_to_the_page(grown_engine, show,
+                                                                    after_id):
+    """Each status's mails of the program are read in id order from the page's keyset on the
+    partial index of the mails not sent, and the read stops at the page: never a walk of the
+    outbox by id (the backlog is at its end), nor a read and sort of the whole backlog, nor a
+    walk of other programs' backlogs (a mail is found by its own program, not its claim's)."""
     plan = explain(grown_engine, verify.undelivered_statement(
         program_id=1, show=show, after_id=after_id, limit=50,
         cutoff=datetime.now(UTC) - timedelta(minutes=2), lease=timedelta(seconds=20)))
     assert "Seq Scan on outboundemail" not in plan, plan
-    assert "Seq Scan on claim" not in plan, plan
-    assert "ix_outbound_status" in plan, plan
+    assert " on claim" not in plan, plan
+    assert "outboundemail_pkey" not in plan, plan
+    assert "ix_outbound_undelivered" in plan, plan
+    assert "Sort Method" not in plan, plan  # merged in id order, not sorted
+    rows = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan)]
+    assert max(rows) <= 51, plan
+
+
+def test_a_page_of_the_backlog_is_its_oldest_mails_after_the_keyset(grown_engine):
+    """The per-status pages, merged: the same mails, in the same order, as the plain query."""
+    cutoff = datetime.now(UTC) - timedelta(minutes=2)
+    statement = verify.undelivered_statement(
+        program_id=1, show=verify.Undelivered.overdue, after_id=100000, limit=50,
+        cutoff=cutoff, lease=timedelta(seconds=20))
+    with grown_engine.connect() as conn:
+        ids = [row.id for row in conn.execute(statement)]
+        expected = list(conn.exec_driver_sql(
+            "SELECT m.id FROM outboundemail m JOIN claim c ON c.id = m.claim_id "
+            "WHERE c.program_id = 1 AND m.status = 'queued' AND m.id > 100000 "
+            "AND coalesce(m.next_attempt_at, m.created_at) < now() - interval '2 minutes' "
+            "ORDER BY m.id LIMIT 51").scalars())
+    assert len(ids) == 51 and ids == expected
 
 
 NOW = datetime.now(UTC)

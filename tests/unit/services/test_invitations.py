@@ -244,6 +244,41 @@ def test_an_invitation_owed_to_someone_who_opts_out_before_it_goes_is_cancelled(
     assert smtp_server.to("ayesha@example.com", "Reminder") == []
 
 
+def test_failed_invitations_are_sent_again_unless_their_creator_claimed_or_opted_out(
+        app, program, session, smtp_server):
+    """``resend-failed`` (the same service the console's one click calls) sends a program's
+    failed invitations and reminders again, audited; one to a creator who has claimed or opted
+    out since is cancelled (``no_longer_wanted``), as a send would, never sent."""
+    _invite(app, program)
+    _age_invitations(session, 3)
+    smtp_server.refuse_with = "550 5.7.1 relay refused for now"
+    _remind(app, program)  # every reminder fails for good
+    smtp_server.refuse_with = None
+    reminders = {m.creator_id: m.id for m in _mails(session, "reminder")}
+    assert {m.status for m in _mails(session, "reminder")} == {MailStatus.failed}
+    ids = _ids(session)
+    with app.app_context():
+        claims.request_claim(get_session(), program=program, creator_id=ids["ayesha@example.com"])
+        invitations.opt_out(get_session(), token=tokens.mint_opt_out_token(
+            creator_id=ids["bilal@example.com"], program_id=program.id))
+        resent = mail.resend_failed(get_session(), program_id=program.id, actor="cli")
+        again = mail.resend_failed(get_session(), program_id=program.id, actor="cli")
+    unwanted = [reminders[ids[e]] for e in ("ayesha@example.com", "bilal@example.com")]
+    wanted = sorted(set(reminders.values()) - set(unwanted))
+    assert (resent.mail_ids, sorted(resent.cancelled)) == (wanted, sorted(unwanted))
+    assert (again.mail_ids, again.cancelled) == ([], [])
+    by_id = {m.id: m for m in _mails(session, "reminder")}
+    assert {(by_id[i].status, by_id[i].last_error) for i in unwanted} == {
+        (MailStatus.cancelled, "no_longer_wanted")}
+    assert {by_id[i].status for i in wanted} == {MailStatus.sent}
+    assert smtp_server.to("ayesha@example.com", "Reminder") == []
+    assert smtp_server.to("bilal@example.com", "Reminder") == []
+    assert len(smtp_server.to("chand@example.com", "Reminder")) == 1
+    events = session.exec(select(AuditEvent).where(AuditEvent.action == "mail.resent")).all()
+    assert sorted((e.actor, e.program_id, e.object_id) for e in events) == [
+        ("cli", program.id, i) for i in wanted]
+
+
 def test_no_reminder_to_someone_taken_off_the_list(app, program, session):
     _invite(app, program)
     _age_invitations(session, 3)

@@ -481,6 +481,11 @@ CASES: dict[str, Case] = {
                       reason=ClaimReason.out_of_stock.value),
         lambda w: [f"I1: waitlisted claim holds a code {_refs(w, 'pk2')}",
                    "I2: 2 allocated, counter says 3", "I2: PK: 1 allocated, counter says 2"]),
+    # The mail's own program (what the delivery page reads it by) is not its claim's.
+    "I5 mail names another program": Case(
+        _update_mail("pk2", program_id=None),
+        lambda w: [f"I5: mail #{w.mail['pk2']} names no program, its claim is of program "
+                   f"#{w.program_id} {_refs(w, 'pk2')}"]),
     "I5 sent without a time": Case(
         _update_mail("pk2", sent_at=None),
         lambda w: [f"I5: mail #{w.mail['pk2']} sent with no time {_refs(w, 'pk2')}"]),

@@ -85,7 +85,7 @@ def owed(*, kind: MailKind, to_email: str, creator_id: int, now: datetime,
          claim_id: int | None = None, code_id: int | None = None,
          locale: str = DEFAULT_LOCALE, program_id: int | None = None) -> dict:
     """The row of a mail we now owe, for ``owe`` (``program_id``: the program an invitation
-    or a reminder invites to)."""
+    or a reminder invites to, or a code mail's claim's)."""
     return {"kind": kind.value, "to_email": to_email, "creator_id": creator_id,
             "claim_id": claim_id, "code_id": code_id, "locale": locale,
             "program_id": program_id,
@@ -480,10 +480,11 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
     return outgoing
 
 
-def _invitations_no_longer_wanted(session: Session, mails: list[OutboundEmail]) -> set[int]:
-    """Of these mails, the invitations and reminders whose creator has claimed in the program,
-    or opted out of its invitations, since the mail was owed: never sent (a run may queue
-    thousands, which the rate limit spreads over hours)."""
+def _invitations_no_longer_wanted(session: Session, mails: list) -> set[int]:
+    """Of these mails (rows or records with id, kind, program_id and creator_id), the
+    invitations and reminders whose creator has claimed in the program, or opted out of its
+    invitations, since the mail was owed: never sent (a run may queue thousands, which the
+    rate limit spreads over hours), nor sent again by ``resend_failed``."""
     invitations = [m for m in mails if m.kind in INVITATION_KINDS]
     if not invitations:
         return set()
@@ -504,42 +505,71 @@ CODE_MAIL_KINDS = (MailKind.redemption.value, MailKind.reissue.value)
 RESENT = "mail.resent"
 
 
-def resend_failed(session: Session, *, program_id: int, actor: str,
-                  since: datetime | None = None) -> list[int]:
-    """Queue again the code mails of a program that failed (those created at or after
-    ``since``, if given), and hand them to the mail workers; returns their ids.
+@dataclass
+class Resent:
+    """What ``resend_failed`` did with a program's failed mails."""
 
-    Only a mail that still carries its claim's code is sent again: one whose code was voided
-    since (its claim has a new code and a mail of its own) stays failed, and so does one to a
-    creator who asked to be forgotten (no address is left to send to). Each mail sent again
-    starts a new run of attempts, and an audit event says who asked for it.
+    mail_ids: list[int] = field(default_factory=list)  # queued again (code and invitation mails)
+    # Invitations and reminders whose creator has claimed or opted out since: cancelled
+    # (``no_longer_wanted``), as they would be at send time, never sent again.
+    cancelled: list[int] = field(default_factory=list)
+
+
+def resend_failed(session: Session, *, program_id: int, actor: str,
+                  since: datetime | None = None) -> Resent:
+    """Queue again the mails of a program that failed (those created at or after ``since``,
+    if given), and hand them to the mail workers: its code mails, and its invitations and
+    reminders.
+
+    Only a code mail that still carries its claim's code is sent again: one whose code was
+    voided since (its claim has a new code and a mail of its own) stays failed. An invitation
+    or a reminder whose creator has claimed in the program or opted out of its invitations
+    since is cancelled (``no_longer_wanted``, the rule a send applies), not sent. A mail to a
+    creator who asked to be forgotten stays failed (no address is left to send to). Each mail
+    sent again starts a new run of attempts, and an audit event says who asked for it.
     """
     from ..privacy import FORGOTTEN_DOMAIN
 
     now = datetime.now(UTC)
+    known = ~OutboundEmail.to_email.endswith(f"@{FORGOTTEN_DOMAIN}")
+    created = OutboundEmail.created_at >= since if since is not None else sa.true()
+    outcome = Resent()
     with write_transaction(session):
-        condition = sa.and_(
-            OutboundEmail.status == MailStatus.failed.value,
-            OutboundEmail.kind.in_(CODE_MAIL_KINDS),
-            Claim.program_id == program_id,
-            Claim.code_id == OutboundEmail.code_id,
-            ~OutboundEmail.to_email.endswith(f"@{FORGOTTEN_DOMAIN}"))
-        if since is not None:
-            condition = sa.and_(condition, OutboundEmail.created_at >= since)
-        ids = list(session.execute(
+        code_mails = list(session.execute(
             sa.select(OutboundEmail.id).join(Claim, Claim.id == OutboundEmail.claim_id)
-            .where(condition).order_by(OutboundEmail.id).with_for_update(of=OutboundEmail)
-        ).scalars())
-        _queue_again(session, ids, program_id=program_id, actor=actor, now=now)
-    if ids:
-        log_event(RESENT, program_id=program_id, count=len(ids))  # pragma: no mutate
-        dispatch.send_emails(ids)
-    return ids
+            .where(OutboundEmail.status == MailStatus.failed.value,
+                   OutboundEmail.kind.in_(CODE_MAIL_KINDS), Claim.program_id == program_id,
+                   Claim.code_id == OutboundEmail.code_id, known, created)
+            .order_by(OutboundEmail.id).with_for_update(of=OutboundEmail)).scalars())
+        invitation_mails = session.execute(
+            sa.select(OutboundEmail.id, OutboundEmail.kind, OutboundEmail.program_id,
+                      OutboundEmail.creator_id)
+            .where(OutboundEmail.status == MailStatus.failed.value,
+                   OutboundEmail.kind.in_([kind.value for kind in INVITATION_KINDS]),
+                   OutboundEmail.program_id == program_id, known, created)
+            .order_by(OutboundEmail.id).with_for_update()).all()
+        unwanted = _invitations_no_longer_wanted(session, invitation_mails)
+        outcome.cancelled = [m.id for m in invitation_mails if m.id in unwanted]
+        outcome.mail_ids = sorted(code_mails + [m.id for m in invitation_mails
+                                                if m.id not in unwanted])
+        if outcome.cancelled:
+            session.execute(
+                sa.update(OutboundEmail).where(OutboundEmail.id.in_(outcome.cancelled))
+                .values(status=MailStatus.cancelled, last_error=MailProblem.no_longer_wanted)
+                .execution_options(synchronize_session=False))
+        _queue_again(session, outcome.mail_ids, program_id=program_id, actor=actor, now=now)
+    for outbound_id in outcome.cancelled:
+        log_event("mail.cancelled", outbound_id=outbound_id)  # pragma: no mutate
+    if outcome.mail_ids:
+        log_event(RESENT, program_id=program_id,  # pragma: no mutate
+                  count=len(outcome.mail_ids))
+        dispatch.send_emails(outcome.mail_ids)
+    return outcome
 
 
 def _queue_again(session: Session, ids: list[int], *, program_id: int, actor: str,
                  now: datetime, detail: dict | None = None, new_message: bool = False) -> None:
-    """Queue these code mails (row-locked by the caller) for a new run of attempts, in the
+    """Queue these mails (row-locked by the caller) for a new run of attempts, in the
     caller's transaction, with an audit event each: the one way a mail is sent again.
     ``new_message``: the mail went out before, and this is a second copy on purpose, under a
     Message-ID of its own (the Message-ID is made from the row's id and ``created_at``), so

@@ -605,7 +605,8 @@ def resend_failed(slug: str):
     if not form.validate_on_submit():
         abort(400)
     resent = mail.resend_failed(get_session(), program_id=program.id, actor=current_user.actor)
-    flash({"code": "resend_failed_done", "count": len(resent)}, "message")
+    flash({"code": "resend_failed_done", "count": len(resent.mail_ids),
+           "cancelled": len(resent.cancelled)}, "message")
     return redirect(url_for("console.delivery", slug=slug))
 
 

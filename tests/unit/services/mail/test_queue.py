@@ -348,7 +348,7 @@ def test_failed_code_mails_are_sent_again_on_request(app, allocated, session, sm
     with app.app_context():
         resent = mail.resend_failed(get_session(), program_id=program_id, actor="cli")
         again = mail.resend_failed(get_session(), program_id=program_id, actor="cli")
-    assert resent == [allocated] and again == []  # a sent mail is not resent
+    assert resent.mail_ids == [allocated] and again.mail_ids == []  # a sent mail is not resent
     row = _row(session, allocated)
     assert (row.status, row.last_error) == ("sent", None)
     assert len(smtp_server.to("ayesha@example.com", "code")) == 1
@@ -367,7 +367,7 @@ def test_a_failed_mail_of_a_code_voided_since_is_not_sent(
     with app.app_context():
         codes.reissue_claim(get_session(), program_id=program_id,
                             creator_email="ayesha@example.com", reason="test", actor="cli")
-        assert mail.resend_failed(get_session(), program_id=program_id, actor="cli") == []
+        assert mail.resend_failed(get_session(), program_id=program_id, actor="cli").mail_ids == []
     assert _row(session, allocated).status == "failed"
     assert [m.kind for m in session.exec(select(OutboundEmail).where(
         OutboundEmail.status == "sent")).all()] == ["reissue"]
@@ -380,13 +380,13 @@ def test_resend_failed_leaves_other_programs_and_older_failures(
     program_id = session.exec(select(Program.id)).one()
     other = factory.program(slug="calm-6m")
     with app.app_context():
-        assert mail.resend_failed(get_session(), program_id=other.id, actor="cli") == []
+        assert mail.resend_failed(get_session(), program_id=other.id, actor="cli").mail_ids == []
         earlier = _row(session, allocated).created_at - timedelta(minutes=1)
         assert mail.resend_failed(get_session(), program_id=other.id, actor="cli",
-                                  since=earlier) == []
+                                  since=earlier).mail_ids == []
         later = _row(session, allocated).created_at + timedelta(minutes=1)
         assert mail.resend_failed(get_session(), program_id=program_id, actor="cli",
-                                  since=later) == []
+                                  since=later).mail_ids == []
     assert _row(session, allocated).status == "failed"
 
 
@@ -395,7 +395,7 @@ def test_a_forgotten_creators_failed_mail_is_not_resent(app, allocated, session,
     program_id = session.exec(select(Program.id)).one()
     with app.app_context():
         privacy.forget_creator(get_session(), email="ayesha@example.com", actor="cli")
-        assert mail.resend_failed(get_session(), program_id=program_id, actor="cli") == []
+        assert mail.resend_failed(get_session(), program_id=program_id, actor="cli").mail_ids == []
 
 
 @pytest.mark.parametrize(("base", "window", "last_attempt"), [
@@ -469,7 +469,7 @@ def test_a_mail_sent_again_starts_a_new_run_of_attempts_now(app, allocated, sess
     monkeypatch.setattr("wellness_perks.dispatch.send_emails", handed_out.append)
     with app.app_context():
         assert mail.resend_failed(get_session(), program_id=program_id, actor="cli",
-                                  since=created_at) == [allocated]
+                                  since=created_at).mail_ids == [allocated]
     assert handed_out == [[allocated]]
     row = _row(session, allocated)
     assert (row.status, row.attempts, row.sending_started_at) == ("queued", 0, None)

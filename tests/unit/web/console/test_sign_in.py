@@ -118,6 +118,39 @@ def test_too_many_wrong_passwords_lock_the_address_out_even_for_the_right_one(
     assert sign_in_manager(other, "other@platform.example").status_code == 400
 
 
+def test_a_new_password_set_by_an_admin_ends_the_lockout_audited(low_limits, app, client,
+                                                                  lead):
+    """``set-password`` for a manager locked out by wrong passwords: the lockout ends with the
+    old password, and the new one signs them in at once (audited, with how many failures)."""
+    for _ in range(3):
+        assert sign_in_manager(client, LEAD, "wrong password, long enough").status_code == 400
+    assert sign_in_manager(client, LEAD).status_code == 429
+    result = app.test_cli_runner().invoke(
+        args=["set-password", LEAD, "--password-stdin"], input="a new and longer passphrase\n")
+    assert result.exit_code == 0, result.output
+    assert sign_in_manager(client, LEAD, MANAGER_PASSWORD).status_code == 400  # the old one
+    assert sign_in_manager(client, LEAD, "a new and longer passphrase").status_code == 302
+    assert "3 wrong password(s) forgotten" in result.output
+    with app.app_context(), new_session() as session:
+        events = session.exec(select(AuditEvent).where(AuditEvent.object_type == "manager",
+                                                       AuditEvent.object_id == lead)
+                              .order_by(AuditEvent.id)).all()
+    assert [(e.actor, e.action, e.detail) for e in events
+            if e.action.startswith(("manager.password", "manager.lockout"))] == [
+        ("cli", "manager.password_set", None),
+        ("cli", "manager.lockout_cleared", '{"failures": 3}')]
+
+
+def test_a_new_password_for_an_address_not_locked_out_clears_nothing(low_limits, app, lead):
+    result = app.test_cli_runner().invoke(
+        args=["set-password", LEAD, "--password-stdin"], input="a new and longer passphrase\n")
+    assert result.exit_code == 0 and "forgotten" not in result.output, result.output
+    with app.app_context(), new_session() as session:
+        actions = session.exec(select(AuditEvent.action).where(
+            AuditEvent.action.like("manager.%"))).all()
+    assert "manager.lockout_cleared" not in actions
+
+
 def test_a_right_password_forgets_the_failures_before_it(low_limits, app, client, lead):
     for _ in range(2):
         sign_in_manager(client, LEAD, "wrong password, long enough")
