@@ -247,8 +247,9 @@ def test_an_invitation_owed_to_someone_who_opts_out_before_it_goes_is_cancelled(
 def test_failed_invitations_are_sent_again_unless_their_creator_claimed_or_opted_out(
         app, program, session, smtp_server):
     """``resend-failed`` (the same service the console's one click calls) sends a program's
-    failed invitations and reminders again, audited; one to a creator who has claimed or opted
-    out since is cancelled (``no_longer_wanted``), as a send would, never sent."""
+    failed invitations and reminders again, audited; one to a creator who has claimed, opted
+    out or been taken off the list since is cancelled (``no_longer_wanted``), as a send would,
+    never sent."""
     _invite(app, program)
     _age_invitations(session, 3)
     smtp_server.refuse_with = "550 5.7.1 relay refused for now"
@@ -261,9 +262,12 @@ def test_failed_invitations_are_sent_again_unless_their_creator_claimed_or_opted
         claims.request_claim(get_session(), program=program, creator_id=ids["ayesha@example.com"])
         invitations.opt_out(get_session(), token=tokens.mint_opt_out_token(
             creator_id=ids["bilal@example.com"], program_id=program.id))
+        creators.remove_from_list(get_session(), program_id=program.id,
+                                  email="dua@example.com", reason="left", actor="test")
         resent = mail.resend_failed(get_session(), program_id=program.id, actor="cli")
         again = mail.resend_failed(get_session(), program_id=program.id, actor="cli")
-    unwanted = [reminders[ids[e]] for e in ("ayesha@example.com", "bilal@example.com")]
+    unwanted = [reminders[ids[e]]
+                for e in ("ayesha@example.com", "bilal@example.com", "dua@example.com")]
     wanted = sorted(set(reminders.values()) - set(unwanted))
     assert (resent.mail_ids, sorted(resent.cancelled)) == (wanted, sorted(unwanted))
     assert (again.mail_ids, again.cancelled) == ([], [])
@@ -273,10 +277,32 @@ def test_failed_invitations_are_sent_again_unless_their_creator_claimed_or_opted
     assert {by_id[i].status for i in wanted} == {MailStatus.sent}
     assert smtp_server.to("ayesha@example.com", "Reminder") == []
     assert smtp_server.to("bilal@example.com", "Reminder") == []
+    assert smtp_server.to("dua@example.com", "Reminder") == []
     assert len(smtp_server.to("chand@example.com", "Reminder")) == 1
     events = session.exec(select(AuditEvent).where(AuditEvent.action == "mail.resent")).all()
     assert sorted((e.actor, e.program_id, e.object_id) for e in events) == [
         ("cli", program.id, i) for i in wanted]
+
+
+def test_an_invitation_owed_to_someone_taken_off_the_list_since_is_not_sent(
+        app, program, session, smtp_server, monkeypatch):
+    """Invitations are owed in a run and sent later (the rate limit spreads them): one whose
+    creator was taken off the list meanwhile is cancelled at send time, never sent."""
+    from wellness_perks import dispatch
+
+    held: list[int] = []
+    monkeypatch.setattr(dispatch, "send_emails", held.extend)  # owed, not sent yet
+    _invite(app, program)
+    monkeypatch.undo()
+    with app.app_context():
+        creators.remove_from_list(get_session(), program_id=program.id,
+                                  email="ayesha@example.com", reason="left", actor="test")
+        mail.send_batch(get_session(), outbound_ids=sorted(held))
+    ayesha = _ids(session)["ayesha@example.com"]
+    statuses = {m.creator_id: (m.status, m.last_error) for m in _mails(session, "invitation")}
+    assert statuses.pop(ayesha) == (MailStatus.cancelled, "no_longer_wanted")
+    assert {status for status, _error in statuses.values()} == {MailStatus.sent}
+    assert smtp_server.to("ayesha@example.com", "") == []
 
 
 def test_no_reminder_to_someone_taken_off_the_list(app, program, session):

@@ -39,6 +39,7 @@ from ...models import (
     CodeBatch,
     CodeStatus,
     Creator,
+    Eligibility,
     Invitation,
     MailKind,
     MailProblem,
@@ -482,9 +483,10 @@ def _prepare(session: Session, outbound_ids: list[int], outcome: BatchOutcome) -
 
 def _invitations_no_longer_wanted(session: Session, mails: list) -> set[int]:
     """Of these mails (rows or records with id, kind, program_id and creator_id), the
-    invitations and reminders whose creator has claimed in the program, or opted out of its
-    invitations, since the mail was owed: never sent (a run may queue thousands, which the
-    rate limit spreads over hours), nor sent again by ``resend_failed``."""
+    invitations and reminders whose creator has claimed in the program, opted out of its
+    invitations, or been taken off its list, since the mail was owed: never sent (a run may
+    queue thousands, which the rate limit spreads over hours), nor sent again by
+    ``resend_failed``."""
     invitations = [m for m in mails if m.kind in INVITATION_KINDS]
     if not invitations:
         return set()
@@ -498,7 +500,13 @@ def _invitations_no_longer_wanted(session: Session, mails: list) -> set[int]:
         sa.select(Invitation.program_id, Invitation.creator_id)
         .where(Invitation.program_id.in_(programs), Invitation.creator_id.in_(creators),
                Invitation.opted_out_at.is_not(None)))}
-    return {m.id for m in invitations if (m.program_id, m.creator_id) in claimed | opted_out}
+    listed = {tuple(row) for row in session.execute(
+        sa.select(Eligibility.program_id, Eligibility.creator_id)
+        .where(Eligibility.program_id.in_(programs), Eligibility.creator_id.in_(creators)))}
+    unwanted = claimed | opted_out
+    return {m.id for m in invitations
+            if (m.program_id, m.creator_id) in unwanted
+            or (m.program_id, m.creator_id) not in listed}
 
 
 CODE_MAIL_KINDS = (MailKind.redemption.value, MailKind.reissue.value)
