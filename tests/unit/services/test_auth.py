@@ -504,39 +504,6 @@ def _cut_the_pooled_connection(app) -> None:
     outsider.dispose()
 
 
-def test_a_sign_in_survives_its_connection_being_cut_after_spending_the_link(
-        app, program, session, backend):
-    """The link is spent and committed; the connection that would read the creator back is
-    then ended: the read is tried once more on a new connection, and the sign-in completes."""
-    if backend != "postgresql":
-        pytest.skip("SQLite has no server to cut a connection")
-    creator = _ayesha(session)
-    token = _token(app, creator)
-    session.close()
-    pids: list[int] = []
-    with app.app_context():
-        own = get_session()
-
-        def note_pid(db_session):
-            pids.append(db_session.connection().exec_driver_sql(
-                "SELECT pg_backend_pid()").scalar_one())
-
-        def cut(_db_session):
-            outsider = sa.create_engine(app.config["DATABASE_URL"], poolclass=sa.pool.NullPool)
-            with outsider.begin() as conn:
-                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[-1]})
-            outsider.dispose()
-
-        sa.event.listen(own, "before_commit", note_pid)
-        sa.event.listen(own, "after_commit", cut, once=True)
-        try:
-            signed_in = auth.redeem_sign_in_token(own, token=token)
-        finally:
-            sa.event.remove(own, "before_commit", note_pid)
-        assert signed_in.id == creator.id and signed_in.login_used_nonce is not None
-    assert pids  # the spend committed on the connection that was then ended
-
-
 def test_a_managers_page_survives_its_connection_being_cut(app, session, backend):
     if backend != "postgresql":
         pytest.skip("SQLite has no server to cut a connection")
